@@ -1,0 +1,111 @@
+"""Milliseconds per meta-iteration of the `quadratic` preset against its matmul-only compute bound.
+
+The bound: the matmul FLOPs of one meta-iteration (forward and backward of every Linear layer of E, P and G
+over K unrolled steps) divided by this machine's single-thread matmul rate, measured in this run on the
+same matrix shapes. efficiency = bound / measured time on 1 thread; everything else (BatchNorm, PReLU,
+autograd bookkeeping, the optimizer) is what keeps it below 1.
+
+    python benchmarks/meta_step.py [--iterations 20] [--config configs/quadratic.yaml]
+
+Threads are pinned with torch.set_num_threads (1, then 2). Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from lsr1.config import load_config
+from lsr1.learned import make_learner
+from lsr1.meta import MetaLoss, meta_step
+from lsr1.tasks import problem_set
+
+
+def time_meta_iterations(config, iterations: int, threads: int) -> float:
+    """Median ms per meta-iteration over `iterations` (after 3 warm-up iterations)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    learner = make_learner(config)
+    loss = MetaLoss(learner, config.meta.unroll_steps)
+    opt = torch.optim.AdamW(learner.parameters(), lr=config.meta.lr, weight_decay=config.meta.weight_decay)
+    problems = [problem_set(config.task, "train", i) for i in range(iterations + 3)]
+    times = []
+    for i, problem in enumerate(problems):
+        tic = time.perf_counter()
+        meta_step(loss, opt, problem)
+        if i >= 3:
+            times.append(time.perf_counter() - tic)
+    return 1e3 * statistics.median(times)
+
+
+def gemm_shapes(config) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matmul of one meta-iteration: forward, grad-input and grad-weight per Linear."""
+    learner = make_learner(config)
+    rows = config.task.batch_size * config.task.dim
+    shapes = []
+    for step in range(config.meta.unroll_steps):
+        for module in (learner.encoder, learner.vector_generator, learner.lr_generator):
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    i, o = layer.in_features, layer.out_features
+                    shapes.append((rows, i, o))  # forward: (R, i) @ (i, o)
+                    shapes.append((o, rows, i))  # grad weight: (o, R) @ (R, i)
+                    if not (step == 0 and layer is learner.encoder.fc1):  # the first input has no graph
+                        shapes.append((rows, o, i))  # grad input: (R, o) @ (o, i)
+    return shapes
+
+
+def matmul_ms(m: int, k: int, n: int, repeats: int = 50) -> float:
+    """Best-of single-thread time of one (m, k) @ (k, n) float32 matmul."""
+    torch.set_num_threads(1)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(5):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - tic)
+    return 1e3 * best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quadratic.yaml")
+    parser.add_argument("--iterations", type=int, default=20)
+    args = parser.parse_args()
+    config = load_config(args.config)
+
+    shapes = gemm_shapes(config)
+    per_shape = {shape: matmul_ms(*shape) for shape in set(shapes)}
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    bound_ms = sum(per_shape[s] for s in shapes)
+    ms_1 = time_meta_iterations(config, args.iterations, threads=1)
+    ms_2 = time_meta_iterations(config, args.iterations, threads=2)
+
+    t, k, big = config.task, config.meta, max(per_shape, key=lambda s: s[0] * s[1] * s[2])
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads pinned 1 / 2")
+    print(f"preset {config.name}: batch {t.batch_size}, N {t.dim}, K {k.unroll_steps}, L {config.lsr1.buffer_size}")
+    print(f"matmul FLOPs per meta-iteration: {flops / 1e9:.2f} GFLOP in {len(shapes)} matmuls")
+    print(f"single-thread rate on {big}: {2 * big[0] * big[1] * big[2] / per_shape[big] / 1e6:.1f} GFLOP/s")
+    print(f"{'':28}{'ms / meta-iteration':>20}")
+    print(f"{'matmul-only bound':28}{bound_ms:20.1f}")
+    print(f"{'measured, 1 thread':28}{ms_1:20.1f}")
+    print(f"{'measured, 2 threads':28}{ms_2:20.1f}")
+    print(f"efficiency (bound / 1 thread): {bound_ms / ms_1:.2f}")
+    print(json.dumps({
+        "ms_per_meta_iter": round(ms_1, 2),
+        "ms_per_meta_iter_2threads": round(ms_2, 2),
+        "flop_bound_ms": round(bound_ms, 2),
+        "efficiency": round(bound_ms / ms_1, 3),
+        "gflop_per_meta_iter": round(flops / 1e9, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Experiment configuration: dataclasses, YAML presets and `a.b=c` overrides (DESIGN §7).
+
+One config system for the library and the pipeline. Presets in `configs/` are partial YAML files over the
+defaults below (which run small); `load_config(path, overrides)` applies a preset then overrides, checks
+types, and rejects unknown keys with the list of valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ENCODER_INPUTS",
+    "ConfigError",
+    "ExperimentConfig",
+    "LSR1Config",
+    "MetaConfig",
+    "TaskConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "flatten",
+    "load_config",
+]
+
+ENCODER_INPUTS = ("x", "p", "d", "g", "q")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3)
+TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin")
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not fit the config dataclasses."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class LSR1Config:
+    """L-SR1 architecture and its meta-loss weight (paper Sec. 4, App. C)."""
+
+    buffer_size: int = 8  # L
+    hidden_dim: int = 128  # d_hidden = M
+    gamma1: float = 0.4  # alpha = gamma1 * exp(gamma2 * alpha~)
+    gamma2: float = 0.001
+    lambda_sec: float = 100.0  # secant penalty weight; 0 = "without learned projection"
+    identity_in_step: bool = False  # d = (I + sum v v^T) g (Eq. 7) instead of sum v v^T g (Alg. 1)
+    encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
+    dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
+    bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
+    vector_init_scale: float = 0.1  # P's last layer starts this much smaller than torch's default
+    eval_norm: str = "batch"  # BatchNorm at evaluation: "batch" statistics (as in training) or "running"
+
+    def __post_init__(self) -> None:
+        _check(self.buffer_size >= 1, f"lsr1.buffer_size must be >= 1, got {self.buffer_size}")
+        _check(self.hidden_dim >= 1, f"lsr1.hidden_dim must be >= 1, got {self.hidden_dim}")
+        _check(self.gamma1 > 0, f"lsr1.gamma1 must be > 0, got {self.gamma1}")
+        _check(self.lambda_sec >= 0, f"lsr1.lambda_sec must be >= 0, got {self.lambda_sec}")
+        _check(0.0 <= self.dropout < 1.0, f"lsr1.dropout must be in [0, 1), got {self.dropout}")
+        _check(
+            self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0,
+            f"lsr1.bn_momentum must be in (0, 1] or None, got {self.bn_momentum}",
+        )
+        _check(self.eval_norm in ("batch", "running"), f"lsr1.eval_norm must be 'batch' or 'running', got {self.eval_norm!r}")
+        _check(self.vector_init_scale > 0, f"lsr1.vector_init_scale must be > 0, got {self.vector_init_scale}")
+        unknown = [n for n in self.encoder_inputs if n not in ENCODER_INPUTS]
+        _check(not unknown, f"lsr1.encoder_inputs: unknown {unknown}; valid: {list(ENCODER_INPUTS)}")
+        _check(
+            len(self.encoder_inputs) > 0 and len(set(self.encoder_inputs)) == len(self.encoder_inputs),
+            f"lsr1.encoder_inputs must be a non-empty list without repeats, got {self.encoder_inputs}",
+        )
+
+
+@dataclass
+class TaskConfig:
+    """Inner problems: what meta-training samples, the fixed validation set and the test set."""
+
+    name: str = "quadratic"
+    dim: int = 2  # N of training and validation problems
+    batch_size: int = 128  # problems (or initial points) per meta-iteration
+    val_size: int = 32  # fixed validation problems
+    test_dim: int = 10
+    test_size: int = 32
+    max_cond: float | None = 1000.0  # quadratics: validation/test reject cond(H) above this
+    cond: float = 100.0  # diagonal_quadratic: condition number
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.name in TASK_NAMES, f"task.name: unknown task {self.name!r}; valid: {list(TASK_NAMES)}")
+        for key in ("dim", "batch_size", "val_size", "test_dim", "test_size"):
+            _check(getattr(self, key) >= 1, f"task.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.max_cond is None or self.max_cond >= 1, f"task.max_cond must be >= 1, got {self.max_cond}")
+        _check(self.cond >= 1, f"task.cond must be >= 1, got {self.cond}")
+
+
+@dataclass
+class MetaConfig:
+    """Meta-training: unroll length, meta-optimizer (AdamW), schedule, validation and checkpoints."""
+
+    iterations: int = 200
+    unroll_steps: int = 16  # K
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float | None = None  # max global norm of the meta-gradient; None = no clipping
+    lr_decay_every: int | None = None  # multiply lr by lr_decay_factor every this many iterations
+    lr_decay_factor: float = 1.0
+    second_order: bool = False  # keep inner gradients in the graph (default: first-order, detached)
+    divergence_guard: float | None = 1000.0  # freeze problems whose f rises this far (None: Eq. 9 as is)
+    val_every: int = 50
+    checkpoint_every_s: float = 120.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("iterations", "unroll_steps", "val_every"):
+            _check(getattr(self, key) >= 1, f"meta.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.lr > 0, f"meta.lr must be > 0, got {self.lr}")
+        _check(
+            self.divergence_guard is None or self.divergence_guard > 0,
+            f"meta.divergence_guard must be > 0 or None, got {self.divergence_guard}",
+        )
+        _check(self.grad_clip is None or self.grad_clip > 0, f"meta.grad_clip must be > 0, got {self.grad_clip}")
+        _check(
+            self.lr_decay_every is None or self.lr_decay_every >= 1,
+            f"meta.lr_decay_every must be >= 1, got {self.lr_decay_every}",
+        )
+        _check(0 < self.lr_decay_factor <= 1, f"meta.lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one meta-training run needs; saved with every checkpoint."""
+
+    name: str = "smoke"
+    lsr1: LSR1Config = field(default_factory=LSR1Config)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML/override value to the field's type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            _check(type(None) in options, f"{where}: None is not allowed")
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError("; ".join(errors))
+    if dataclasses.is_dataclass(hint):
+        _check(isinstance(value, dict), f"{where}: expected a mapping, got {value!r}")
+        return config_from_dict(hint, value, where)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        _check(isinstance(value, (list, tuple)), f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            _check(len(value) == len(args), f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        _check(isinstance(value, bool), f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        _check(isinstance(value, str), f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a (partial) dict; unknown keys raise ConfigError listing the valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    prefix = f"{where}." if where else ""
+    _check(not unknown, f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys here: {names}")
+    kwargs = {key: _coerce(value, hints[key], prefix + key) for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain dict (lists, not tuples) that round-trips through YAML and `torch.load(weights_only=True)`."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; used for `--set` keys and tracking params."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` strings to a nested dict; values are parsed as YAML and type-checked later."""
+    result = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        _check(bool(sep) and bool(key), f"override {item!r} must look like section.key=value")
+        *parents, leaf = key.strip().split(".")
+        node = result
+        for part in parents:
+            child = node.get(part, {})
+            _check(isinstance(child, dict), f"override {item!r}: {part!r} is not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults, then the YAML preset at `path` (if any), then `a.b=c` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return config_from_dict(ExperimentConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None

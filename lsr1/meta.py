@@ -1,0 +1,336 @@
+"""Meta-training by unrolling K inner steps (paper Sec. 3.1 and Eq. 9; DESIGN §3).
+
+    unroll     K steps of any optimizer on a batch of problems: objective values, penalties, diagnostics
+    run        the same without a graph, learned modules in eval mode: how every optimizer is evaluated
+    MetaLoss   Eq. 9 as a module, (1/K) sum_k mean_b f(x_k) + lambda_sec r_k, so DDP can wrap it
+    meta_step  one AdamW step on it; a non-finite loss or meta-gradient skips the step and is counted
+    train      the single-process loop: validation, best checkpoint, resume, progress bar
+
+All detaching happens here: inner gradients are cut from the graph unless `second_order`. `train` is the
+plain function the Ray Train layer calls on every worker; it knows nothing of Ray.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
+from lsr1.config import ExperimentConfig, config_to_dict
+from lsr1.learned import LearnedOptimizer, make_learner
+from lsr1.optim.base import Optimizer
+from lsr1.tasks import Problem, problem_set
+
+__all__ = ["MetaLoss", "StepResult", "TrainHooks", "TrainSummary", "Unroll", "meta_step", "run", "train", "unroll", "validate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Unroll:
+    values: Tensor  # (K+1, B) f(x_0), ..., f(x_K)
+    penalties: Tensor  # (K, B) the optimizer's own meta-loss term per step (zero for hand-designed ones)
+    info: dict[str, Tensor]  # (K, B) per-step diagnostics
+    iterates: Tensor | None  # (K+1, B, N) x_0, ..., x_K when asked for
+    x: Tensor  # (B, N) last iterate
+    g: Tensor  # (B, N) its gradient
+    state: Any  # the optimizer state after the last step
+
+
+def unroll(
+    optimizer: Optimizer,
+    problem: Problem,
+    steps: int,
+    *,
+    second_order: bool = False,
+    keep_iterates: bool = False,
+    divergence_guard: float | None = None,
+) -> Unroll:
+    """Run `steps` iterations from problem.x0, keeping the graph through the optimizer for meta-gradients.
+
+    divergence_guard: freeze a problem at its last iterate once f rises above
+    f(x_0) + guard * (|f(x_0)| + 1) (or is not finite). Its later loss terms repeat that last value and its
+    penalties are zero, so one diverging problem neither makes the whole meta-loss infinite nor, through
+    BatchNorm's batch statistics, drags the other problems along. info["diverged"] marks frozen problems.
+    """
+    x = problem.x0
+    g = problem.grad(x)
+    state = optimizer.init(x, g)
+    penalty_of = getattr(optimizer, "meta_penalty", None)
+    values, penalties, infos, iterates = [problem.value(x)], [], [], [x]
+    alive = torch.ones_like(values[0], dtype=torch.bool)
+    if divergence_guard is not None:
+        f0 = values[0].detach()
+        limit = f0 + divergence_guard * (f0.abs() + 1.0)
+    for _ in range(steps):
+        x_next, state, info = optimizer.step(state, x, g)
+        value = problem.value(x_next)
+        if divergence_guard is not None:
+            alive = alive & torch.isfinite(value.detach()) & (value.detach() <= limit)
+            x_next = torch.where(alive.unsqueeze(-1), x_next, x)
+            value = torch.where(alive, value, values[-1])
+            info = {**info, "diverged": (~alive).to(value.dtype)}
+        x = x_next
+        g = problem.grad(x if second_order else x.detach())
+        values.append(value)
+        if penalty_of is not None:
+            penalty, extra = penalty_of(state, x, g)
+            penalty = torch.where(alive, penalty, torch.zeros_like(penalty))
+            info = {**info, **extra}
+        else:
+            penalty = torch.zeros_like(value)
+        penalties.append(penalty)
+        infos.append(info)
+        if keep_iterates:
+            iterates.append(x)
+    info = {key: torch.stack([i[key] for i in infos]) for key in (infos[0] if infos else {})}
+    return Unroll(
+        values=torch.stack(values),
+        penalties=torch.stack(penalties) if penalties else values[0].new_zeros(0, problem.batch_size),
+        info=info,
+        iterates=torch.stack(iterates) if keep_iterates else None,
+        x=x,
+        g=g,
+        state=state,
+    )
+
+
+def run(optimizer: Optimizer, problem: Problem, steps: int) -> Unroll:
+    """Evaluate any optimizer: no graph, learned modules in eval mode, iterates kept."""
+    was_training = isinstance(optimizer, nn.Module) and optimizer.training
+    if isinstance(optimizer, nn.Module):
+        optimizer.eval()
+    try:
+        with torch.no_grad():
+            return unroll(optimizer, problem, steps, keep_iterates=True)
+    finally:
+        if was_training:
+            optimizer.train()
+
+
+class MetaLoss(nn.Module):
+    """Eq. 9 for a learner on a batch of problems; a module so that DistributedDataParallel can wrap it."""
+
+    def __init__(
+        self, learner: LearnedOptimizer, steps: int, second_order: bool = False, divergence_guard: float | None = None
+    ) -> None:
+        super().__init__()
+        self.learner, self.steps, self.second_order, self.divergence_guard = learner, steps, second_order, divergence_guard
+
+    def forward(self, problem: Problem) -> tuple[Tensor, dict[str, Tensor]]:
+        result = unroll(
+            self.learner, problem, self.steps, second_order=self.second_order, divergence_guard=self.divergence_guard
+        )
+        objective = result.values[1:].mean()
+        penalty = result.penalties.mean()
+        parts = {"objective": objective.detach(), "penalty": penalty.detach()}
+        parts.update({key: value.detach().mean() for key, value in result.info.items()})
+        return objective + penalty, parts
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    skipped: bool
+    parts: dict[str, float]
+
+
+def meta_step(
+    loss_module: nn.Module,
+    meta_optimizer: torch.optim.Optimizer,
+    problem: Problem,
+    grad_clip: float | None = None,
+    agree: Callable[[bool], bool] = lambda ok: ok,
+) -> StepResult:
+    """One meta-iteration. Skips the update (and restores BatchNorm statistics) when the loss or the
+    meta-gradient is not finite; `agree` lets distributed workers take that decision together."""
+    buffers = [b.detach().clone() for b in loss_module.buffers()]
+    meta_optimizer.zero_grad(set_to_none=True)
+    loss, parts = loss_module(problem)
+    loss.backward()  # always, so that every worker joins the gradient all-reduce
+    params = [p for p in loss_module.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
+    ok = agree(bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)))
+    if ok:
+        meta_optimizer.step()
+    else:
+        meta_optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(loss_module.buffers(), buffers):
+                buffer.copy_(saved)
+    return StepResult(float(loss.detach()), float(grad_norm), not ok, {k: float(v) for k, v in parts.items()})
+
+
+def validate(learner: LearnedOptimizer, problem: Problem, steps: int) -> dict[str, float]:
+    """Mean over the trajectory of f(x_k) per problem, then mean and std over problems (eval mode)."""
+    result = run(learner, problem, steps)
+    per_problem = result.values[1:].mean(0)
+    metrics = {"val_loss": float(per_problem.mean()), "val_loss_std": float(per_problem.std(unbiased=False))}
+    if problem.x_star is not None:
+        gap = result.values[-1] - problem.value(problem.x_star)
+        metrics["val_final_gap"] = float(gap.mean())
+    if "secant_residual" in result.info:
+        metrics["val_secant_residual"] = float(result.info["secant_residual"].mean())
+    return metrics
+
+
+@dataclass
+class TrainHooks:
+    """How a caller (the Ray layer, a test) plugs into `train` without `train` knowing about it."""
+
+    on_iteration: Callable[[int, dict[str, float]], None] | None = None  # after every meta-iteration
+    on_checkpoint: Callable[[int, Path, dict[str, float]], None] | None = None  # after last.pt is written
+    wrap: Callable[[nn.Module], nn.Module] | None = None  # e.g. DistributedDataParallel around MetaLoss
+    agree: Callable[[bool], bool] = lambda ok: ok  # all workers agree a step is finite
+    rank: int = 0  # this worker's share of each global batch is problems[rank::world_size]
+    world_size: int = 1
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    iterations: int
+    best_val_loss: float
+    best_iteration: int
+    skipped: int
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def _payload(config: ExperimentConfig, learner: nn.Module, opt: torch.optim.Optimizer, sched: Any, progress: dict) -> dict:
+    return {
+        "config": config_to_dict(config),
+        "model": learner.state_dict(),
+        "meta_optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else {},
+        "rng": torch.get_rng_state(),
+        **progress,
+    }
+
+
+def train(
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    hooks: TrainHooks | None = None,
+    train_problems: Iterator[Problem] | None = None,
+    val_problems: Problem | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainSummary:
+    """Meta-train the learner of `config`, keeping run_dir/last.pt (resumable) and run_dir/best.pt.
+
+    train_problems: global batches, one per iteration (default: fresh draws of config.task, seeded by
+    the iteration, so the same config gives the same batches on any worker count). Rank 0 writes files.
+    """
+    hooks = hooks or TrainHooks()
+    run_dir = Path(run_dir)
+    meta = config.meta
+    chief = hooks.rank == 0
+    torch.manual_seed(meta.seed)
+    learner = make_learner(config).to(device)
+    meta_optimizer = torch.optim.AdamW(learner.parameters(), lr=meta.lr, betas=meta.betas, weight_decay=meta.weight_decay)
+    scheduler = None
+    if meta.lr_decay_every is not None:
+        scheduler = torch.optim.lr_scheduler.StepLR(meta_optimizer, meta.lr_decay_every, meta.lr_decay_factor)
+    progress_state = {"iteration": 0, "best_val_loss": math.inf, "best_iteration": 0, "skipped": 0}
+
+    last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
+    if resume and last_path.exists():
+        payload = load_checkpoint(last_path, map_location=device)
+        stored = config_of(payload, last_path)
+        if stored.lsr1 != config.lsr1:
+            raise ValueError(f"{last_path} was trained with lsr1 = {stored.lsr1}, not {config.lsr1}; use another run name")
+        learner.load_state_dict(payload["model"])
+        meta_optimizer.load_state_dict(payload["meta_optimizer"])
+        if scheduler is not None and payload["scheduler"]:
+            scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["rng"])
+        progress_state = {key: payload[key] for key in progress_state}
+        log.info("resuming %s at iteration %d", run_dir, progress_state["iteration"])
+    start = progress_state["iteration"]
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, start)
+
+    loss_module: nn.Module = MetaLoss(learner, meta.unroll_steps, meta.second_order, meta.divergence_guard)
+    if hooks.wrap is not None:
+        loss_module = hooks.wrap(loss_module)
+    if val_problems is None:
+        val_problems = problem_set(config.task, "val", device=device)
+    if train_problems is None:
+        train_problems = (problem_set(config.task, "train", i, device=device) for i in range(start, meta.iterations))
+    share = slice(hooks.rank, None, hooks.world_size)
+
+    bar = tqdm(total=meta.iterations, initial=start, desc=config.name, disable=not (progress and chief), mininterval=1.0)
+    last_save, metrics = time.monotonic(), {}
+    learner.train()
+    for iteration, problem in zip(range(start + 1, meta.iterations + 1), train_problems):
+        tic = time.perf_counter()
+        problem = problem.select(share).to(device)
+        if hooks.agree(problem.finite()):
+            result = meta_step(loss_module, meta_optimizer, problem, meta.grad_clip, hooks.agree)
+        else:  # a NaN or Inf in the batch itself: nothing to learn from, and no worker steps
+            log.warning("iteration %d: the batch contains NaN or Inf; step skipped", iteration)
+            result = StepResult(math.nan, math.nan, True, {})
+        if scheduler is not None:
+            scheduler.step()
+        progress_state["iteration"] = iteration
+        progress_state["skipped"] += int(result.skipped)
+        seconds = time.perf_counter() - tic
+        metrics = {
+            "loss": result.loss,
+            "grad_norm": result.grad_norm,
+            "skipped": progress_state["skipped"],
+            "lr": meta_optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "problems_per_s": problem.batch_size / seconds,
+            **result.parts,
+        }
+        if iteration % meta.val_every == 0 or iteration == meta.iterations:
+            metrics.update(validate(learner, val_problems, meta.unroll_steps))
+            if metrics["val_loss"] < progress_state["best_val_loss"]:
+                progress_state.update(best_val_loss=metrics["val_loss"], best_iteration=iteration)
+                if chief:
+                    save_checkpoint(best_path, _payload(config, learner, meta_optimizer, scheduler, progress_state))
+            learner.train()
+            bar.set_postfix(loss=f"{result.loss:.4g}", val=f"{metrics['val_loss']:.4g}", best=f"{progress_state['best_val_loss']:.4g}")
+        if chief:
+            with metrics_path.open("a") as out:
+                out.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
+        if iteration == meta.iterations or time.monotonic() - last_save >= meta.checkpoint_every_s:
+            if chief:
+                save_checkpoint(last_path, _payload(config, learner, meta_optimizer, scheduler, progress_state))
+            if hooks.on_checkpoint is not None:
+                hooks.on_checkpoint(iteration, last_path, metrics)
+            last_save = time.monotonic()
+        if hooks.on_iteration is not None:
+            hooks.on_iteration(iteration, metrics)
+        bar.update(1)
+    bar.close()
+    return TrainSummary(
+        run_dir=run_dir,
+        iterations=progress_state["iteration"],
+        best_val_loss=progress_state["best_val_loss"],
+        best_iteration=progress_state["best_iteration"],
+        skipped=progress_state["skipped"],
+        last=metrics,
+    )
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from, so a resumed log has no repeats."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+    path.write_text("".join(line + "\n" for line in kept))

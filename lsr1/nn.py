@@ -1,0 +1,164 @@
+"""Element-wise MLPs of L-SR1 (paper App. C.1, Tables 5 and 6).
+
+Every module of L-SR1 acts on each coordinate of the problem independently: an input of shape (B, N, d_in)
+is flattened to (B*N, d_in) rows, so one set of weights serves any dimension N. BatchNorm therefore
+normalises over all B*N coordinates of the batch.
+
+The layers are plain nn.Linear, nn.BatchNorm1d and nn.PReLU (standard state-dict keys), but each
+Linear -> BatchNorm [-> PReLU] group runs through `linear_bn`: in training one autograd node with a
+hand-written backward, in eval mode the BatchNorm folded into the Linear. On the CPU, torch's own
+BatchNorm and PReLU kernels for (rows, features) inputs cost several times the matmuls between them, and a
+meta-iteration calls them hundreds of times (benchmarks/meta_step.py). Tests check both paths against the
+modules applied one after the other.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+__all__ = ["BasicBlock", "ElementwiseMLP", "linear_bn"]
+
+
+class _LinearBatchNorm(torch.autograd.Function):
+    """act(BN(x W^T + b)) with batch statistics over the rows; act is PReLU(slope) or the identity."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        slope: Tensor | None,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        rows = x.shape[0]
+        centered = torch.addmm(bias, x, weight.t())  # (R, C), centred in place below
+        mean = centered.sum(0).div_(rows)
+        centered.sub_(mean)
+        var = torch.linalg.vecdot(centered, centered, dim=0).div_(rows)
+        rstd = (var + eps).rsqrt_()
+        scale = rstd * gamma
+        normed = torch.addcmul(beta, centered, scale)
+        out = normed if slope is None else F.prelu(normed, slope)
+        ctx.save_for_backward(x, weight, centered, rstd, scale, normed if slope is not None else None, slope)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, centered, rstd, scale, normed, slope = ctx.saved_tensors
+        rows = grad_out.shape[0]
+        grad_slope = None
+        if slope is not None:
+            grad_slope = torch.dot(grad_out.reshape(-1), normed.clamp(max=0).reshape(-1)).reshape(1)
+            local = torch.relu(normed).sign_().mul_(1.0 - slope).add_(slope)  # 1 where positive, else slope
+            grad_normed = grad_out * local
+        else:
+            grad_normed = grad_out
+        grad_beta = grad_normed.sum(0)
+        grad_dot = torch.linalg.vecdot(grad_normed, centered, dim=0)
+        grad_gamma = grad_dot * rstd
+        # d/dz of BN: scale * (g - mean(g) - centered * rstd^2 * mean(g * centered))
+        grad_z = torch.addcmul(-(grad_beta / rows) * scale, grad_normed, scale)
+        grad_z.addcmul_(centered, -(grad_dot * rstd * rstd / rows) * scale)
+        grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
+        return grad_x, grad_z.t() @ x, grad_z.sum(0), grad_gamma, grad_beta, grad_slope, None
+
+
+def linear_bn(
+    x: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d, prelu: nn.PReLU | None = None, batch_stats: bool | None = None
+) -> Tensor:
+    """prelu(bn(linear(x))) (or bn(linear(x))) for x: (R, in).
+
+    batch_stats: normalise with the statistics of these rows (default: in training only). Running
+    statistics are updated in training only.
+    """
+    if not (bn.training if batch_stats is None else batch_stats):
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        z = torch.addmm((linear.bias - bn.running_mean) * scale + bn.bias, x, (linear.weight * scale.unsqueeze(1)).t())
+        return z if prelu is None else F.prelu(z, prelu.weight)
+    if prelu is not None and prelu.weight.numel() != 1:
+        raise ValueError("linear_bn supports a PReLU with one shared slope")
+    out, mean, var = _LinearBatchNorm.apply(x, linear.weight, linear.bias, bn.weight, bn.bias, prelu.weight if prelu else None, bn.eps)
+    if not bn.training:
+        return out
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        rows = x.shape[0]
+        bn.running_mean.lerp_(mean, factor)
+        bn.running_var.lerp_(var * (rows / max(rows - 1, 1)), factor)
+    return out
+
+
+class BasicBlock(nn.Module):
+    """Residual block of Table 6: fc -> BN -> PReLU -> Dropout -> fc -> BN -> Dropout, plus the input.
+
+    bn_momentum: the running statistics must average over every step of an unroll (a meta-iteration calls
+    the block K times), hence 0.01 rather than torch's 0.1, which would keep mostly the last steps.
+    eval_batch_stats: in eval mode, normalise with the statistics of the rows at hand (as in training)
+    instead of the running statistics.
+    """
+
+    def __init__(
+        self, features: int, dropout: float = 0.0, bn_momentum: float | None = 0.01, eval_batch_stats: bool = False
+    ) -> None:
+        super().__init__()
+        self.eval_batch_stats = eval_batch_stats
+        self.fc1 = nn.Linear(features, features)
+        self.bn1 = nn.BatchNorm1d(features, momentum=bn_momentum)
+        self.prelu = nn.PReLU()
+        self.do1 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(features, features)
+        self.bn2 = nn.BatchNorm1d(features, momentum=bn_momentum)
+        self.do2 = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (R, features) -> (R, features)."""
+        stats = self.training or self.eval_batch_stats
+        h = self.do1(linear_bn(x, self.fc1, self.bn1, self.prelu, stats))
+        return self.do2(linear_bn(h, self.fc2, self.bn2, None, stats)) + x
+
+
+class ElementwiseMLP(nn.Module):
+    """MLP of Table 5: fc -> BN -> PReLU -> Dropout -> BasicBlock -> BasicBlock -> fc.
+
+    Applied to the last axis of any (..., d_in) tensor; all leading axes are treated as one batch of rows.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        hidden: int = 128,
+        dropout: float = 0.0,
+        bn_momentum: float | None = 0.01,
+        eval_batch_stats: bool = False,
+    ) -> None:
+        super().__init__()
+        self.eval_batch_stats = eval_batch_stats
+        if d_in < 1 or d_out < 1 or hidden < 1:
+            raise ValueError(f"ElementwiseMLP sizes must be positive, got d_in={d_in}, d_out={d_out}, hidden={hidden}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.bn1 = nn.BatchNorm1d(hidden, momentum=bn_momentum)
+        self.prelu = nn.PReLU()
+        self.do1 = nn.Dropout(dropout)
+        self.mlp1 = BasicBlock(hidden, dropout, bn_momentum, eval_batch_stats)
+        self.mlp2 = BasicBlock(hidden, dropout, bn_momentum, eval_batch_stats)
+        self.fc2 = nn.Linear(hidden, d_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., d_in) -> (..., d_out)."""
+        rows = x.reshape(-1, x.shape[-1])  # (R, d_in), R = product of the leading axes
+        h = self.do1(linear_bn(rows, self.fc1, self.bn1, self.prelu, self.training or self.eval_batch_stats))
+        h = self.mlp2(self.mlp1(h))
+        return self.fc2(h).reshape(*x.shape[:-1], -1)

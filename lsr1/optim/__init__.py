@@ -1,0 +1,22 @@
+"""Hand-designed optimizers behind the batched init/step interface of `lsr1.optim.base`."""
+from lsr1.optim.adahessian import AdaHessian
+from lsr1.optim.base import Info, Optimizer
+from lsr1.optim.bfgs import BFGS
+from lsr1.optim.first_order import Adam, GradientDescent
+from lsr1.optim.lbfgs import LBFGS
+from lsr1.optim.linesearch import backtracking, line_search, strong_wolfe
+from lsr1.optim.sr1 import SR1
+
+__all__ = [
+    "BFGS",
+    "LBFGS",
+    "SR1",
+    "AdaHessian",
+    "Adam",
+    "GradientDescent",
+    "Info",
+    "Optimizer",
+    "backtracking",
+    "line_search",
+    "strong_wolfe",
+]

@@ -1,0 +1,54 @@
+"""Trained L-SR1 models shipped with the package, loaded by name: `lsr1.pretrained.load("quadratic")`.
+
+Each is a small checkpoint in lsr1/weights/<name>.pt holding the experiment config, the weights and a
+summary of how it was trained (read it with `info(name)`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
+from lsr1.learned import LSR1, with_buffer_size
+
+__all__ = ["WEIGHTS_DIR", "available", "export", "info", "load"]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def available() -> list[str]:
+    """Names of the shipped models."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+
+
+def _path(name: str) -> Path:
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file():
+        raise ValueError(f"no pretrained model {name!r}; available: {available()}")
+    return path
+
+
+def info(name: str) -> dict[str, Any]:
+    """The config and training summary stored with a shipped model."""
+    payload = load_checkpoint(_path(name))
+    return {"config": payload["config"], **payload.get("summary", {})}
+
+
+def load(name: str, buffer_size: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LSR1:
+    """A shipped model in eval mode; `buffer_size` overrides the trained L (the paper tests with other L)."""
+    path = _path(name)
+    payload = load_checkpoint(path)
+    model = LSR1(config_of(payload, path).lsr1)
+    model.load_state_dict(payload["model"])
+    model = model.to(device=device, dtype=dtype).eval()
+    return with_buffer_size(model, buffer_size) if buffer_size is not None else model
+
+
+def export(checkpoint: str | Path, name: str, summary: dict[str, Any] | None = None, directory: Path = WEIGHTS_DIR) -> Path:
+    """Write the weights and config of a training checkpoint as a shipped model `name` (no optimizer state)."""
+    payload = load_checkpoint(checkpoint)
+    config_of(payload, checkpoint)  # refuse a checkpoint whose config does not load
+    keep = {key: payload[key] for key in ("iteration", "best_val_loss", "best_iteration", "skipped") if key in payload}
+    return save_checkpoint(directory / f"{name}.pt", {"config": payload["config"], "model": payload["model"], "summary": {**keep, **(summary or {})}})

@@ -1,0 +1,50 @@
+"""Inner problems for meta-training and evaluation, batched and seeded."""
+from __future__ import annotations
+
+import torch
+
+from lsr1.config import TaskConfig
+from lsr1.tasks.base import Problem, derive_seed, make_generator
+from lsr1.tasks.quadratic import Quadratic, diagonal_quadratics, random_quadratics
+from lsr1.tasks.rastrigin import Rastrigin, rastrigin
+from lsr1.tasks.rosenbrock import Rosenbrock, rosenbrock
+
+__all__ = [
+    "Problem",
+    "Quadratic",
+    "Rastrigin",
+    "Rosenbrock",
+    "derive_seed",
+    "diagonal_quadratics",
+    "make_generator",
+    "problem_set",
+    "random_quadratics",
+    "rastrigin",
+    "rosenbrock",
+]
+
+
+def problem_set(
+    task: TaskConfig,
+    split: str,
+    index: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Problem:
+    """The problems of one split of a task: "train" (batch `index`, a fresh draw per meta-iteration),
+    "val" (fixed) or "test" (fixed, at task.test_dim). The same config gives the same problems anywhere."""
+    sizes = {"train": (task.batch_size, task.dim), "val": (task.val_size, task.dim), "test": (task.test_size, task.test_dim)}
+    if split not in sizes:
+        raise ValueError(f"split must be one of {list(sizes)}, got {split!r}")
+    batch, n = sizes[split]
+    seed = derive_seed(task.seed, split, index)
+    if task.name == "quadratic":
+        max_cond = None if split == "train" else task.max_cond  # training batches accept every draw (C.2.1)
+        return random_quadratics(batch, n, seed, max_cond, dtype, device)
+    if task.name == "diagonal_quadratic":
+        return diagonal_quadratics(batch, n, seed, task.cond, dtype, device)
+    if task.name == "rosenbrock":
+        return rosenbrock(batch, n, seed, dtype, device)
+    if task.name == "rastrigin":
+        return rastrigin(batch, n, seed, dtype, device)
+    raise ValueError(f"unknown task {task.name!r}")

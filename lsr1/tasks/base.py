@@ -1,0 +1,88 @@
+"""Inner problems: a batch of B objectives R^N -> R with gradients and Hessian-vector products (DESIGN §2).
+
+A problem is `value(x) -> (B,)`, `grad(x) -> (B, N)`, `hvp(x, v) -> (B, N)`, `x0 (B, N)` and `x_star (B, N)`
+where the optimum is known. Analytic tasks give closed forms; `hvp` falls back to double backward.
+Problem sets are seeded: the same seed gives the same problems on any machine or worker count.
+"""
+from __future__ import annotations
+
+import abc
+import typing
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Problem", "derive_seed", "make_generator"]
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """An independent 63-bit seed for a named sub-stream, e.g. derive_seed(0, "train", 17)."""
+    words = [int(k) if isinstance(k, int) else int.from_bytes(k.encode(), "little") % (2**32) for k in keys]
+    state = np.random.SeedSequence(entropy=seed, spawn_key=words).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A CPU generator; problems are drawn on the CPU in float64 and then moved, so any device agrees."""
+    return torch.Generator().manual_seed(seed)
+
+
+class Problem(abc.ABC):
+    """A batch of B independent objectives of dimension N, with starting points x0 (B, N)."""
+
+    def __init__(self, x0: Tensor) -> None:
+        if x0.dim() != 2:
+            raise ValueError(f"{type(self).__name__}: x0 must have shape (B, N), got {tuple(x0.shape)}")
+        if not bool(torch.isfinite(x0).all()):
+            raise ValueError(f"{type(self).__name__}: x0 contains NaN or Inf")
+        self.x0 = x0
+
+    @property
+    def batch_size(self) -> int:
+        return self.x0.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.x0.shape[1]
+
+    @abc.abstractmethod
+    def value(self, x: Tensor) -> Tensor:
+        """x: (B, N) -> f(x): (B,)."""
+
+    @abc.abstractmethod
+    def grad(self, x: Tensor) -> Tensor:
+        """x: (B, N) -> grad f(x): (B, N)."""
+
+    def hvp(self, x: Tensor, v: Tensor) -> Tensor:
+        """Hessian-vector product H(x) v: (B, N), by double backward where no closed form is given."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.value(x).sum(), x, create_graph=True)
+            (hv,) = torch.autograd.grad((g * v.detach()).sum(), x)
+        return hv
+
+    @property
+    def x_star(self) -> Tensor | None:
+        """The global minimiser (B, N), or None where it is not known."""
+        return None
+
+    def finite(self) -> bool:
+        """Whether every floating tensor of the problem (its data, x0) is finite: a NaN in a batch shows here."""
+        return all(bool(torch.isfinite(t).all()) for t in vars(self).values() if isinstance(t, Tensor) and t.is_floating_point())
+
+    # Every tensor attribute of a problem is batch-first, so these work for any task.
+
+    def _map(self, fn: "typing.Callable[[Tensor], Tensor]") -> "Problem":
+        clone = object.__new__(type(self))
+        for key, value in vars(self).items():
+            setattr(clone, key, fn(value) if isinstance(value, Tensor) else value)
+        return clone
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Problem":
+        """A copy with every tensor moved (and floating tensors cast to dtype)."""
+        return self._map(lambda t: t.to(device=device, dtype=dtype if dtype and t.is_floating_point() else None))
+
+    def select(self, index: slice | Tensor) -> "Problem":
+        """The sub-batch `index` of the problems (e.g. one worker's share: slice(rank, None, world_size))."""
+        return self._map(lambda t: t[index])

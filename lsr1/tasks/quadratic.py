@@ -1,0 +1,112 @@
+"""Quadratics f(x) = 1/2 x^T H x + b^T x (paper Eq. 14, App. C.2.1 and C.2.2).
+
+`random_quadratics`: H = A^T A with A standard normal, scaled to unit Frobenius norm, b standard normal with
+unit norm; validation and test sets reject cond(H) > max_cond, training batches take every draw.
+`diagonal_quadratics`: H diagonal with a given condition number, b = 0 (the performance-profile problems);
+H is kept as its diagonal so that N = 1000 costs O(N).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lsr1.tasks.base import Problem, make_generator
+
+__all__ = ["Quadratic", "diagonal_quadratics", "random_quadratics"]
+
+
+class Quadratic(Problem):
+    """A batch of quadratics; h is dense (B, N, N) or diagonal (B, N); b: (B, N)."""
+
+    def __init__(self, h: Tensor, b: Tensor, x0: Tensor) -> None:
+        super().__init__(x0)
+        batch, n = x0.shape
+        if h.shape not in ((batch, n, n), (batch, n)):
+            raise ValueError(f"Quadratic: h must be ({batch}, {n}, {n}) or ({batch}, {n}), got {tuple(h.shape)}")
+        if b.shape != x0.shape:
+            raise ValueError(f"Quadratic: b must be {tuple(x0.shape)}, got {tuple(b.shape)}")
+        self.h, self.b = h, b
+
+    @property
+    def diagonal(self) -> bool:
+        return self.h.dim() == 2
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """H v for v: (B, N)."""
+        return self.h * v if self.diagonal else torch.bmm(self.h, v.unsqueeze(-1)).squeeze(-1)
+
+    def value(self, x: Tensor) -> Tensor:
+        return 0.5 * (x * self.matvec(x)).sum(-1) + (self.b * x).sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        return self.matvec(x) + self.b
+
+    def hvp(self, x: Tensor, v: Tensor) -> Tensor:
+        return self.matvec(v)
+
+    def newton_direction(self, g: Tensor) -> Tensor:
+        """-H^{-1} g: (B, N)."""
+        if self.diagonal:
+            return -g / self.h
+        return -torch.linalg.solve(self.h, g.unsqueeze(-1)).squeeze(-1)
+
+    @property
+    def x_star(self) -> Tensor:
+        return self.newton_direction(self.b)
+
+    def hessian(self) -> Tensor:
+        """Dense H: (B, N, N)."""
+        return torch.diag_embed(self.h) if self.diagonal else self.h
+
+
+def _unit_quadratic(batch: int, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    a = torch.randn(batch, n, n, generator=gen, dtype=torch.float64)
+    h = a.transpose(1, 2) @ a
+    h = h / torch.linalg.matrix_norm(h, ord="fro", keepdim=True)
+    b = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    return h, b / b.norm(dim=-1, keepdim=True)
+
+
+def random_quadratics(
+    batch: int,
+    n: int,
+    seed: int,
+    max_cond: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Quadratic:
+    """B random quadratics of paper Eq. 14 with standard normal starting points.
+
+    max_cond: reject (and redraw) matrices with a larger condition number, as for validation and test sets.
+    """
+    gen = make_generator(seed)
+    hs, bs, kept = [], [], 0
+    while kept < batch:
+        h, b = _unit_quadratic(batch, n, gen)
+        if max_cond is not None:
+            keep = torch.linalg.cond(h) <= max_cond
+            h, b = h[keep], b[keep]
+        hs.append(h)
+        bs.append(b)
+        kept += h.shape[0]
+    h, b = torch.cat(hs)[:batch], torch.cat(bs)[:batch]
+    x0 = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    return Quadratic(h, b, x0).to(device, dtype)
+
+
+def diagonal_quadratics(
+    batch: int,
+    n: int,
+    seed: int,
+    cond: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Quadratic:
+    """B copies of a diagonal quadratic, b = 0, eigenvalues log-spaced in [1/cond, 1], from B seeded starts."""
+    if cond < 1:
+        raise ValueError(f"cond must be >= 1, got {cond}")
+    gen = make_generator(seed)
+    eig = torch.logspace(0.0, -torch.log10(torch.tensor(float(cond))).item(), n, dtype=torch.float64)
+    h = eig.expand(batch, n).clone()
+    x0 = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    return Quadratic(h, torch.zeros_like(x0), x0).to(device, dtype)

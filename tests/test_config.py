@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, flatten, load_config
+
+CONFIGS = sorted(Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_preset_loads(path):
+    config = load_config(path)
+    assert config.name == path.stem or config.name  # presets name their runs
+    assert config_from_dict(ExperimentConfig, config_to_dict(config)) == config  # round trip
+
+
+def test_quadratic_preset_has_the_papers_settings():
+    c = load_config("configs/quadratic.yaml")
+    assert (c.lsr1.buffer_size, c.meta.unroll_steps, c.lsr1.gamma1, c.lsr1.gamma2, c.lsr1.lambda_sec) == (8, 16, 0.4, 0.001, 100.0)
+    assert (c.task.dim, c.task.batch_size, c.task.val_size, c.task.test_dim, c.task.test_size) == (2, 128, 32, 10, 32)
+    assert (c.meta.iterations, c.meta.lr, c.meta.betas, c.meta.weight_decay) == (10000, 1e-4, (0.9, 0.999), 0.01)
+
+
+def test_overrides_are_typed():
+    c = load_config("configs/smoke.yaml", ["meta.lr=1e-4", "lsr1.identity_in_step=true", "meta.grad_clip=none",
+                                           "lsr1.encoder_inputs=[x,g]", "meta.betas=[0.8,0.9]", "task.max_cond=50"])
+    assert c.meta.lr == 1e-4 and c.lsr1.identity_in_step is True and c.meta.grad_clip is None
+    assert c.lsr1.encoder_inputs == ["x", "g"] and c.meta.betas == (0.8, 0.9) and c.task.max_cond == 50.0
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"lsr1\.bufer_size.*buffer_size"):
+        load_config("configs/smoke.yaml", ["lsr1.bufer_size=4"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, ["optimiser.lr=1"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("meta.iterations=ten", "expected an integer"),
+        ("lsr1.gamma1=-1", "gamma1 must be > 0"),
+        ("lsr1.encoder_inputs=[x,z]", "unknown"),
+        ("task.name=sphere", "unknown task"),
+        ("meta.betas=[0.9]", "expected 2 items"),
+        ("lsr1.identity_in_step=maybe", "true or false"),
+        ("meta.lr", "section.key=value"),
+    ],
+)
+def test_bad_values_are_clear_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/smoke.yaml", [override])
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lsr1: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
+        load_config(listy)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("meta:\n  iteratons: 3\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: .*meta\.iteratons"):
+        load_config(typo)
+
+
+def test_flatten_gives_dotted_keys():
+    flat = flatten(config_to_dict(load_config("configs/smoke.yaml")))
+    assert flat["lsr1.buffer_size"] == 4 and flat["meta.betas"] == [0.9, 0.999]

@@ -1,0 +1,75 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lsr1.nn import BasicBlock, ElementwiseMLP, linear_bn
+from tests.helpers import assert_close
+
+
+def _reference(x, linear, bn, prelu):
+    z = bn(linear(x))
+    return prelu(z) if prelu is not None else z
+
+
+@pytest.mark.parametrize("with_prelu", [True, False])
+def test_linear_bn_matches_torch_modules_in_training(with_prelu):
+    x = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
+    linear, bn, prelu = nn.Linear(6, 5).double(), nn.BatchNorm1d(5, momentum=0.1).double(), nn.PReLU(init=0.3).double()
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+    ref = copy.deepcopy((linear, bn, prelu))
+    weight = torch.randn(40, 5, dtype=torch.float64)
+    mods = [linear, bn] + ([prelu] if with_prelu else [])
+    ref_mods = list(ref[:2]) + ([ref[2]] if with_prelu else [])
+    params = [x] + [p for m in mods for p in m.parameters()]
+    ref_params = [x] + [p for m in ref_mods for p in m.parameters()]
+    out = linear_bn(x, linear, bn, prelu if with_prelu else None)
+    expected = _reference(x, ref[0], ref[1], ref[2] if with_prelu else None)
+    assert_close(out, expected, what="forward")
+    for got, want in zip(torch.autograd.grad((out * weight).sum(), params), torch.autograd.grad((expected * weight).sum(), ref_params)):
+        assert_close(got, want, what="gradient")
+    assert_close(bn.running_mean, ref[1].running_mean, what="running mean")
+    assert_close(bn.running_var, ref[1].running_var, what="running var")
+
+
+@pytest.mark.parametrize("with_prelu", [True, False])
+def test_linear_bn_eval_folds_running_statistics(with_prelu):
+    linear, bn, prelu = nn.Linear(6, 5).double(), nn.BatchNorm1d(5).double(), nn.PReLU(init=0.3).double()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    bn.eval()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    assert_close(linear_bn(x, linear, bn, prelu if with_prelu else None), _reference(x, linear, bn, prelu if with_prelu else None))
+
+
+def test_linear_bn_batch_statistics_in_eval_do_not_touch_running_statistics():
+    linear, bn = nn.Linear(3, 4).double(), nn.BatchNorm1d(4).double()
+    bn.eval()
+    x = torch.randn(9, 3, dtype=torch.float64)
+    out = linear_bn(x, linear, bn, None, batch_stats=True)
+    assert_close(out.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+    assert bn.num_batches_tracked.item() == 0 and torch.equal(bn.running_mean, torch.zeros(4, dtype=torch.float64))
+
+
+def test_elementwise_mlp_is_table5_and_acts_per_coordinate():
+    mlp = ElementwiseMLP(5, 1, hidden=16)
+    names = [n for n, _ in mlp.named_children()]
+    assert names == ["fc1", "bn1", "prelu", "do1", "mlp1", "mlp2", "fc2"]
+    assert [n for n, _ in BasicBlock(8).named_children()] == ["fc1", "bn1", "prelu", "do1", "fc2", "bn2", "do2"]
+    mlp.eval()
+    x = torch.randn(3, 11, 5)
+    out = mlp(x)
+    assert out.shape == (3, 11, 1)
+    # in eval mode with running statistics each coordinate is processed on its own
+    assert_close(mlp(x[1:2, 4:5]), out[1:2, 4:5], atol=1e-6, rtol=1e-5)
+
+
+def test_elementwise_mlp_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="positive"):
+        ElementwiseMLP(0, 1)
+    with pytest.raises(ValueError, match="dropout"):
+        ElementwiseMLP(5, 1, dropout=1.0)

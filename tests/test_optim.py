@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from lsr1.meta import run
+from lsr1.optim import BFGS, LBFGS, SR1, AdaHessian, Adam, GradientDescent, backtracking, strong_wolfe
+from lsr1.optim.sr1 import sr1_update
+from lsr1.optim.bfgs import bfgs_update
+from lsr1.tasks import diagonal_quadratics, random_quadratics, rosenbrock
+from tests.helpers import assert_close, smoketest_optimizer
+
+F64 = torch.float64
+
+
+def _quadratics(batch: int = 6, n: int = 10, seed: int = 0):
+    return random_quadratics(batch, n, seed=seed, max_cond=1000, dtype=F64)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: GradientDescent(0.1),
+        lambda p: Adam(0.01),
+        lambda p: LBFGS(p, memory=4),
+        lambda p: LBFGS(p, memory=4, line_search="armijo"),
+        lambda p: BFGS(p),
+        lambda p: BFGS(p, line_search="fixed", lr=0.5),
+        lambda p: SR1(p),
+        lambda p: AdaHessian(p),
+    ],
+    ids=["gd", "adam", "lbfgs-wolfe", "lbfgs-armijo", "bfgs", "bfgs-fixed", "sr1", "adahessian"],
+)
+def test_every_optimizer_keeps_the_interface(make):
+    problem = _quadratics(4, 5)
+    smoketest_optimizer(make(problem), problem)
+
+
+def _oracle_trajectory(torch_opt_cls, problem, steps, **kw):
+    x = problem.x0.clone().requires_grad_(True)
+    opt = torch_opt_cls([x], **kw)
+    xs = []
+    for _ in range(steps):
+        opt.zero_grad()
+        problem.value(x).sum().backward()
+        opt.step()
+        xs.append(x.detach().clone())
+    return torch.stack(xs)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, kw",
+    [
+        (lambda: GradientDescent(lr=0.3), torch.optim.SGD, {"lr": 0.3}),
+        (lambda: Adam(lr=0.05, betas=(0.8, 0.99), eps=1e-6), torch.optim.Adam, {"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-6}),
+    ],
+    ids=["gd-vs-SGD", "adam-vs-Adam"],
+)
+def test_first_order_optimizers_match_torch_step_for_step(ours, theirs, kw):
+    problem = _quadratics(3, 4)
+    trajectory = run(ours(), problem, 25).iterates[1:]
+    assert_close(trajectory, _oracle_trajectory(theirs, problem, 25, **kw), atol=1e-12, rtol=1e-12)
+
+
+def _relative_error(result, problem):
+    return (result.iterates[-1] - problem.x_star).norm(dim=-1) / problem.x_star.norm(dim=-1)
+
+
+@pytest.mark.parametrize("method", [LBFGS, BFGS])
+def test_quasi_newton_solves_a_10d_quadratic_within_2n_iterations(method):
+    """With near-exact line searches (small c2; cubic interpolation is exact on a quadratic) BFGS-type
+    methods terminate like conjugate gradients: here within 2N = 20 iterations to 1e-8."""
+    problem = _quadratics(8, 10)
+    kw = {"memory": 10} if method is LBFGS else {}
+    assert _relative_error(run(method(problem, c2=1e-3, **kw), problem, 20), problem).max() < 1e-8
+
+
+def test_lbfgs_default_searches_converge_on_quadratics():
+    """With the usual c2 = 0.9 (as scipy's L-BFGS-B, which needs a similar 30-45 iterations here) the
+    accuracy is limited by comparing f values: about sqrt(eps * cond) in x."""
+    problem = _quadratics(8, 10)
+    for line_search in ("strong_wolfe", "armijo"):
+        assert _relative_error(run(LBFGS(problem, memory=10, line_search=line_search), problem, 60), problem).max() < 1e-6
+
+
+def test_lbfgs_reaches_the_rosenbrock_minimum():
+    problem = rosenbrock(4, 2, seed=0, dtype=F64)
+    result = run(LBFGS(problem, memory=5), problem, 100)
+    assert (result.iterates[-1] - 1.0).abs().max() < 1e-6
+
+
+def test_quasi_newton_updates_satisfy_the_secant_equation_exactly():
+    torch.manual_seed(1)
+    n = 6
+    a = torch.randn(5, n, n, dtype=F64)
+    h = a @ a.transpose(1, 2) + torch.eye(n, dtype=F64)
+    s, y = torch.randn(5, n, dtype=F64), torch.randn(5, n, dtype=F64)
+    y = torch.where(((s * y).sum(-1) > 0).unsqueeze(-1), y, -y)  # BFGS needs y.s > 0
+    updated, ok = sr1_update(h, s, y)
+    assert ok.all()
+    assert_close(torch.einsum("bij,bj->bi", updated, y), s, atol=1e-10, rtol=1e-10)
+    assert_close(updated, updated.transpose(1, 2))
+    assert_close(torch.einsum("bij,bj->bi", bfgs_update(h, s, y), y), s, atol=1e-10, rtol=1e-10)
+
+
+def test_sr1_skips_an_update_with_v_orthogonal_to_y():
+    h = torch.eye(2, dtype=F64).unsqueeze(0)
+    y = torch.tensor([[1.0, 1.0]], dtype=F64)
+    _, ok = sr1_update(h, torch.tensor([[2.0, 0.0]], dtype=F64), y)  # v = s - H y = (1, -1), v . y = 0
+    assert not ok.any()
+    _, ok = sr1_update(h, torch.tensor([[2.0, 1.0]], dtype=F64), y)  # v = (1, 0), v . y = 1
+    assert ok.all()
+
+
+def test_adahessian_is_a_newton_step_on_diagonal_quadratics():
+    """Hutchinson's estimate is exact for a diagonal H, so lr = 1 with tiny eps jumps to the optimum."""
+    problem = diagonal_quadratics(3, 20, seed=0, cond=100, dtype=F64)
+    result = run(AdaHessian(problem, lr=1.0, eps=1e-15), problem, 1)
+    assert result.iterates[-1].abs().max() < 1e-11
+
+
+def test_line_searches_meet_their_conditions():
+    problem = _quadratics(16, 5)
+    x = problem.x0
+    f0, g0 = problem.value(x), problem.grad(x)
+    d = -g0 * torch.rand(16, 1, dtype=F64) * 30  # steps of very different scales
+    t0 = torch.ones(16, dtype=F64)
+    gtd0 = (g0 * d).sum(-1)
+    wolfe = strong_wolfe(problem, x, f0, g0, d, t0)
+    assert (wolfe.f <= f0 + 1e-4 * wolfe.t * gtd0).all()
+    assert ((wolfe.g * d).sum(-1).abs() <= -0.9 * gtd0 + 1e-12).all()
+    assert_close(wolfe.f, problem.value(x + wolfe.t.unsqueeze(-1) * d))
+    armijo = backtracking(problem, x, f0, g0, d, t0)
+    assert (armijo.f <= f0 + 1e-4 * armijo.t * gtd0).all() and (armijo.t > 0).all()
+    assert_close(armijo.g, problem.grad(x + armijo.t.unsqueeze(-1) * d))
+
+
+def test_optimizer_arguments_are_checked():
+    problem = _quadratics(2, 3)
+    with pytest.raises(ValueError, match="line_search"):
+        LBFGS(problem, line_search="exact")
+    with pytest.raises(ValueError, match="memory"):
+        LBFGS(problem, memory=0)
+    with pytest.raises(ValueError, match="lr"):
+        Adam(lr=-1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        GradientDescent().init(torch.full((1, 2), float("nan")), torch.zeros(1, 2))
