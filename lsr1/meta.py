@@ -189,9 +189,9 @@ class TrainHooks:
     """How a caller (the Ray layer, a test) plugs into `train` without `train` knowing about it."""
 
     on_iteration: Callable[[int, dict[str, float]], None] | None = None  # after every meta-iteration
-    on_checkpoint: Callable[[int, Path, dict[str, float]], None] | None = None  # after last.pt is written
+    on_checkpoint: Callable[[int, Path, dict[str, float]], None] | None = None  # run_dir, after last.pt is written
     wrap: Callable[[nn.Module], nn.Module] | None = None  # e.g. DistributedDataParallel around MetaLoss
-    agree: Callable[[bool], bool] = lambda ok: ok  # all workers agree a step is finite
+    agree: Callable[[bool], bool] = lambda ok: ok  # True only if it is True on every worker
     rank: int = 0  # this worker's share of each global batch is problems[rank::world_size]
     world_size: int = 1
 
@@ -297,7 +297,8 @@ def train(
             "problems_per_s": problem.batch_size / seconds,
             **result.parts,
         }
-        if iteration % meta.val_every == 0 or iteration == meta.iterations:
+        validating = iteration % meta.val_every == 0 or iteration == meta.iterations
+        if validating:
             metrics.update(validate(learner, val_problems, meta.unroll_steps))
             if metrics["val_loss"] < progress_state["best_val_loss"]:
                 progress_state.update(best_val_loss=metrics["val_loss"], best_iteration=iteration)
@@ -308,14 +309,15 @@ def train(
         if chief:
             with metrics_path.open("a") as out:
                 out.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
-        if iteration == meta.iterations or time.monotonic() - last_save >= meta.checkpoint_every_s:
+        if hooks.on_iteration is not None:
+            hooks.on_iteration(iteration, metrics)
+        # after every validation, and every checkpoint_every_s; workers decide together (their clocks differ)
+        if hooks.agree(validating or time.monotonic() - last_save >= meta.checkpoint_every_s):
             if chief:
                 save_checkpoint(last_path, _payload(config, learner, meta_optimizer, scheduler, progress_state))
             if hooks.on_checkpoint is not None:
-                hooks.on_checkpoint(iteration, last_path, metrics)
+                hooks.on_checkpoint(iteration, run_dir, metrics)
             last_save = time.monotonic()
-        if hooks.on_iteration is not None:
-            hooks.on_iteration(iteration, metrics)
         bar.update(1)
     bar.close()
     return TrainSummary(
