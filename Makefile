@@ -6,9 +6,13 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
+BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+RAY_DASHBOARD_PORT ?= 8265
+CONFIG ?= configs/smoke.yaml
+ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench ui cluster-up cluster-down submit clean
 
 install: $(STAMP)
 
@@ -22,11 +26,27 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m pipeline.train --config configs/smoke.yaml --name demo-smoke --local
-	$(PY) -m pipeline.evaluate --checkpoint runs/demo-smoke/best.pt --out runs/demo-smoke/eval
+	$(PY) -m pipeline.train --config configs/smoke.yaml --name demo --workers 2
 
 bench: $(STAMP)
 	$(PY) benchmarks/meta_step.py
+
+# The MLflow UI on the default store (mlflow.db in this folder): http://127.0.0.1:5000
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# A local Ray head for `ray job submit` (jobs run `python` from this PATH, hence the venv first)
+cluster-up: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/ray start --head --dashboard-port=$(RAY_DASHBOARD_PORT) --include-dashboard=true --disable-usage-stats
+
+cluster-down:
+	$(BIN)/ray stop
+
+# Submit pipeline.train to the head: make submit CONFIG=configs/quadratic.yaml ARGS="--workers 2"
+submit: $(STAMP)
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . \
+	  --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:///$(CURDIR)/mlflow.db", "LSR1_RUNS_DIR": "$(CURDIR)/runs"}}' \
+	  -- python -m pipeline.train --config $(CONFIG) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

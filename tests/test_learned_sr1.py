@@ -113,3 +113,19 @@ def test_bad_inputs_give_clear_errors():
         model.init(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(TypeError, match="floating"):
         model.init(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_last_step_secant_pairs_the_new_buffer_with_the_previous_step():
+    model = _small(lambda_sec=2.0, secant_target="last_step").double()
+    problem = random_quadratics(3, 4, seed=5, dtype=torch.float64)
+    x0 = problem.x0
+    g0 = problem.grad(x0)
+    state = model.init(x0, g0)
+    x1, state, _ = model.step(state, x0, g0)
+    penalty, _ = model.meta_penalty(state, x1, problem.grad(x1))
+    assert torch.count_nonzero(penalty) == 0  # (p_0, q_0) = (x_0, g_0) is no step
+    g1 = problem.grad(x1)
+    x2, state, _ = model.step(state, x1, g1)
+    penalty, info = model.meta_penalty(state, x2, problem.grad(x2))
+    assert_close(info["secant_residual"], secant_residual(state.buffer, x1 - x0, g1 - g0))
+    assert_close(penalty, 2.0 * info["secant_residual"])

@@ -31,6 +31,8 @@ class LSR1State(NamedTuple):
     g_prev: Tensor  # (B, N) g_{k-2}; zero at init so that q_0 = g_0
     d: Tensor  # (B, N) the last direction d_{k-1}; g_0 at init
     buffer: Tensor  # (B, L, N) the last L vectors v, oldest first; never-filled slots are zero
+    residual: Tensor  # (B,) secant residual of the last pair (secant_target "last_step"); zero otherwise
+    count: int  # steps taken
 
 
 def precondition(buffer: Tensor, g: Tensor, identity_weight: float) -> Tensor:
@@ -59,6 +61,7 @@ class LSR1(LearnedOptimizer):
         self.gamma2 = config.gamma2
         self.lambda_sec = config.lambda_sec
         self.identity_weight = 1.0 if config.identity_in_step else 0.0
+        self.last_step_secant = config.secant_target == "last_step"
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
         # eval_norm "batch": at evaluation BatchNorm keeps normalising over the coordinates being optimised,
         # as in training; with running statistics, states far from the training distribution (large x or g)
@@ -78,7 +81,7 @@ class LSR1(LearnedOptimizer):
         check_pair(x0, g0, "LSR1")
         zeros = torch.zeros_like(x0)
         buffer = x0.new_zeros(x0.shape[0], self.buffer_size, x0.shape[1])
-        return LSR1State(x_prev=zeros, g_prev=zeros, d=g0, buffer=buffer)
+        return LSR1State(x_prev=zeros, g_prev=zeros, d=g0, buffer=buffer, residual=x0.new_zeros(x0.shape[0]), count=0)
 
     def step(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, LSR1State, Info]:
         p = x - state.x_prev  # p_{k-1}
@@ -90,12 +93,20 @@ class LSR1(LearnedOptimizer):
         buffer = fifo_push(state.buffer, v)
         d = precondition(buffer, g, self.identity_weight)
         x_next = x - alpha * d
+        residual = state.residual  # the first step has no previous pair: (p_0, q_0) = (x_0, g_0) only seeds E
+        if self.last_step_secant and state.count > 0:
+            residual = secant_residual(buffer, p, q)
         info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1)}
-        return x_next, LSR1State(x_prev=x, g_prev=g, d=d, buffer=buffer), info
+        return x_next, LSR1State(x, g, d, buffer, residual, state.count + 1), info
 
     def meta_penalty(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
-        """lambda_sec * ||p_k - B~_k q_k||^2 for the step that produced x (Eq. 9)."""
-        residual = secant_residual(state.buffer, x - state.x_prev, g - state.g_prev)
+        """lambda_sec * ||p - B~_k q||^2 (Eq. 9), B~_k the buffer after pushing v_k, and (p, q) either the
+        step B~_k produced (secant_target "new_step", DESIGN §3) or the pair v_k was generated from
+        ("last_step", the quasi-Newton convention B_k q_{k-1} = p_{k-1})."""
+        if self.last_step_secant:
+            residual = state.residual
+        else:
+            residual = secant_residual(state.buffer, x - state.x_prev, g - state.g_prev)
         return self.lambda_sec * residual, {"secant_residual": residual}
 
 

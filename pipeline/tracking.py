@@ -1,0 +1,102 @@
+"""MLflow tracking for training runs: one MLflow run per training run, written by rank 0 only.
+
+The store defaults to a SQLite database `mlflow.db` in the working directory (git-ignored) with artifacts
+under `mlruns/`; `MLFLOW_TRACKING_URI` overrides it (e.g. a tracking server for a cluster). Metrics are
+buffered and written when a checkpoint is written, and a resumed run skips steps already logged, so a
+restarted worker neither loses nor repeats an iteration in the metric history.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from lsr1.config import ExperimentConfig, config_to_dict, flatten
+
+__all__ = ["RUN_NAME_TAG", "MetricsBuffer", "Run", "tracking_uri"]
+
+log = logging.getLogger(__name__)
+
+RUN_NAME_TAG = "lsr1.run_name"
+_BATCH = 900  # MLflow's log_batch accepts at most 1000 metrics per call
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else an absolute SQLite path in the working directory (so workers agree)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+class Run:
+    """The MLflow run of one training run; `Run.open` finds it again by name when a run resumes."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri, self.run_id = uri, run_id
+        self.client = MlflowClient(uri)
+
+    @classmethod
+    def open(cls, uri: str, experiment: str, name: str, config: ExperimentConfig, tags: dict[str, str] | None = None) -> "Run":
+        """The run named `name` in `experiment` (created with its params if new, reopened if it exists)."""
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            artifacts = None
+            if uri.startswith("sqlite:"):  # keep artifacts next to the database, not under whatever the cwd is
+                artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / experiment).resolve().as_uri()
+            experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
+        else:
+            experiment_id = found.experiment_id
+        existing = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'", max_results=1)
+        if existing:
+            run_id = existing[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            log.info("MLflow: resuming run %s (%s)", name, run_id)
+            return cls(uri, run_id)
+        run = client.create_run(experiment_id, run_name=name, tags={RUN_NAME_TAG: name, **(tags or {})})
+        params = [Param(k, str(v)) for k, v in flatten(config_to_dict(config)).items()]
+        client.log_batch(run.info.run_id, params=params)
+        return cls(uri, run.info.run_id)
+
+    def last_step(self, key: str = "loss") -> int:
+        """The highest step logged for `key` (0 if none): where a resumed run's history continues."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=0)
+
+    def log_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Log (step, metrics) rows in batches; non-finite values are not storable and are left out."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for step, values in rows for k, v in values.items() if math.isfinite(v)]
+        for start in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + _BATCH])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, ok: bool) -> None:
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+class MetricsBuffer:
+    """Per-iteration metrics held until the next checkpoint, then written once (see the module doc)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.rows = run, []
+        self.logged_up_to = run.last_step()
+
+    def add(self, iteration: int, metrics: dict[str, float]) -> None:
+        if iteration > self.logged_up_to:
+            self.rows.append((iteration, metrics))
+
+    def flush(self) -> None:
+        if self.rows:
+            self.run.log_metrics(self.rows)
+            self.logged_up_to = self.rows[-1][0]
+            self.rows = []

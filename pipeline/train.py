@@ -1,0 +1,239 @@
+"""Distributed meta-training: `python -m pipeline.train --config configs/<preset>.yaml [--set a.b=c ...]`.
+
+Ray Train runs the plain `lsr1.meta.train` loop on --workers workers (DDP over the learned modules; gloo on
+CPU, nccl on GPU), each on its share of every global batch. Checkpoints (model, meta-optimizer, scheduler,
+iteration, RNG) go to Ray's storage after every validation and every few minutes; a failed worker group
+restarts from the last one (--max-failures), and running the same --name again resumes. MLflow gets one
+run per training run (params, per-iteration metrics, test curves, the best checkpoint, the registered model).
+--local runs the same loop in this process without Ray. Under `ray job submit` it joins that cluster.
+
+    python -m pipeline.train --config configs/quadratic.yaml --workers 2
+    python -m pipeline.train --config configs/smoke.yaml --smoke-test       # seconds, for CI
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lsr1.checkpoint import config_of, load_checkpoint
+from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
+from lsr1.learned import make_learner
+from lsr1.meta import TrainHooks, TrainSummary, train
+from pipeline.tracking import MetricsBuffer, Run, tracking_uri
+
+log = logging.getLogger("pipeline.train")
+
+
+# --------------------------------------------------------------------------------------------------------
+# the worker: unpack, call lsr1.meta.train, touch Ray only to prepare, agree, report
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    config = config_from_dict(ExperimentConfig, loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    run_dir = Path(tempfile.mkdtemp(prefix=f"lsr1-{config.name}-rank{rank}-"))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restarted worker group, or the same --name run again
+        with checkpoint.as_directory() as stored:
+            shutil.copytree(stored, run_dir, dirs_exist_ok=True)
+
+    def agree(flag: bool) -> bool:
+        if world == 1:
+            return flag
+        vote = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(vote, op=dist.ReduceOp.MIN)
+        return bool(vote.item())
+
+    buffer = MetricsBuffer(Run(loop_config["tracking_uri"], loop_config["run_id"])) if rank == 0 else None
+    fail_once_at = loop_config.get("fail_once_at")
+    fault_marker = Path(loop_config["fault_marker"])
+
+    def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
+        if buffer is not None:
+            buffer.add(iteration, metrics)
+        if rank == 0 and iteration == fail_once_at and not fault_marker.exists():
+            fault_marker.touch()
+            raise RuntimeError(f"fault injected at iteration {iteration} (--fail-once-at)")
+
+    def on_checkpoint(iteration: int, directory: Path, metrics: dict[str, float]) -> None:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"iteration": iteration}
+        if buffer is not None:
+            buffer.flush()
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(scalars)
+
+    hooks = TrainHooks(
+        on_iteration=on_iteration,
+        on_checkpoint=on_checkpoint,
+        wrap=ray.train.torch.prepare_model if world > 1 else None,
+        agree=agree,
+        rank=rank,
+        world_size=world,
+    )
+    train(config, run_dir, device=device, hooks=hooks, progress=rank == 0)
+
+
+def _fit_with_ray(config: ExperimentConfig, args: argparse.Namespace, run: Run, storage: Path, dest: Path) -> None:
+    """TorchTrainer over `args.workers` workers; copies the final checkpoint directory to `dest`."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # otherwise every worker line prints twice
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):  # `ray job submit` and `ray start` clusters set it
+            ray.init()
+        else:
+            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True)
+    resources = ray.cluster_resources()
+    use_gpu = args.gpu if args.gpu is not None else resources.get("GPU", 0) >= args.workers
+    cpus = args.cpus_per_worker or max(0.5, min(4.0, resources.get("CPU", 1) / args.workers))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config_to_dict(config),
+            "tracking_uri": run.uri,
+            "run_id": run.run_id,
+            "fail_once_at": args.fail_once_at,
+            "fault_marker": str(storage / args.name / ".fault-injected"),
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=args.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(
+            name=args.name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    log.info("Ray Train: %d worker(s), %s CPU each, %s", args.workers, cpus, "GPU" if use_gpu else "no GPU")
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    result.checkpoint.to_directory(str(dest))
+
+
+def _fit_locally(config: ExperimentConfig, run: Run, dest: Path) -> None:
+    buffer = MetricsBuffer(run)
+    hooks = TrainHooks(on_iteration=buffer.add, on_checkpoint=lambda i, d, m: buffer.flush())
+    train(config, dest, hooks=hooks, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------------------
+# the driver: config, MLflow run, fit, then artifacts and the registered model
+
+
+def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test set and log artifacts and the model to MLflow."""
+    import mlflow
+
+    from pipeline.evaluate import evaluate
+
+    best = dest / "best.pt"
+    payload = load_checkpoint(best)
+    config_path = dest / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    for path, folder in ((config_path, None), (best, "checkpoints"), (dest / "metrics.jsonl", None)):
+        run.log_artifact(path, folder)
+    groups = evaluate([best], [config.lsr1.buffer_size], test_steps, dest / "test")
+    for path in sorted((dest / "test").iterdir()):
+        run.log_artifact(path, "test")
+    final = {c.name: c for group in groups.values() for c in group}
+    summary = {
+        "best_val_loss": payload["best_val_loss"],
+        "best_iteration": payload["best_iteration"],
+        "iterations": payload["iteration"],
+        "skipped": payload["skipped"],
+    }
+    for name, curve in final.items():
+        key = "test_final_gap_lsr1" if name.startswith("L-SR1") else "test_final_gap_lbfgs"
+        summary[key] = float(curve.gap[-1])
+    run.log_metrics([(payload["iteration"], {k: float(v) for k, v in summary.items()})])
+    model = make_learner(config_of(payload, best))
+    model.load_state_dict(payload["model"])
+    mlflow.set_tracking_uri(run.uri)
+    with mlflow.start_run(run_id=run.run_id):
+        info = mlflow.pytorch.log_model(
+            model.eval(), name="model", serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]
+        )
+    version = mlflow.register_model(info.model_uri, config.name)
+    summary["registered_model"] = f"{config.name} v{version.version}"
+    return summary
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="a preset from configs/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    parser.add_argument("--name", help="run name (default: the preset's name); the same name resumes")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    parser.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    parser.add_argument("--smoke-test", action="store_true", help="a few iterations, to check the set-up")
+    parser.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("LSR1_RUNS_DIR", "runs")), help="where runs/<name>/ goes (env LSR1_RUNS_DIR)")
+    parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    parser.add_argument("--cpus-per-worker", type=float, default=None)
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None, help="use GPUs (default: if the cluster has one per worker)")
+    parser.add_argument("--test-steps", type=int, default=20, help="inner steps of the final test-set evaluation")
+    parser.add_argument("--fail-once-at", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    overrides = list(args.overrides)
+    if args.smoke_test:
+        overrides += ["meta.iterations=6", "meta.val_every=3"]
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args.name = args.name or config.name
+    runs_dir = args.runs_dir.resolve()
+    dest = runs_dir / args.name
+    run = Run.open(tracking_uri(), config.name, args.name, config, tags={"lsr1.mode": "local" if args.local else f"ray x{args.workers}"})
+    tic = time.time()
+    try:
+        if args.local:
+            _fit_locally(config, run, dest)
+        else:
+            _fit_with_ray(config, args, run, runs_dir / "ray", dest)
+        summary = _finalize(config, run, dest, args.test_steps)
+    except Exception:
+        log.exception("training run %s failed", args.name)
+        run.finish(ok=False)
+        return 1
+    run.finish(ok=True)
+    summary["wall_time_s"] = round(time.time() - tic, 1)
+    print(f"\n{'run':22}{args.name}")
+    for key, value in summary.items():
+        print(f"{key:22}{value:.6g}" if isinstance(value, float) else f"{key:22}{value}")
+    print(f"{'checkpoints':22}{dest}")
+    print(f"{'MLflow run':22}{run.run_id}")
+    print(f"\nmlflow ui --backend-store-uri {run.uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

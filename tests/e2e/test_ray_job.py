@@ -1,0 +1,69 @@
+"""End to end: a real Ray head (`ray start --head`), `ray job submit -- python -m pipeline.train`, and the
+run read back from the MLflow store the job wrote to. Runs first (tests/e2e sorts before tests/test_*),
+so `ray stop` at the end cannot take down the shared local Ray instance of the other tests."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    import ray
+
+    assert not ray.is_initialized(), "the e2e test must run before any in-process Ray instance"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # jobs run `python` from the head's PATH
+    dashboard = _free_port()
+    start = [str(BIN / "ray"), "start", "--head", f"--port={_free_port()}", f"--dashboard-port={dashboard}",
+             "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _submit(address: str, env: dict, tmp: Path, *train_args: str) -> subprocess.CompletedProcess:
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "LSR1_RUNS_DIR": str(tmp / "runs")}}
+    command = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "pipeline.train", *train_args]
+    return subprocess.run(command, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
+
+
+def test_ray_job_submit_trains_and_logs_to_mlflow(ray_head, tmp_path):
+    address, env = ray_head
+    done = _submit(address, env, tmp_path, "--config", "configs/smoke.yaml", "--smoke-test", "--name", "e2e", "--workers", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.`lsr1.run_name` = 'e2e'")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lsr1.buffer_size"] == "4" and run.data.params["meta.iterations"] == "6"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    assert "val_loss" in run.data.metrics and "test_final_gap_lsr1" in run.data.metrics
+    (version,) = client.search_model_versions("name = 'smoke'")
+    assert version.run_id == run.info.run_id
+    assert (tmp_path / "runs" / "e2e" / "best.pt").is_file()
+
+
+def test_a_failing_job_exits_non_zero(ray_head, tmp_path):
+    address, env = ray_head
+    done = _submit(address, env, tmp_path, "--config", "configs/smoke.yaml", "--set", "lsr1.bufer_size=3")
+    assert done.returncode != 0
+    assert "bufer_size" in done.stdout + done.stderr
