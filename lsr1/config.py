@@ -52,6 +52,7 @@ class LSR1Config:
     gamma2: float = 0.001
     lambda_sec: float = 100.0  # secant penalty weight; 0 = "without learned projection"
     identity_in_step: bool = False  # d = (I + sum v v^T) g (Eq. 7) instead of sum v v^T g (Alg. 1)
+    secant_target: str = "new_step"  # pair of the secant penalty: "new_step" (p_k, q_k) or "last_step" (p_{k-1}, q_{k-1})
     encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
@@ -67,6 +68,10 @@ class LSR1Config:
         _check(
             self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0,
             f"lsr1.bn_momentum must be in (0, 1] or None, got {self.bn_momentum}",
+        )
+        _check(
+            self.secant_target in ("new_step", "last_step"),
+            f"lsr1.secant_target must be 'new_step' or 'last_step', got {self.secant_target!r}",
         )
         _check(self.eval_norm in ("batch", "running"), f"lsr1.eval_norm must be 'batch' or 'running', got {self.eval_norm!r}")
         _check(self.vector_init_scale > 0, f"lsr1.vector_init_scale must be > 0, got {self.vector_init_scale}")
