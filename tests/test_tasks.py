@@ -69,3 +69,12 @@ def test_bad_problem_inputs():
         Quadratic(torch.ones(1, 3), torch.zeros(1, 2), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="N >= 2"):
         rosenbrock(1, 1, seed=0)
+
+
+def test_derived_seeds_depend_on_every_character_of_a_key():
+    from lsr1.tasks import derive_seed
+
+    seeds = {derive_seed(0, key) for key in ("quadratic_cond1", "quadratic_cond100", "profiles-test", "profiles-validation")}
+    assert len(seeds) == 4
+    assert derive_seed(0, "train", 1) != derive_seed(0, "train", 2) != derive_seed(1, "train", 1)
+    assert derive_seed(0, "train", 2**40) != derive_seed(0, "train", 0)

@@ -1,12 +1,14 @@
 """Inner problems: a batch of B objectives R^N -> R with gradients and Hessian-vector products (DESIGN §2).
 
 A problem is `value(x) -> (B,)`, `grad(x) -> (B, N)`, `hvp(x, v) -> (B, N)`, `x0 (B, N)` and `x_star (B, N)`
-where the optimum is known. Analytic tasks give closed forms; `hvp` falls back to double backward.
+where the optimum is known; optional hooks give a meta-loss term other than f (`meta_objective`), task
+metrics (`evaluation_metrics`) and observations a learner may condition on (`context`). Analytic tasks give closed forms; `hvp` falls back to double backward.
 Problem sets are seeded: the same seed gives the same problems on any machine or worker count.
 """
 from __future__ import annotations
 
 import abc
+import hashlib
 import typing
 
 import numpy as np
@@ -16,9 +18,19 @@ from torch import Tensor
 __all__ = ["Problem", "derive_seed", "make_generator"]
 
 
+def _words(key: int | str) -> list[int]:
+    """A key as 32-bit words: strings through SHA-256 (all of their characters count), ints as two words."""
+    if isinstance(key, str):
+        digest = hashlib.sha256(key.encode()).digest()
+        return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+    if key < 0:
+        raise ValueError(f"seed keys must be non-negative, got {key}")
+    return [key & 0xFFFFFFFF, key >> 32]
+
+
 def derive_seed(seed: int, *keys: int | str) -> int:
     """An independent 63-bit seed for a named sub-stream, e.g. derive_seed(0, "train", 17)."""
-    words = [int(k) if isinstance(k, int) else int.from_bytes(k.encode(), "little") % (2**32) for k in keys]
+    words = [w for key in keys for w in _words(key)]
     state = np.random.SeedSequence(entropy=seed, spawn_key=words).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 ^ int(state[1])
 
@@ -66,6 +78,25 @@ class Problem(abc.ABC):
     def x_star(self) -> Tensor | None:
         """The global minimiser (B, N), or None where it is not known."""
         return None
+
+    @property
+    def context(self) -> Tensor | None:
+        """Observations (B, C) a learned optimizer may condition on (HMR: the keypoints); None by default."""
+        return None
+
+    def meta_objective(self, x: Tensor, value: Tensor) -> Tensor:
+        """This problem's term of the meta-loss at iterate x (B, N), given value = self.value(x): (B,).
+
+        Default: the value itself (Eq. 9). Tasks with supervision add theirs (HMR, Eq. 13).
+        """
+        return value
+
+    def evaluation_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        """Task-specific errors of iterates x (B, N), name -> (B,), lower is better (HMR: PA-MPJPE in mm).
+
+        `lsr1.meta.validate` reports their means at the last iterate. Default: none.
+        """
+        return {}
 
     def finite(self) -> bool:
         """Whether every floating tensor of the problem (its data, x0) is finite: a NaN in a batch shows here."""

@@ -1,0 +1,120 @@
+"""`lsr1.LearnedSR1`: a trained L-SR1 as a drop-in `torch.optim.Optimizer` for any model's parameters.
+
+Like `torch.optim.LBFGS`, `step` takes a closure that recomputes the loss (and its gradients). All
+parameters are flattened into one vector x (B = 1, N = number of elements) and the learned modules run in
+eval mode under no_grad; the L-SR1 state (buffer of v, previous x, g, d) is kept between steps and goes
+through `state_dict` / `load_state_dict`. The math lives in `lsr1.learned.sr1`; this is only the facade.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lsr1.learned.sr1 import LSR1, LSR1State, with_buffer_size
+
+__all__ = ["LearnedSR1"]
+
+
+class LearnedSR1(torch.optim.Optimizer):
+    """L-SR1 over all parameters at once.
+
+    pretrained: a shipped model name (`lsr1.pretrained.available()`) or an `LSR1` module.
+    buffer_size: L at use time (default: as trained).
+    line_search: "armijo" halves the learned step until the loss decreases enough (at most
+        `max_backtracks` extra closure calls, else no move), which keeps a model trained on other problems
+        from diverging on yours; None takes the learned step as it is, as in the paper.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        pretrained: str | LSR1 = "quadratic",
+        buffer_size: int | None = None,
+        line_search: str | None = "armijo",
+        max_backtracks: int = 10,
+    ) -> None:
+        super().__init__(params, defaults={})
+        if line_search not in (None, "armijo"):
+            raise ValueError(f"line_search must be 'armijo' or None, got {line_search!r}")
+        self.line_search, self.max_backtracks = line_search, max_backtracks
+        if isinstance(pretrained, str):
+            from lsr1 import pretrained as shipped
+
+            model = shipped.load(pretrained)
+        elif isinstance(pretrained, LSR1):
+            model = pretrained
+        else:
+            raise TypeError(f"pretrained must be a model name or an LSR1 module, got {type(pretrained).__name__}")
+        model = with_buffer_size(model, buffer_size) if buffer_size is not None else model
+        first = self._params()[0]
+        dtype = first.dtype if first.is_floating_point() else torch.float32
+        self.model = model.to(device=first.device, dtype=dtype).eval()
+
+    def _params(self) -> list[Tensor]:
+        params = [p for group in self.param_groups for p in group["params"]]
+        if not params:
+            raise ValueError("LearnedSR1 got no parameters")
+        return params
+
+    def _flat(self, params: list[Tensor], grads: bool) -> Tensor:
+        parts = []
+        for p in params:
+            if not grads:
+                parts.append(p.detach().reshape(-1))
+            elif p.grad is None:
+                parts.append(torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
+            elif p.grad.is_sparse:
+                raise RuntimeError("LearnedSR1 does not support sparse gradients")
+            else:
+                parts.append(p.grad.detach().reshape(-1))
+        return torch.cat([t.to(device=self._device, dtype=self._dtype) for t in parts]).unsqueeze(0)  # (1, N)
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        """One L-SR1 step. closure: zeroes the gradients, computes the loss, calls backward, returns the loss."""
+        if closure is None:
+            raise RuntimeError("LearnedSR1.step needs a closure that re-evaluates the loss, as torch.optim.LBFGS does")
+        with torch.enable_grad():
+            loss = closure()
+        params = self._params()
+        x, g = self._flat(params, grads=False), self._flat(params, grads=True)
+        if not bool(torch.isfinite(g).all()):
+            raise RuntimeError("LearnedSR1: the gradient contains NaN or Inf; the parameters were left unchanged")
+        slot = self.state[params[0]]
+        state = LSR1State(**{k: slot[k] for k in LSR1State._fields}) if slot else self.model.init(x, g)
+        x_next, state, _ = self.model.step(state, x, g)
+        self.state[params[0]] = state._asdict()
+        self._write(params, x_next)
+        if self.line_search == "armijo":
+            self._backtrack(params, closure, float(loss), x, g, x_next - x)
+        return loss
+
+    def _write(self, params: list[Tensor], x: Tensor) -> None:
+        offset = 0
+        for p in params:
+            p.copy_(x[0, offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+    def _backtrack(self, params: list[Tensor], closure: Callable[[], Tensor], f0: float, x: Tensor, g: Tensor, step: Tensor) -> None:
+        """Shrink the step (parameters already at x + step) until f <= f0 + 1e-4 t g.step."""
+        slope = float((g * step).sum())
+        t = 1.0
+        for _ in range(self.max_backtracks):
+            with torch.enable_grad():
+                f = float(closure().detach())
+            if f <= f0 + 1e-4 * t * slope:
+                return
+            t *= 0.5
+            self._write(params, x + t * step)
+        self._write(params, x)  # no acceptable step: stay

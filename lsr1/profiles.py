@@ -1,0 +1,262 @@
+"""Performance profiles (Dolan & Moré 2002; paper Sec. 5.1.2, Eq. 11) on the 30 analytic test problems.
+
+    python -m lsr1.profiles [--steps 100] [--out runs/profiles]
+
+Problems: diagonal quadratics (b = 0) with condition numbers 1, 100, 1000 and 10000, Rosenbrock and
+Rastrigin, each at N in {50, 100, 250, 500, 1000}, from fixed seeded starting points. Every solver runs the
+same number of steps; m_{p,s} = ||x_hat - x*|| / ||x_worst - x*||, r_{p,s} = m_{p,s} / min_s m_{p,s} and
+rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. Learned solvers use the shipped model of the problem's family
+(quadratic100, rosenbrock, rastrigin; `_noproj` for the variant without the secant penalty) at L = 64.
+The learning rates of GD, Adam and AdaHessian are tuned per family on other starting points by a grid
+that is written to the output with the chosen values; the test problems are never used for tuning.
+A solver whose iterate is not finite at the end has r = inf on that problem.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lsr1 import pretrained
+from lsr1.meta import run
+from lsr1.optim import LBFGS, AdaHessian, Adam, GradientDescent
+from lsr1.optim.base import Optimizer
+from lsr1.tasks import Problem, derive_seed, diagonal_quadratics, rastrigin, rosenbrock
+
+__all__ = ["FAMILIES", "DIMS", "LR_GRID", "ProfileResult", "ProfileProblem", "performance_ratios", "profile", "run_profiles", "evaluation_problems"]
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("quadratic_cond1", "quadratic_cond100", "quadratic_cond1000", "quadratic_cond10000", "rosenbrock", "rastrigin")
+DIMS = (50, 100, 250, 500, 1000)
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
+BUFFER_SIZE = 64  # test-time L of Table 7, and the L-BFGS memory
+LEARNED_MODEL = {"quadratic": "quadratic100", "rosenbrock": "rosenbrock", "rastrigin": "rastrigin"}
+RELATIVE_FLOOR = 1e-15  # distances below this fraction of the start count as exact (keeps ratios finite)
+
+
+@dataclass(frozen=True)
+class ProfileProblem:
+    family: str
+    dim: int
+    problem: Problem  # one objective (B = 1)
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}_n{self.dim}"
+
+    @property
+    def kind(self) -> str:
+        """quadratic, rosenbrock or rastrigin: which learned model and which tuned learning rate apply."""
+        return self.family.split("_")[0]
+
+
+def make_problem(family: str, dim: int, seed: int) -> Problem:
+    if family.startswith("quadratic_cond"):
+        return diagonal_quadratics(1, dim, seed, cond=float(family.removeprefix("quadratic_cond")), dtype=torch.float64)
+    if family == "rosenbrock":
+        return rosenbrock(1, dim, seed, dtype=torch.float64)
+    if family == "rastrigin":
+        return rastrigin(1, dim, seed, dtype=torch.float64)
+    raise ValueError(f"unknown problem family {family!r}; valid: {list(FAMILIES)}")
+
+
+def evaluation_problems(seed: int = 0, dims: tuple[int, ...] = DIMS, families: tuple[str, ...] = FAMILIES) -> list[ProfileProblem]:
+    """The 30 test problems (6 families x 5 dimensions), each from its own seeded starting point."""
+    return [ProfileProblem(f, n, make_problem(f, n, derive_seed(seed, "profiles-test", f, n))) for f in families for n in dims]
+
+
+def tuning_set(seed: int = 0) -> list[ProfileProblem]:
+    """Other starting points (N = 50 and 100) of the same families, for tuning learning rates."""
+    return [ProfileProblem(f, n, make_problem(f, n, derive_seed(seed, "profiles-validation", f, n))) for f in FAMILIES for n in (50, 100)]
+
+
+SolverFactory = Callable[[ProfileProblem, float | None], Optimizer]
+
+
+def hand_designed_solvers() -> dict[str, tuple[SolverFactory, bool]]:
+    """name -> (factory(problem, lr), whether lr is tuned)."""
+    return {
+        "L-BFGS": (lambda p, lr: LBFGS(p.problem, memory=BUFFER_SIZE), False),
+        "Adam": (lambda p, lr: Adam(lr), True),
+        "AdaHessian": (lambda p, lr: AdaHessian(p.problem, lr=lr), True),
+        "GD": (lambda p, lr: GradientDescent(lr), True),
+    }
+
+
+def learned_solvers() -> dict[str, tuple[SolverFactory, bool]]:
+    """L-SR1 and L-SR1 w/o projection from the shipped models, one per problem family."""
+
+    def factory(suffix: str) -> SolverFactory:
+        return lambda p, lr: pretrained.load(LEARNED_MODEL[p.kind] + suffix, buffer_size=BUFFER_SIZE, dtype=torch.float64)
+
+    return {"L-SR1": (factory(""), False), "L-SR1 w/o projection": (factory("_noproj"), False)}
+
+
+def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float:
+    """||x_K - x*|| / ||x_0 - x*|| (inf if x_K is not finite)."""
+    x_star = p.problem.x_star
+    x_final = run(solver, p.problem, steps).x
+    if not bool(torch.isfinite(x_final).all()):
+        return math.inf
+    return float((x_final - x_star).norm() / (p.problem.x0 - x_star).norm())
+
+
+def tune(factory: SolverFactory, problems: list[ProfileProblem], steps: int, grid: tuple[float, ...] = LR_GRID) -> tuple[float, dict[str, float]]:
+    """The grid value with the lowest mean log10 relative distance (a diverged run scores +10)."""
+    if not problems:
+        raise ValueError("tuning needs at least one problem of the family")
+    scores = {}
+    for lr in grid:
+        logs = [min(math.log10(max(relative_distance(factory(p, lr), p, steps), RELATIVE_FLOOR)), 10.0) for p in problems]
+        scores[f"{lr:g}"] = sum(logs) / len(logs)
+    best = min(scores, key=scores.get)
+    return float(best), scores
+
+
+def performance_ratios(distances: Tensor) -> Tensor:
+    """distances (P, S) of the final iterates to x* -> r (P, S) of Eq. 11 (inf where a solver diverged)."""
+    finite = torch.isfinite(distances)
+    worst = torch.where(finite, distances, torch.zeros_like(distances)).amax(1, keepdim=True)
+    m = distances / worst.clamp_min(torch.finfo(distances.dtype).tiny)  # m_{p,s}
+    best = torch.where(finite, m, torch.full_like(m, math.inf)).amin(1, keepdim=True)
+    return m / best.clamp_min(torch.finfo(distances.dtype).tiny)
+
+
+def profile(ratios: Tensor, taus: Tensor) -> Tensor:
+    """rho_s(tau): the fraction of problems with r_{p,s} <= tau; ratios (P, S), taus (T,) -> (S, T)."""
+    return (ratios.unsqueeze(-1) <= taus).double().mean(0)
+
+
+@dataclass
+class ProfileResult:
+    problems: list[str]
+    solvers: list[str]
+    distances: Tensor  # (P, S) ||x_K - x*|| / ||x_0 - x*||, floored at RELATIVE_FLOOR
+    ratios: Tensor  # (P, S)
+    tuning: dict[str, dict]  # solver -> kind -> {"lr": chosen, "scores": {lr: mean log10 distance}}
+    steps: int
+    seconds: float
+
+    def area(self, taus: Tensor) -> Tensor:
+        """Area under each solver's profile over log10(tau) (higher is better), normalised to [0, 1]."""
+        rho = profile(self.ratios, taus)
+        return torch.trapezoid(rho, torch.log10(taus), dim=-1) / float(torch.log10(taus[-1] / taus[0]))
+
+    def wins(self) -> Tensor:
+        """How many problems each solver is best on (ratio 1; ties count for all)."""
+        return (self.ratios <= 1.0 + 1e-12).sum(0)
+
+
+def run_profiles(solvers: dict[str, tuple[SolverFactory, bool]], problems: list[ProfileProblem], steps: int, tuning_problems: list[ProfileProblem]) -> ProfileResult:
+    """Tune what needs tuning (per family kind), run every solver on every problem, compute the ratios."""
+    tic = time.time()
+    tuning: dict[str, dict] = {}
+    for name, (factory, tuned) in solvers.items():
+        if not tuned:
+            continue
+        tuning[name] = {}
+        for kind in sorted({p.kind for p in problems}):
+            lr, scores = tune(factory, [p for p in tuning_problems if p.kind == kind], steps)
+            tuning[name][kind] = {"lr": lr, "scores": scores}
+            log.info("tuned %s on %s: lr = %g", name, kind, lr)
+    distances = torch.empty(len(problems), len(solvers), dtype=torch.float64)
+    for i, p in enumerate(problems):
+        for j, (name, (factory, tuned)) in enumerate(solvers.items()):
+            lr = tuning[name][p.kind]["lr"] if tuned else None
+            distances[i, j] = max(relative_distance(factory(p, lr), p, steps), RELATIVE_FLOOR)
+        log.info("%-26s %s", p.name, "  ".join(f"{d:9.3g}" for d in distances[i].tolist()))
+    ratios = performance_ratios(distances)
+    return ProfileResult([p.name for p in problems], list(solvers), distances, ratios, tuning, steps, time.time() - tic)
+
+
+def write_outputs(result: ProfileResult, out: Path, taus: Tensor) -> None:
+    """profile.png, distances.csv (m before normalisation, per problem and solver), results.md, tuning.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    rho = profile(result.ratios, taus)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s, name in enumerate(result.solvers):
+        ax.step(taus.numpy(), rho[s].numpy(), where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("tau")
+    ax.set_ylabel("rho_s(tau)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Performance profiles: {len(result.problems)} problems, {result.steps} steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "profile.png", dpi=120)
+    plt.close(fig)
+    with (out / "distances.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["problem", *result.solvers])
+        for name, row in zip(result.problems, result.distances.tolist()):
+            writer.writerow([name, *[f"{v:.6g}" for v in row]])
+    (out / "tuning.json").write_text(json.dumps({"grid": list(LR_GRID), "criterion": "mean log10 ||x_K - x*|| / ||x_0 - x*|| on validation starting points", "solvers": result.tuning}, indent=1))
+    area, wins = result.area(taus), result.wins()
+    lines = [
+        f"# Performance profiles ({len(result.problems)} problems, {result.steps} steps each)\n",
+        "| solver | area under rho(tau), log tau in [1, 1e4] | wins | rho(1) | rho(10) | rho(100) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s, name in enumerate(result.solvers):
+        at = [float(profile(result.ratios[:, s : s + 1], torch.tensor([t], dtype=torch.float64))[0, 0]) for t in (1.0, 10.0, 100.0)]
+        lines.append(f"| {name} | {float(area[s]):.3f} | {int(wins[s])} | {at[0]:.2f} | {at[1]:.2f} | {at[2]:.2f} |")
+    lines += ["", "Tuned learning rates (grid and validation scores in tuning.json):", ""]
+    for name, kinds in result.tuning.items():
+        lines.append(f"- {name}: " + ", ".join(f"{kind} {v['lr']:g}" for kind, v in kinds.items()))
+    lines += ["", "Relative distance ||x_K - x*|| / ||x_0 - x*|| per problem:", "", "| problem | " + " | ".join(result.solvers) + " |", "|---" * (len(result.solvers) + 1) + "|"]
+    for name, row in zip(result.problems, result.distances.tolist()):
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3g}" for v in row) + " |")
+    lines.append(f"\nWall time {result.seconds:.0f} s.")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lsr1.profiles", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="iterations of every solver on every problem")
+    parser.add_argument("--out", type=Path, default=Path("runs/profiles"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
+    parser.add_argument("--no-learned", action="store_true", help="hand-designed solvers only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    solvers = {**({} if args.no_learned else learned_solvers()), **hand_designed_solvers()}
+    try:
+        problems = evaluation_problems(args.seed, tuple(args.dims))
+        if not args.no_learned:
+            missing = sorted({LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj")} - set(pretrained.available()))
+            if missing:
+                raise ValueError(f"shipped models {missing} are missing (available: {pretrained.available()}); use --no-learned")
+        result = run_profiles(solvers, problems, args.steps, tuning_set(args.seed))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    taus = torch.logspace(0, 4, 200, dtype=torch.float64)
+    write_outputs(result, args.out, taus)
+    area, wins = result.area(taus), result.wins()
+    print(f"\n{'solver':24}{'profile area':>14}{'wins':>6}")
+    for s, name in enumerate(result.solvers):
+        print(f"{name:24}{float(area[s]):14.3f}{int(wins[s]):6d}")
+    print(f"\n{len(result.problems)} problems x {len(result.solvers)} solvers in {result.seconds:.0f} s; wrote {args.out}/profile.png, distances.csv, results.md, tuning.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+import math
+
+import torch
+
+from lsr1.config import LSR1Config
+from lsr1.learned import LSR1
+from lsr1.profiles import (
+    FAMILIES,
+    hand_designed_solvers,
+    performance_ratios,
+    profile,
+    run_profiles,
+    evaluation_problems,
+    tuning_set,
+    write_outputs,
+)
+
+
+def test_ratios_and_profile_on_a_known_case():
+    distances = torch.tensor([[1.0, 2.0, 4.0], [3.0, 3.0, math.inf]], dtype=torch.float64)
+    ratios = performance_ratios(distances)
+    assert ratios.tolist() == [[1.0, 2.0, 4.0], [1.0, 1.0, math.inf]]
+    rho = profile(ratios, torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64))
+    assert rho.tolist() == [[1.0, 1.0, 1.0], [0.5, 1.0, 1.0], [0.0, 0.0, 0.5]]
+
+
+def test_the_test_set_is_30_seeded_problems_apart_from_the_tuning_set():
+    problems = evaluation_problems()
+    assert len(problems) == 30 and {p.family for p in problems} == set(FAMILIES)
+    assert {p.dim for p in problems} == {50, 100, 250, 500, 1000}
+    again = evaluation_problems()
+    assert all(torch.equal(a.problem.x0, b.problem.x0) for a, b in zip(problems, again))
+    tuning = {p.name: p.problem.x0 for p in tuning_set()}
+    assert all(not torch.equal(tuning[p.name], p.problem.x0) for p in problems if p.name in tuning)
+
+
+def test_profiles_end_to_end_on_a_small_set(tmp_path):
+    model = LSR1(LSR1Config(hidden_dim=16, buffer_size=4)).double().eval()
+    solvers = {"untrained L-SR1": (lambda p, lr: model, False), **hand_designed_solvers()}
+    problems = evaluation_problems(dims=(50,))
+    result = run_profiles(solvers, problems, steps=10, tuning_problems=[p for p in tuning_set() if p.dim == 50])
+    assert result.distances.shape == (6, 5) and (result.ratios >= 1.0).all()
+    assert set(result.tuning) == {"Adam", "AdaHessian", "GD"}
+    taus = torch.logspace(0, 2, 20, dtype=torch.float64)
+    write_outputs(result, tmp_path, taus)
+    assert {p.name for p in tmp_path.iterdir()} == {"profile.png", "distances.csv", "results.md", "tuning.json"}
+    assert "untrained L-SR1" in (tmp_path / "results.md").read_text()
