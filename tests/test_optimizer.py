@@ -1,0 +1,85 @@
+"""lsr1.LearnedSR1, the drop-in torch.optim.Optimizer."""
+import pytest
+import torch
+from torch import nn
+
+from lsr1 import LearnedSR1, pretrained
+
+
+def _regression(dtype=torch.float32):
+    torch.manual_seed(0)
+    x = torch.randn(128, 6, dtype=dtype)
+    y = x @ torch.randn(6, 1, dtype=dtype) + 0.05 * torch.randn(128, 1, dtype=dtype)
+    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 1)).to(dtype)
+    return model, x, y
+
+
+def _closure(opt, model, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def test_it_fits_a_small_regression_model():
+    model, x, y = _regression()
+    opt = LearnedSR1(model.parameters(), pretrained="quadratic")
+    closure = _closure(opt, model, x, y)
+    first = float(closure())
+    for _ in range(30):
+        opt.step(closure)
+    assert float(closure()) < 0.2 * first
+
+
+def test_state_dict_round_trip_continues_identically():
+    model, x, y = _regression()
+    opt = LearnedSR1(model.parameters(), pretrained="quadratic")
+    for _ in range(3):
+        opt.step(_closure(opt, model, x, y))
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_opt = opt.state_dict()
+    for _ in range(2):
+        opt.step(_closure(opt, model, x, y))
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    model2, _, _ = _regression()
+    model2.load_state_dict(saved_model)
+    opt2 = LearnedSR1(model2.parameters(), pretrained="quadratic")
+    opt2.load_state_dict(saved_opt)
+    for _ in range(2):
+        opt2.step(_closure(opt2, model2, x, y))
+    for a, b in zip(expected, model2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_float64_parameters_run_the_model_in_float64():
+    model, x, y = _regression(torch.float64)
+    opt = LearnedSR1(model.parameters(), pretrained=pretrained.load("quadratic"), buffer_size=3)
+    opt.step(_closure(opt, model, x, y))
+    assert next(opt.model.parameters()).dtype == torch.float64 and opt.model.buffer_size == 3
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+def test_clear_errors():
+    model, x, y = _regression()
+    opt = LearnedSR1(model.parameters(), pretrained="quadratic")
+    with pytest.raises(RuntimeError, match="closure"):
+        opt.step()
+    embedding = nn.Embedding(10, 3, sparse=True)
+    sparse_opt = LearnedSR1(embedding.parameters(), pretrained="quadratic")
+
+    def sparse_closure():
+        sparse_opt.zero_grad()
+        loss = embedding(torch.tensor([1, 2])).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="sparse"):
+        sparse_opt.step(sparse_closure)
+    with pytest.raises(ValueError, match="no pretrained model 'nope'"):
+        LearnedSR1(model.parameters(), pretrained="nope")
+    with pytest.raises(ValueError, match="line_search"):
+        LearnedSR1(model.parameters(), pretrained="quadratic", line_search="wolfe")
