@@ -17,8 +17,11 @@ import yaml
 
 __all__ = [
     "ENCODER_INPUTS",
+    "LEARNERS",
     "ConfigError",
     "ExperimentConfig",
+    "HMRConfig",
+    "LGDConfig",
     "LSR1Config",
     "MetaConfig",
     "TaskConfig",
@@ -30,7 +33,9 @@ __all__ = [
 ]
 
 ENCODER_INPUTS = ("x", "p", "d", "g", "q")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3)
-TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin")
+TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "hmr")
+LEARNERS = ("lsr1", "lgd")  # the update module; "lgd" is LGD's MLP update (Song et al. 2020), HMR only
+ROTATIONS = ("axis_angle", "6d")
 
 
 class ConfigError(ValueError):
@@ -84,6 +89,68 @@ class LSR1Config:
 
 
 @dataclass
+class LGDConfig:
+    """LGD's update module (Song et al. 2020): Theta += step_scale * MLP([keypoints, theta, grad theta])."""
+
+    hidden_dim: int = 1024
+    dropout: float = 0.2
+    step_scale: float = 0.1
+    bn_momentum: float | None = 0.1  # torch's default, as LGD
+
+    def __post_init__(self) -> None:
+        _check(self.hidden_dim >= 1, f"lgd.hidden_dim must be >= 1, got {self.hidden_dim}")
+        _check(0.0 <= self.dropout < 1.0, f"lgd.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.step_scale > 0, f"lgd.step_scale must be > 0, got {self.step_scale}")
+        _check(
+            self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0,
+            f"lgd.bn_momentum must be in (0, 1] or None, got {self.bn_momentum}",
+        )
+
+
+@dataclass
+class HMRConfig:
+    """Human mesh recovery (paper Sec. 5.2, App. C.2.3), following LGD's protocol (notes/lgd-protocol.md).
+
+    Paths are smplx's model folder and the AMASS / 3DPW roots (datasets/README.md); the defaults are the
+    synthetic stand-ins that `python -m lsr1.hmr.synthetic` writes.
+    """
+
+    body_dir: str = "datasets/synthetic/body"  # holds smpl/SMPL_<GENDER>.{npz,pkl}
+    gender: str = "neutral"
+    amass_dir: str = "datasets/synthetic/amass"
+    pw3d_dir: str = "datasets/synthetic/3dpw"  # holds sequenceFiles/{train,validation,test}/*.pkl
+    cache_dir: str = "datasets/cache"  # .npz copies of .pkl body models
+    h36m_regressor: str | None = None  # J_regressor_h36m.npy (17, 6890) for the 14 evaluation joints
+    rotation: str = "axis_angle"  # Theta's pose part: "axis_angle" (72) or "6d" (144)
+    focal_length: float = 256.0  # LGD's camera: f = 256 px at distance 6 m
+    camera_distance: float = 6.0
+    max_tilt_deg: float = 20.0  # random global rotation: heading 0-360 deg, x/z tilt within this
+    keep_probability: float = 0.8  # synthetic confidences: each joint kept with this probability
+    keypoint_noise: float = 0.0  # std of noise on kept synthetic keypoints (normalised units; LGD: none)
+    confidence_threshold: float = 0.01
+    loss_2d: float = 0.3  # Eq. 13 weights, LGD's values: 2D keypoints, 3D joints, pose, shape
+    loss_3d: float = 0.3
+    loss_pose: float = 1.0
+    loss_shape: float = 1.0
+    init_hidden_dim: int = 1024  # the initializer network (keypoints -> Theta_0), LGD's MLP blocks
+    init_dropout: float = 0.2
+    val_skip: int = 10  # validation uses every val_skip-th 3DPW validation frame (LGD)
+
+    def __post_init__(self) -> None:
+        _check(self.gender in ("neutral", "male", "female"), f"hmr.gender must be neutral, male or female, got {self.gender!r}")
+        _check(self.rotation in ROTATIONS, f"hmr.rotation must be one of {list(ROTATIONS)}, got {self.rotation!r}")
+        for key in ("focal_length", "camera_distance", "confidence_threshold"):
+            _check(getattr(self, key) > 0, f"hmr.{key} must be > 0, got {getattr(self, key)}")
+        _check(0.0 <= self.max_tilt_deg <= 90.0, f"hmr.max_tilt_deg must be in [0, 90], got {self.max_tilt_deg}")
+        _check(0.0 < self.keep_probability <= 1.0, f"hmr.keep_probability must be in (0, 1], got {self.keep_probability}")
+        for key in ("keypoint_noise", "loss_2d", "loss_3d", "loss_pose", "loss_shape"):
+            _check(getattr(self, key) >= 0, f"hmr.{key} must be >= 0, got {getattr(self, key)}")
+        _check(self.init_hidden_dim >= 1, f"hmr.init_hidden_dim must be >= 1, got {self.init_hidden_dim}")
+        _check(0.0 <= self.init_dropout < 1.0, f"hmr.init_dropout must be in [0, 1), got {self.init_dropout}")
+        _check(self.val_skip >= 1, f"hmr.val_skip must be >= 1, got {self.val_skip}")
+
+
+@dataclass
 class TaskConfig:
     """Inner problems: what meta-training samples, the fixed validation set and the test set."""
 
@@ -120,6 +187,7 @@ class MetaConfig:
     second_order: bool = False  # keep inner gradients in the graph (default: first-order, detached)
     divergence_guard: float | None = 1000.0  # freeze problems whose f rises this far (None: Eq. 9 as is)
     val_every: int = 50
+    select_metric: str = "val_loss"  # validation metric (lower is better) that picks best.pt, e.g. val_pa_mpjpe
     checkpoint_every_s: float = 120.0
     seed: int = 0
 
@@ -137,6 +205,7 @@ class MetaConfig:
             f"meta.lr_decay_every must be >= 1, got {self.lr_decay_every}",
         )
         _check(0 < self.lr_decay_factor <= 1, f"meta.lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
+        _check(self.select_metric.startswith("val_"), f"meta.select_metric must name a validation metric (val_...), got {self.select_metric!r}")
 
 
 @dataclass
@@ -144,9 +213,19 @@ class ExperimentConfig:
     """Everything one meta-training run needs; saved with every checkpoint."""
 
     name: str = "smoke"
+    learner: str = "lsr1"  # the update module: "lsr1" or "lgd" (HMR); HMR adds an initializer network
     lsr1: LSR1Config = field(default_factory=LSR1Config)
+    lgd: LGDConfig = field(default_factory=LGDConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+    hmr: HMRConfig = field(default_factory=HMRConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.learner in LEARNERS, f"learner: unknown {self.learner!r}; valid: {list(LEARNERS)}")
+        _check(
+            self.learner != "lgd" or self.task.name == "hmr",
+            f"learner 'lgd' conditions on keypoints and needs task.name 'hmr', got {self.task.name!r}",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -30,7 +30,19 @@ from lsr1.learned import LearnedOptimizer, make_learner
 from lsr1.optim.base import Optimizer
 from lsr1.tasks import Problem, problem_set
 
-__all__ = ["MetaLoss", "StepResult", "TrainHooks", "TrainSummary", "Unroll", "meta_step", "run", "train", "unroll", "validate"]
+__all__ = [
+    "MetaLoss",
+    "StepResult",
+    "TrainHooks",
+    "TrainSummary",
+    "Unroll",
+    "meta_step",
+    "run",
+    "step_metrics",
+    "train",
+    "unroll",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +50,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Unroll:
     values: Tensor  # (K+1, B) f(x_0), ..., f(x_K)
+    objectives: Tensor | None  # (K+1, B) the problem's meta-loss terms (`Problem.meta_objective`), when asked for
     penalties: Tensor  # (K, B) the optimizer's own meta-loss term per step (zero for hand-designed ones)
     info: dict[str, Tensor]  # (K, B) per-step diagnostics
     iterates: Tensor | None  # (K+1, B, N) x_0, ..., x_K when asked for
@@ -54,19 +67,27 @@ def unroll(
     second_order: bool = False,
     keep_iterates: bool = False,
     divergence_guard: float | None = None,
+    meta_objective: bool = False,
 ) -> Unroll:
     """Run `steps` iterations from problem.x0, keeping the graph through the optimizer for meta-gradients.
+
+    A learner may define `initial_point(problem)` (x0 from an initializer network, used instead of
+    problem.x0) and `init_for(problem, x0, g0)` (an init that conditions on the problem, e.g. its
+    keypoints). meta_objective: also record `problem.meta_objective` at every iterate (for MetaLoss).
 
     divergence_guard: freeze a problem at its last iterate once f rises above
     f(x_0) + guard * (|f(x_0)| + 1) (or is not finite). Its later loss terms repeat that last value and its
     penalties are zero, so one diverging problem neither makes the whole meta-loss infinite nor, through
     BatchNorm's batch statistics, drags the other problems along. info["diverged"] marks frozen problems.
     """
-    x = problem.x0
-    g = problem.grad(x)
-    state = optimizer.init(x, g)
+    initial_point = getattr(optimizer, "initial_point", None)
+    x = problem.x0 if initial_point is None else initial_point(problem)
+    g = problem.grad(x if second_order else x.detach())
+    init_for = getattr(optimizer, "init_for", None)
+    state = optimizer.init(x, g) if init_for is None else init_for(problem, x, g)
     penalty_of = getattr(optimizer, "meta_penalty", None)
     values, penalties, infos, iterates = [problem.value(x)], [], [], [x]
+    objectives = [problem.meta_objective(x, values[0])] if meta_objective else []
     alive = torch.ones_like(values[0], dtype=torch.bool)
     if divergence_guard is not None:
         f0 = values[0].detach()
@@ -74,14 +95,19 @@ def unroll(
     for _ in range(steps):
         x_next, state, info = optimizer.step(state, x, g)
         value = problem.value(x_next)
+        objective = problem.meta_objective(x_next, value) if meta_objective else None
         if divergence_guard is not None:
             alive = alive & torch.isfinite(value.detach()) & (value.detach() <= limit)
             x_next = torch.where(alive.unsqueeze(-1), x_next, x)
             value = torch.where(alive, value, values[-1])
+            if objective is not None:
+                objective = torch.where(alive, objective, objectives[-1])
             info = {**info, "diverged": (~alive).to(value.dtype)}
         x = x_next
         g = problem.grad(x if second_order else x.detach())
         values.append(value)
+        if objective is not None:
+            objectives.append(objective)
         if penalty_of is not None:
             penalty, extra = penalty_of(state, x, g)
             penalty = torch.where(alive, penalty, torch.zeros_like(penalty))
@@ -95,6 +121,7 @@ def unroll(
     info = {key: torch.stack([i[key] for i in infos]) for key in (infos[0] if infos else {})}
     return Unroll(
         values=torch.stack(values),
+        objectives=torch.stack(objectives) if meta_objective else None,
         penalties=torch.stack(penalties) if penalties else values[0].new_zeros(0, problem.batch_size),
         info=info,
         iterates=torch.stack(iterates) if keep_iterates else None,
@@ -118,7 +145,12 @@ def run(optimizer: Optimizer, problem: Problem, steps: int) -> Unroll:
 
 
 class MetaLoss(nn.Module):
-    """Eq. 9 for a learner on a batch of problems; a module so that DistributedDataParallel can wrap it."""
+    """Eq. 9 for a learner on a batch of problems; a module so that DistributedDataParallel can wrap it.
+
+    The objective is the mean of `problem.meta_objective` (f itself for analytic tasks; Eq. 13's terms for
+    HMR) over the iterates x_1..x_K, and also over x_0 when the learner predicts it (`initial_point`, as
+    LGD supervises its initial estimate), plus the learner's penalties (the secant term).
+    """
 
     def __init__(
         self, learner: LearnedOptimizer, steps: int, second_order: bool = False, divergence_guard: float | None = None
@@ -128,9 +160,15 @@ class MetaLoss(nn.Module):
 
     def forward(self, problem: Problem) -> tuple[Tensor, dict[str, Tensor]]:
         result = unroll(
-            self.learner, problem, self.steps, second_order=self.second_order, divergence_guard=self.divergence_guard
+            self.learner,
+            problem,
+            self.steps,
+            second_order=self.second_order,
+            divergence_guard=self.divergence_guard,
+            meta_objective=True,
         )
-        objective = result.values[1:].mean()
+        first = 0 if hasattr(self.learner, "initial_point") else 1
+        objective = result.objectives[first:].mean()
         penalty = result.penalties.mean()
         parts = {"objective": objective.detach(), "penalty": penalty.detach()}
         parts.update({key: value.detach().mean() for key, value in result.info.items()})
@@ -172,7 +210,8 @@ def meta_step(
 
 
 def validate(learner: LearnedOptimizer, problem: Problem, steps: int) -> dict[str, float]:
-    """Mean over the trajectory of f(x_k) per problem, then mean and std over problems (eval mode)."""
+    """Mean over the trajectory of f(x_k) per problem, then mean and std over problems (eval mode), and the
+    means of the problem's `evaluation_metrics` at the last iterate (as val_<name>)."""
     result = run(learner, problem, steps)
     per_problem = result.values[1:].mean(0)
     metrics = {"val_loss": float(per_problem.mean()), "val_loss_std": float(per_problem.std(unbiased=False))}
@@ -181,7 +220,17 @@ def validate(learner: LearnedOptimizer, problem: Problem, steps: int) -> dict[st
         metrics["val_final_gap"] = float(gap.mean())
     if "secant_residual" in result.info:
         metrics["val_secant_residual"] = float(result.info["secant_residual"].mean())
+    metrics.update({f"val_{name}": float(value.mean()) for name, value in problem.evaluation_metrics(result.x).items()})
     return metrics
+
+
+def step_metrics(problem: Problem, iterates: Tensor) -> dict[str, Tensor]:
+    """The problem's `evaluation_metrics` along a trajectory, averaged over problems: name -> (K+1,).
+
+    iterates: (K+1, B, N), e.g. `run(...).iterates`. Gives per-step error curves (paper Fig. 4).
+    """
+    per_step = [problem.evaluation_metrics(x) for x in iterates]
+    return {name: torch.stack([m[name].mean() for m in per_step]) for name in (per_step[0] if per_step else {})}
 
 
 @dataclass
@@ -200,7 +249,7 @@ class TrainHooks:
 class TrainSummary:
     run_dir: Path
     iterations: int
-    best_val_loss: float
+    best_val_loss: float  # the best value of config.meta.select_metric (val_loss unless set otherwise)
     best_iteration: int
     skipped: int
     last: dict[str, float] = field(default_factory=dict)
@@ -249,8 +298,10 @@ def train(
     if resume and last_path.exists():
         payload = load_checkpoint(last_path, map_location=device)
         stored = config_of(payload, last_path)
-        if stored.lsr1 != config.lsr1:
-            raise ValueError(f"{last_path} was trained with lsr1 = {stored.lsr1}, not {config.lsr1}; use another run name")
+        if _architecture(stored) != _architecture(config):
+            raise ValueError(
+                f"{last_path} was trained with {_architecture(stored)}, not {_architecture(config)}; use another run name"
+            )
         learner.load_state_dict(payload["model"])
         meta_optimizer.load_state_dict(payload["meta_optimizer"])
         if scheduler is not None and payload["scheduler"]:
@@ -267,9 +318,11 @@ def train(
     if hooks.wrap is not None:
         loss_module = hooks.wrap(loss_module)
     if val_problems is None:
-        val_problems = problem_set(config.task, "val", device=device)
+        val_problems = problem_set(config.task, "val", device=device, hmr=config.hmr)
     if train_problems is None:
-        train_problems = (problem_set(config.task, "train", i, device=device) for i in range(start, meta.iterations))
+        train_problems = (
+            problem_set(config.task, "train", i, device=device, hmr=config.hmr) for i in range(start, meta.iterations)
+        )
     share = slice(hooks.rank, None, hooks.world_size)
 
     bar = tqdm(total=meta.iterations, initial=start, desc=config.name, disable=not (progress and chief), mininterval=1.0)
@@ -300,12 +353,16 @@ def train(
         validating = iteration % meta.val_every == 0 or iteration == meta.iterations
         if validating:
             metrics.update(validate(learner, val_problems, meta.unroll_steps))
-            if metrics["val_loss"] < progress_state["best_val_loss"]:
-                progress_state.update(best_val_loss=metrics["val_loss"], best_iteration=iteration)
+            if meta.select_metric not in metrics:
+                valid = sorted(key for key in metrics if key.startswith("val_"))
+                raise ValueError(f"meta.select_metric {meta.select_metric!r} is not reported by validation; valid: {valid}")
+            score = metrics[meta.select_metric]
+            if score < progress_state["best_val_loss"]:
+                progress_state.update(best_val_loss=score, best_iteration=iteration)
                 if chief:
                     save_checkpoint(best_path, _payload(config, learner, meta_optimizer, scheduler, progress_state))
             learner.train()
-            bar.set_postfix(loss=f"{result.loss:.4g}", val=f"{metrics['val_loss']:.4g}", best=f"{progress_state['best_val_loss']:.4g}")
+            bar.set_postfix(loss=f"{result.loss:.4g}", val=f"{score:.4g}", best=f"{progress_state['best_val_loss']:.4g}")
         if chief:
             with metrics_path.open("a") as out:
                 out.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
@@ -328,6 +385,15 @@ def train(
         skipped=progress_state["skipped"],
         last=metrics,
     )
+
+
+def _architecture(config: ExperimentConfig) -> dict[str, Any]:
+    """The parts of a config that fix the learner's parameters: a checkpoint resumes only if they agree."""
+    arch: dict[str, Any] = {"learner": config.learner, config.learner: config.lsr1 if config.learner == "lsr1" else config.lgd}
+    if config.task.name == "hmr":  # the initializer network
+        h = config.hmr
+        arch["initializer"] = {"rotation": h.rotation, "hidden_dim": h.init_hidden_dim, "dropout": h.init_dropout}
+    return arch
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:

@@ -1,9 +1,12 @@
 """Learned optimizers: nn.Modules with the batched init/step interface and a meta-loss penalty."""
 from lsr1.config import ExperimentConfig
 from lsr1.learned.base import LearnedOptimizer
+from lsr1.learned.lgd import LGD, LGDState
 from lsr1.learned.sr1 import LSR1, LSR1State, precondition, secant_residual, with_buffer_size
 
 __all__ = [
+    "LGD",
+    "LGDState",
     "LSR1",
     "LSR1State",
     "LearnedOptimizer",
@@ -15,5 +18,20 @@ __all__ = [
 
 
 def make_learner(config: ExperimentConfig) -> LearnedOptimizer:
-    """The learned optimizer an experiment config describes (freshly initialised)."""
-    return LSR1(config.lsr1)
+    """The learned optimizer an experiment config describes (freshly initialised): the update module
+    (`config.learner`), and for HMR an initializer network in front of it (one module, one state_dict)."""
+    if config.task.name != "hmr":
+        return LSR1(config.lsr1)  # the config only allows "lgd" with HMR
+    # imported here: lsr1.hmr.initializer builds on lsr1.learned.base
+    from lsr1.hmr.initializer import Initializer, WithInitializer
+    from lsr1.tasks.hmr import CONTEXT_DIM, NUM_BETAS, pose_size, rest_theta
+
+    pose_dim = pose_size(config.hmr.rotation)
+    update: LearnedOptimizer
+    if config.learner == "lgd":
+        update = LGD(config.lgd, CONTEXT_DIM, pose_dim, NUM_BETAS)
+    else:
+        update = LSR1(config.lsr1)
+    h = config.hmr
+    initializer = Initializer(CONTEXT_DIM, rest_theta(h.rotation), pose_dim, h.init_hidden_dim, h.init_dropout)
+    return WithInitializer(initializer, update)

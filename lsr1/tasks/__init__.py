@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from lsr1.config import TaskConfig
+from lsr1.config import HMRConfig, TaskConfig
 from lsr1.tasks.base import Problem, derive_seed, make_generator
+from lsr1.tasks.hmr import HMRProblem, hmr_problem_set
 from lsr1.tasks.quadratic import Quadratic, diagonal_quadratics, random_quadratics
 from lsr1.tasks.rastrigin import Rastrigin, rastrigin
 from lsr1.tasks.rosenbrock import Rosenbrock, rosenbrock
 
 __all__ = [
+    "HMRProblem",
     "Problem",
     "Quadratic",
     "Rastrigin",
@@ -30,9 +32,17 @@ def problem_set(
     index: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    hmr: HMRConfig | None = None,
 ) -> Problem:
     """The problems of one split of a task: "train" (batch `index`, a fresh draw per meta-iteration),
-    "val" (fixed) or "test" (fixed, at task.test_dim). The same config gives the same problems anywhere."""
+    "val" (fixed) or "test" (fixed, at task.test_dim). The same config gives the same problems anywhere.
+
+    hmr: the experiment's HMR section, needed by task "hmr" (AMASS batches, 3DPW validation and test).
+    """
+    if task.name == "hmr":
+        if hmr is None:
+            raise ValueError("task 'hmr' needs the experiment's hmr config: problem_set(..., hmr=config.hmr)")
+        return hmr_problem_set(task, hmr, split, index, dtype, device)
     sizes = {"train": (task.batch_size, task.dim), "val": (task.val_size, task.dim), "test": (task.test_size, task.test_dim)}
     if split not in sizes:
         raise ValueError(f"split must be one of {list(sizes)}, got {split!r}")

@@ -1,0 +1,141 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lsr1.checkpoint import load_checkpoint
+from lsr1.config import ConfigError, LGDConfig, load_config
+from lsr1.hmr.body import BodyModel
+from lsr1.hmr.formats import load_amass_frames, read_3dpw_split
+from lsr1.hmr.initializer import WithInitializer
+from lsr1.learned import LGD, LSR1, make_learner
+from lsr1.meta import MetaLoss, run, step_metrics, train, unroll
+from lsr1.tasks import HMRProblem, problem_set, random_quadratics
+from lsr1.tasks.hmr import amass_problem, pw3d_arrays, pw3d_problem
+from tests.helpers import smoketest_meta_step, smoketest_optimizer, smoketest_task
+from tests.hmr_data import hmr_config, hmr_data  # noqa: F401  (session fixture)
+
+
+@pytest.fixture(scope="module")
+def setup(hmr_data):  # noqa: F811
+    body = BodyModel(hmr_data["body"])
+    frames = load_amass_frames(hmr_data["amass"])
+    return body, {key: frames[key][:16] for key in ("pose72", "betas10")}
+
+
+@pytest.mark.parametrize("rotation", ["axis_angle", "6d"])
+def test_amass_problem_is_seeded_and_its_ground_truth_fits_exactly(hmr_data, setup, rotation):  # noqa: F811
+    body, frames = setup
+    config = hmr_config(hmr_data, f"hmr.rotation={rotation}").hmr
+    model = body.joint_model(dtype=torch.float64)
+    problem = amass_problem(frames, model, config, seed=3)
+    again = amass_problem(frames, model, config, seed=3)
+    assert torch.equal(problem.keypoints, again.keypoints) and torch.equal(problem.confidence, again.confidence)
+    assert not torch.equal(problem.keypoints, amass_problem(frames, model, config, seed=4).keypoints)
+    assert problem.dim == (72 if rotation == "axis_angle" else 144) + 10 and problem.context.shape == (16, 36)
+    masked = problem.confidence == 0
+    assert masked.any() and (problem.keypoints[masked] == 0.5).all()
+    assert problem.keypoints.min() >= 0 and problem.keypoints.max() <= 1
+    target = problem.target
+    assert float(problem.value(target).abs().max()) < 1e-10  # no noise: Theta_gt reprojects exactly
+    assert float(problem.meta_objective(target, problem.value(target)).abs().max()) < 1e-10
+    assert (problem.value(problem.x0) > 0.01).all()
+    smoketest_task(problem)
+
+
+def test_second_order_gradient_only_when_x_is_in_a_graph(hmr_data, setup):  # noqa: F811
+    body, frames = setup
+    problem = amass_problem(frames, body.joint_model(), hmr_config(hmr_data).hmr, seed=0)
+    assert not problem.grad(problem.x0).requires_grad
+    x = problem.x0.clone().requires_grad_(True)
+    g = problem.grad(x)
+    assert g.requires_grad
+    (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+    assert torch.isfinite(gg).all()
+
+
+def test_problem_arrays_select_and_device_round_trip(hmr_data, setup):  # noqa: F811
+    body, frames = setup
+    config = hmr_config(hmr_data).hmr
+    model = body.joint_model()
+    problem = amass_problem(frames, model, config, seed=0)
+    rebuilt = HMRProblem.from_arrays(problem.to_arrays(), model, config)
+    for name in ("keypoints", "confidence", "target", "joints_gt", "joints24_gt", "eval_gt", "x0"):
+        assert torch.equal(getattr(rebuilt, name), getattr(problem, name)), name
+    half = problem.select(slice(0, None, 2))
+    assert half.batch_size == 8 and torch.equal(half.value(half.target), problem.value(problem.target)[::2])
+    doubled = problem.to("cpu", torch.float64)
+    assert doubled.model.joint_template.dtype == torch.float64 and doubled.keypoints.dtype == torch.float64
+
+
+def test_3dpw_problem_keeps_valid_frames_in_lgd_camera_frame(hmr_data):  # noqa: F811
+    config = hmr_config(hmr_data).hmr
+    sequences = read_3dpw_split(hmr_data["3dpw"], "test")
+    arrays = pw3d_arrays(sequences)
+    assert len(arrays["pose72"]) == sum(int(v.sum()) for s in sequences for v in s.campose_valid)
+    assert len(pw3d_arrays(sequences, skip=10)["pose72"]) == -(-len(arrays["pose72"]) // 10)
+    problem = pw3d_problem(arrays, BodyModel(hmr_data["body"]).joint_model(), config)
+    assert set(problem.confidence.unique().tolist()) <= {0.0, 1.0}
+    # the ground truth, turned into LGD's frame, explains the (noisy, perspective) detections well, far
+    # better than the same pose facing the other way (wrong camera rotation) would
+    fit = problem.value(problem.target)
+    turned = problem.target.clone()
+    turned[:, :3] = 0.0
+    assert float(fit.median()) < 0.02 and float(fit.median()) < 0.5 * float(problem.value(turned).median())
+    metrics = problem.evaluation_metrics(problem.target)
+    assert float(metrics["pa_mpjpe"].max()) < 1.0 and set(metrics) == {"pa_mpjpe", "pa_mpjpe14_smpl", "mpjpe14_smpl", "reprojection"}
+
+
+@pytest.mark.parametrize("learner", ["lsr1", "lgd"])
+def test_initializer_and_update_module_meta_train_as_one_learner(hmr_data, learner):  # noqa: F811
+    config = hmr_config(hmr_data, f"learner={learner}", "lgd.hidden_dim=32", "hmr.init_hidden_dim=32", "task.batch_size=16")
+    model = make_learner(config)
+    assert isinstance(model, WithInitializer) and isinstance(model.update, LSR1 if learner == "lsr1" else LGD)
+    smoketest_meta_step(model, lambda i: problem_set(config.task, "train", i, hmr=config.hmr), steps=3)
+    assert set(k.split(".")[0] for k in model.state_dict()) == {"initializer", "update"}
+
+
+def test_meta_loss_supervises_the_predicted_start_and_every_step(hmr_data):  # noqa: F811
+    config = hmr_config(hmr_data, "hmr.init_hidden_dim=32", "task.batch_size=16")
+    torch.manual_seed(0)
+    model = make_learner(config).eval()
+    problem = problem_set(config.task, "train", 0, hmr=config.hmr)
+    loss, parts = MetaLoss(model, 3)(problem)
+    result = unroll(model, problem, 3, meta_objective=True)
+    assert result.objectives.shape == (4, 16)
+    assert torch.allclose(parts["objective"], result.objectives.mean(), rtol=1e-6)
+    assert torch.allclose(result.values[0], problem.value(model.initial_point(problem)), rtol=1e-6)
+
+
+def test_lgd_runs_without_context_on_any_fixed_size_problem():
+    problem = random_quadratics(4, 5, seed=0, dtype=torch.float64)
+    smoketest_optimizer(LGD(LGDConfig(hidden_dim=16), context_dim=0, pose_dim=5).double(), problem)
+    with pytest.raises(ValueError, match="needs a context"):
+        LGD(LGDConfig(hidden_dim=16), context_dim=3, pose_dim=5).init(problem.x0, problem.grad(problem.x0))
+    with pytest.raises(ConfigError, match="needs task.name 'hmr'"):
+        load_config("configs/smoke.yaml", ["learner=lgd"])
+
+
+def test_train_selects_the_best_checkpoint_by_pa_mpjpe_and_resumes(hmr_data, tmp_path):  # noqa: F811
+    config = hmr_config(hmr_data, "meta.iterations=4", "meta.val_every=2", "task.batch_size=16", "hmr.init_hidden_dim=32",
+                        "meta.checkpoint_every_s=0")  # fmt: skip
+    summary = train(config, tmp_path / "run", progress=False)
+    lines = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "val_pa_mpjpe" in line]
+    scores = [json.loads(line)["val_pa_mpjpe"] for line in lines]
+    assert len(scores) == 2 and summary.best_val_loss == min(scores)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["best_val_loss"] == min(scores) and any(k.startswith("initializer.") for k in best["model"])
+    with pytest.raises(ValueError, match="another run name"):
+        train(hmr_config(hmr_data, "meta.iterations=6", "task.batch_size=16", "hmr.init_hidden_dim=32", "hmr.rotation=6d"),
+              tmp_path / "run", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="select_metric 'val_nope'.*val_pa_mpjpe"):
+        train(hmr_config(hmr_data, "meta.iterations=1", "task.batch_size=16", "hmr.init_hidden_dim=32", "meta.select_metric=val_nope"),
+              tmp_path / "other", progress=False)  # fmt: skip
+
+
+def test_per_step_metrics_of_a_trajectory(hmr_data):  # noqa: F811
+    config = hmr_config(hmr_data, "hmr.init_hidden_dim=32")
+    problem = problem_set(config.task, "test", hmr=config.hmr)
+    curves = step_metrics(problem, run(make_learner(config), problem, 3).iterates)
+    assert all(v.shape == (4,) for v in curves.values()) and np.isfinite(curves["pa_mpjpe"].numpy()).all()
