@@ -58,6 +58,7 @@ class LSR1Config:
     lambda_sec: float = 100.0  # secant penalty weight; 0 = "without learned projection"
     identity_in_step: bool = False  # d = (I + sum v v^T) g (Eq. 7) instead of sum v v^T g (Alg. 1)
     secant_target: str = "new_step"  # pair of the secant penalty: "new_step" (p_k, q_k) or "last_step" (p_{k-1}, q_{k-1})
+    secant_normalize: bool = False  # divide ||p - B~q||^2 by (||p||^2 + ||B~q||^2) / 2: scale-free, in [0, 4]
     encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)

@@ -19,6 +19,7 @@ import torch
 
 from lsr1.analysis import Curves, curves, markdown_table, plot_curves
 from lsr1.checkpoint import CheckpointError, config_of, load_checkpoint
+from lsr1.config import ExperimentConfig
 from lsr1.learned import LSR1, with_buffer_size
 from lsr1.optim import LBFGS
 from lsr1.tasks import problem_set
@@ -30,15 +31,18 @@ def _label(config) -> str:
     return "L-SR1" if config.lsr1.lambda_sec > 0 else "L-SR1 w/o projection"
 
 
+def load_learner(path: Path) -> tuple[ExperimentConfig, LSR1, int | None]:
+    """The config, the trained learner (float64, eval mode) and the iteration of a checkpoint."""
+    payload = load_checkpoint(path)
+    config = config_of(payload, path)
+    model = LSR1(config.lsr1)
+    model.load_state_dict(payload["model"])
+    return config, model.double().eval(), payload.get("iteration")
+
+
 def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: Path) -> dict[str, list[Curves]]:
     """Curves per buffer size; writes the figures, curves.json and results.md under `out`."""
-    models = []
-    for path in checkpoints:
-        payload = load_checkpoint(path)
-        config = config_of(payload, path)
-        model = LSR1(config.lsr1)
-        model.load_state_dict(payload["model"])
-        models.append((config, model.double().eval(), payload.get("iteration")))
+    models = [load_learner(path) for path in checkpoints]
     task = models[0][0].task
     problem = problem_set(task, "test", dtype=torch.float64)
     groups: dict[str, list[Curves]] = {}

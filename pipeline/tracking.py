@@ -80,6 +80,29 @@ class Run:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_model(self, payload: dict[str, Any], registered_name: str, alias: str | None = None) -> str:
+        """Log the learner of a checkpoint payload with mlflow.pytorch and register it; returns 'name vN'.
+
+        (The pickled MLflow model is for MLflow's tools; our own commands load the best.pt artifact, which
+        is read without trusting pickles.)"""
+        import mlflow
+        import torch
+
+        from lsr1.checkpoint import config_of
+        from lsr1.learned import make_learner
+
+        model = make_learner(config_of(payload))
+        model.load_state_dict(payload["model"])
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pytorch.log_model(
+                model.eval(), name="model", serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]
+            )
+        version = mlflow.register_model(info.model_uri, registered_name)
+        if alias is not None:
+            self.client.set_registered_model_alias(registered_name, alias, version.version)
+        return f"{registered_name} v{version.version}"
+
     def finish(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 

@@ -25,9 +25,8 @@ from typing import Any
 import torch
 import yaml
 
-from lsr1.checkpoint import config_of, load_checkpoint
+from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
-from lsr1.learned import make_learner
 from lsr1.meta import TrainHooks, TrainSummary, train
 from pipeline.tracking import MetricsBuffer, Run, tracking_uri
 
@@ -90,42 +89,67 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train(config, run_dir, device=device, hooks=hooks, progress=rank == 0)
 
 
-def _fit_with_ray(config: ExperimentConfig, args: argparse.Namespace, run: Run, storage: Path, dest: Path) -> None:
-    """TorchTrainer over `args.workers` workers; copies the final checkpoint directory to `dest`."""
+def connect_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster of RAY_ADDRESS (set by `ray job submit` and `ray start`), else start a local one."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # otherwise every worker line prints twice
+    # starting a worker imports torch, mlflow and ray.train: on a busy 2-core machine that can exceed Ray's 60 s
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def fit_with_ray(
+    config: ExperimentConfig,
+    run: Run,
+    name: str,
+    storage: Path,
+    workers: int,
+    *,
+    cpus_per_worker: float | None = None,
+    gpu: bool | None = None,
+    max_failures: int = 3,
+    fail_once_at: int | None = None,
+    callbacks: list | None = None,
+    dest: Path,
+) -> None:
+    """Run `train_loop_per_worker` under a TorchTrainer and copy the final checkpoint directory to `dest`.
+
+    Ray Train keeps the run under storage/name, so calling this again with the same name resumes it."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # otherwise every worker line prints twice
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):  # `ray job submit` and `ray start` clusters set it
-            ray.init()
-        else:
-            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=True)
     resources = ray.cluster_resources()
-    use_gpu = args.gpu if args.gpu is not None else resources.get("GPU", 0) >= args.workers
-    cpus = args.cpus_per_worker or max(0.5, min(4.0, resources.get("CPU", 1) / args.workers))
+    use_gpu = gpu if gpu is not None else resources.get("GPU", 0) >= workers
+    cpus = cpus_per_worker or max(0.5, min(4.0, resources.get("CPU", 1) / workers))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config_to_dict(config),
             "tracking_uri": run.uri,
             "run_id": run.run_id,
-            "fail_once_at": args.fail_once_at,
-            "fault_marker": str(storage / args.name / ".fault-injected"),
+            "fail_once_at": fail_once_at,
+            "fault_marker": str(storage / name / ".fault-injected"),
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=args.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         run_config=ray.train.RunConfig(
-            name=args.name,
+            name=name,
             storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
-    log.info("Ray Train: %d worker(s), %s CPU each, %s", args.workers, cpus, "GPU" if use_gpu else "no GPU")
+    log.info("Ray Train %s: %d worker(s), %s CPU each, %s", name, workers, cpus, "GPU" if use_gpu else "no GPU")
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
+        raise RuntimeError(f"training run {name} finished without a checkpoint")
     result.checkpoint.to_directory(str(dest))
 
 
@@ -141,8 +165,6 @@ def _fit_locally(config: ExperimentConfig, run: Run, dest: Path) -> None:
 
 def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test set and log artifacts and the model to MLflow."""
-    import mlflow
-
     from pipeline.evaluate import evaluate
 
     best = dest / "best.pt"
@@ -165,15 +187,7 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -
         key = "test_final_gap_lsr1" if name.startswith("L-SR1") else "test_final_gap_lbfgs"
         summary[key] = float(curve.gap[-1])
     run.log_metrics([(payload["iteration"], {k: float(v) for k, v in summary.items()})])
-    model = make_learner(config_of(payload, best))
-    model.load_state_dict(payload["model"])
-    mlflow.set_tracking_uri(run.uri)
-    with mlflow.start_run(run_id=run.run_id):
-        info = mlflow.pytorch.log_model(
-            model.eval(), name="model", serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]
-        )
-    version = mlflow.register_model(info.model_uri, config.name)
-    summary["registered_model"] = f"{config.name} v{version.version}"
+    summary["registered_model"] = run.log_model(payload, config.name)
     return summary
 
 
@@ -218,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.local:
             _fit_locally(config, run, dest)
         else:
-            _fit_with_ray(config, args, run, runs_dir / "ray", dest)
+            connect_ray(args.num_cpus)
+            fit_with_ray(config, run, args.name, runs_dir / "ray", args.workers, cpus_per_worker=args.cpus_per_worker,
+                         gpu=args.gpu, max_failures=args.max_failures, fail_once_at=args.fail_once_at, dest=dest)
         summary = _finalize(config, run, dest, args.test_steps)
     except Exception:
         log.exception("training run %s failed", args.name)

@@ -45,9 +45,17 @@ def precondition(buffer: Tensor, g: Tensor, identity_weight: float) -> Tensor:
     return low_rank + identity_weight * g if identity_weight else low_rank
 
 
-def secant_residual(buffer: Tensor, p: Tensor, q: Tensor) -> Tensor:
-    """||p - B~ q||^2 with B~ = I + sum_i v_i v_i^T (Eq. 8). buffer: (B, L, N); p, q: (B, N) -> (B,)."""
-    return (p - precondition(buffer, q, 1.0)).pow(2).sum(-1)
+def secant_residual(buffer: Tensor, p: Tensor, q: Tensor, normalize: bool = False) -> Tensor:
+    """||p - B~ q||^2 with B~ = I + sum_i v_i v_i^T (Eq. 8). buffer: (B, L, N); p, q: (B, N) -> (B,).
+
+    normalize: divide by (||p||^2 + ||B~ q||^2) / 2, which makes the penalty independent of the step length
+    (so it cannot be lowered by not moving) and bounded by 4."""
+    bq = precondition(buffer, q, 1.0)
+    residual = (p - bq).pow(2).sum(-1)
+    if not normalize:
+        return residual
+    scale = 0.5 * (p.pow(2).sum(-1) + bq.pow(2).sum(-1))
+    return residual / scale.clamp_min(torch.finfo(p.dtype).tiny)
 
 
 class LSR1(LearnedOptimizer):
@@ -62,6 +70,7 @@ class LSR1(LearnedOptimizer):
         self.lambda_sec = config.lambda_sec
         self.identity_weight = 1.0 if config.identity_in_step else 0.0
         self.last_step_secant = config.secant_target == "last_step"
+        self.normalize_secant = config.secant_normalize
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
         # eval_norm "batch": at evaluation BatchNorm keeps normalising over the coordinates being optimised,
         # as in training; with running statistics, states far from the training distribution (large x or g)
@@ -95,7 +104,7 @@ class LSR1(LearnedOptimizer):
         x_next = x - alpha * d
         residual = state.residual  # the first step has no previous pair: (p_0, q_0) = (x_0, g_0) only seeds E
         if self.last_step_secant and state.count > 0:
-            residual = secant_residual(buffer, p, q)
+            residual = secant_residual(buffer, p, q, self.normalize_secant)
         info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1)}
         return x_next, LSR1State(x, g, d, buffer, residual, state.count + 1), info
 
@@ -106,7 +115,7 @@ class LSR1(LearnedOptimizer):
         if self.last_step_secant:
             residual = state.residual
         else:
-            residual = secant_residual(state.buffer, x - state.x_prev, g - state.g_prev)
+            residual = secant_residual(state.buffer, x - state.x_prev, g - state.g_prev, self.normalize_secant)
         return self.lambda_sec * residual, {"secant_residual": residual}
 
 
