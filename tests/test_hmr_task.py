@@ -12,7 +12,9 @@ from lsr1.hmr.initializer import WithInitializer
 from lsr1.learned import LGD, LSR1, make_learner
 from lsr1.meta import MetaLoss, run, step_metrics, train, unroll
 from lsr1.tasks import HMRProblem, problem_set, random_quadratics
-from lsr1.tasks.hmr import amass_problem, pw3d_arrays, pw3d_problem
+from lsr1.hmr.camera import H36M_TO_J14
+from lsr1.hmr.formats import FormatError
+from lsr1.tasks.hmr import amass_problem, load_joint_model, pw3d_arrays, pw3d_problem
 from tests.helpers import smoketest_meta_step, smoketest_optimizer, smoketest_task
 from tests.hmr_data import hmr_config, hmr_data  # noqa: F401  (session fixture)
 
@@ -139,3 +141,27 @@ def test_per_step_metrics_of_a_trajectory(hmr_data):  # noqa: F811
     problem = problem_set(config.task, "test", hmr=config.hmr)
     curves = step_metrics(problem, run(make_learner(config), problem, 3).iterates)
     assert all(v.shape == (4,) for v in curves.values()) and np.isfinite(curves["pa_mpjpe"].numpy()).all()
+
+
+def test_h36m_evaluation_regressor_is_used_when_configured(hmr_data, setup, tmp_path):  # noqa: F811
+    body, frames = setup
+    regressor = np.zeros((17, 6890))
+    regressor[np.arange(17), np.arange(17) * 300] = 1.0  # one vertex per joint
+    np.save(tmp_path / "J_regressor_h36m.npy", regressor)
+    config = hmr_config(hmr_data, f"hmr.h36m_regressor={tmp_path / 'J_regressor_h36m.npy'}").hmr
+    model = load_joint_model(config)
+    # Arrow list columns arrive as arrays of arrays; the batch builder accepts them
+    rows = {}
+    for key, value in frames.items():
+        rows[key] = np.empty(len(value), dtype=object)
+        rows[key][:] = list(value)
+    problem = amass_problem(rows, model, config, seed=0)
+    metrics = problem.evaluation_metrics(problem.target)
+    assert {"pa_mpjpe14_h36m", "mpjpe14_h36m"} <= set(metrics) and float(metrics["pa_mpjpe14_h36m"].max()) < 1e-2
+    vertices = body.smpl(betas=torch.as_tensor(frames["betas10"]), body_pose=problem.target[:, 3:72],
+                         global_orient=problem.target[:, :3]).vertices  # fmt: skip
+    expected = vertices[:, torch.arange(17) * 300][:, list(H36M_TO_J14)]
+    torch.testing.assert_close(problem.eval_gt, expected, atol=1e-5, rtol=0)
+    np.save(tmp_path / "bad.npy", np.zeros((14, 6890)))
+    with pytest.raises(FormatError, match=r"bad\.npy: expected the H36M regressor's shape"):
+        load_joint_model(hmr_config(hmr_data, f"hmr.h36m_regressor={tmp_path / 'bad.npy'}").hmr)

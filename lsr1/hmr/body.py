@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 NUM_VERTICES = 6890
 NUM_FACES = 13776
 NUM_JOINTS = 24
+EXTRA_JOINTS = 21  # smplx's VertexJointSelector with its defaults: 5 face, 6 feet, 10 fingertips
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 SMPL_JOINT_NAMES = (
     "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
@@ -105,8 +106,6 @@ class JointModel(NamedTuple):
         return JointModel(*(move(v) for v in self))
 
 
-EXTRA_JOINTS = 21  # smplx's VertexJointSelector with its defaults: 5 face, 6 feet, 10 fingertips
-
 
 class BodyModel:
     """An SMPL body from a file or a smplx model folder, as arrays, as `smplx.SMPL` and as a JointModel.
@@ -152,8 +151,8 @@ class BodyModel:
         if eval_regressor is not None:
             if eval_regressor.shape != (14, NUM_VERTICES):
                 raise ValueError(f"eval_regressor must have shape (14, {NUM_VERTICES}), got {eval_regressor.shape}")
-            support = np.nonzero(np.abs(eval_regressor).sum(0))[0]
-            ids += [int(i) for i in support if int(i) not in set(ids)]
+            extra = set(ids)
+            ids += [int(i) for i in np.nonzero(np.abs(eval_regressor).sum(0))[0] if int(i) not in extra]
         ids_array = np.array(ids)
         parents = np.array([max(p, 0) for p in SMPL_PARENTS])
         depth = [0] * NUM_JOINTS

@@ -409,35 +409,40 @@ def load_amass_frames(root: str | Path) -> dict[str, np.ndarray]:
 
 
 def write_amass_parquet(root: str | Path, out_dir: str | Path, rows_per_shard: int = 200_000) -> list[Path]:
-    """Prepare AMASS once for Ray Data: Parquet shards of one row per frame with columns pose72 (72 float32),
-    betas10 (10 float32), trans (3 float32, Y-up) and source (the sequence's path under root)."""
+    """Prepare AMASS once for Ray Data: Parquet shards `amass-00000.parquet`, ... of one row per frame with
+    columns pose72 (72 float32), betas10 (10 float32), trans (3 float32, Y-up) and source (the sequence's
+    path under root). Sequences are streamed: memory holds one shard."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     root, out_dir = Path(root), Path(out_dir)
-    rows: dict[str, list[np.ndarray]] = {"pose72": [], "betas10": [], "trans": [], "source": []}
+    shards: list[Path] = []
+
+    def write(columns: dict[str, np.ndarray]) -> None:
+        table = pa.table({
+            key: pa.FixedSizeListArray.from_arrays(pa.array(columns[key].reshape(-1)), columns[key].shape[1])
+            for key in ("pose72", "betas10", "trans")
+        } | {"source": pa.array(columns["source"])})  # fmt: skip
+        path = out_dir / f"amass-{len(shards):05d}.parquet"
+        with atomic_output(path) as tmp:
+            pq.write_table(table, tmp)
+        shards.append(path)
+
+    buffered: list[dict[str, np.ndarray]] = []
     for path in find_amass_files(root):
         sequence = read_amass(path)
         frames = amass_frames(sequence)
         trans = sequence.trans if sequence.trans is not None else np.zeros((len(sequence.poses), 3))
-        rows["pose72"].append(frames["pose72"])
-        rows["betas10"].append(frames["betas10"])
-        rows["trans"].append((trans @ AMASS_TO_Y_UP.T).astype(np.float32))
-        rows["source"].append(np.full(len(trans), str(path.relative_to(root))))
-    columns = {key: np.concatenate(value) for key, value in rows.items()}
-    total = len(columns["source"])
-    shards = []
-    for number, start in enumerate(range(0, total, rows_per_shard)):
-        part = slice(start, start + rows_per_shard)
-        table = pa.table({
-            key: pa.FixedSizeListArray.from_arrays(pa.array(columns[key][part].reshape(-1)), columns[key].shape[1])
-            for key in ("pose72", "betas10", "trans")
-        } | {"source": pa.array(columns["source"][part])})  # fmt: skip
-        path = out_dir / f"amass-{number:05d}.parquet"
-        with atomic_output(path) as tmp:
-            pq.write_table(table, tmp)
-        shards.append(path)
-    log.info("wrote %d AMASS frames in %d shards to %s", total, len(shards), out_dir)
+        frames["trans"] = (trans @ AMASS_TO_Y_UP.T).astype(np.float32)
+        frames["source"] = np.full(len(trans), str(path.relative_to(root)))
+        buffered.append(frames)
+        while sum(len(b["source"]) for b in buffered) >= rows_per_shard:
+            columns = {key: np.concatenate([b[key] for b in buffered]) for key in frames}
+            write({key: value[:rows_per_shard] for key, value in columns.items()})
+            buffered = [{key: value[rows_per_shard:] for key, value in columns.items()}]
+    if sum(len(b["source"]) for b in buffered):
+        write({key: np.concatenate([b[key] for b in buffered]) for key in buffered[0]})
+    log.info("wrote AMASS frames in %d shards to %s", len(shards), out_dir)
     return shards
 
 

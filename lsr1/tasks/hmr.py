@@ -246,6 +246,16 @@ def _from_poses(
     )
 
 
+def _rows(column: np.ndarray | Tensor, width: int) -> np.ndarray:
+    """A (B, width) float64 array from a column given as a 2D array or as B arrays (Arrow list columns)."""
+    array = column.detach().cpu().numpy() if isinstance(column, Tensor) else np.asarray(column)
+    if array.dtype == object:
+        array = np.stack([np.asarray(row) for row in array])
+    if array.ndim != 2 or array.shape[1] != width:
+        raise ValueError(f"expected a column of {width} values per frame, got shape {array.shape}")
+    return array.astype(np.float64)
+
+
 def amass_problem(frames: Mapping[str, np.ndarray | Tensor], model: JointModel, config: HMRConfig, seed: int) -> HMRProblem:
     """A training batch from AMASS frames, as LGD makes one (seeded, Ray-free: call it in `map_batches`).
 
@@ -255,8 +265,8 @@ def amass_problem(frames: Mapping[str, np.ndarray | Tensor], model: JointModel, 
     kept joints get Gaussian noise of keypoint_noise (normalised units), and the keypoints are normalised.
     """
     dtype, device = model.joint_template.dtype, model.joint_template.device
-    pose = torch.as_tensor(np.asarray(frames["pose72"]), dtype=torch.float64).reshape(-1, 24, 3)
-    betas = torch.as_tensor(np.asarray(frames["betas10"]), dtype=dtype, device=device)
+    pose = torch.as_tensor(_rows(frames["pose72"], 72)).reshape(-1, 24, 3)
+    betas = torch.as_tensor(_rows(frames["betas10"], NUM_BETAS), dtype=dtype, device=device)
     generator = make_generator(seed)
     batch = pose.shape[0]
     rotmats = axis_angle_to_matrix(pose)
@@ -323,10 +333,15 @@ def _frames(amass_dir: str) -> dict[str, np.ndarray]:
 
 def load_joint_model(config: HMRConfig, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> JointModel:
     """The JointModel of the configured body, with the H36M evaluation regressor when config names one."""
-    body = _body(config.body_dir, config.gender, config.cache_dir)
+    return _joint_model(config.body_dir, config.gender, config.cache_dir, config.h36m_regressor, dtype, str(device))
+
+
+@functools.lru_cache(maxsize=8)
+def _joint_model(body_dir: str, gender: str, cache_dir: str, h36m: str | None, dtype: torch.dtype, device: str) -> JointModel:
+    body = _body(body_dir, gender, cache_dir)
     regressor = None
-    if config.h36m_regressor is not None:
-        path = Path(config.h36m_regressor)
+    if h36m is not None:
+        path = Path(h36m)
         try:
             full = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
@@ -334,7 +349,7 @@ def load_joint_model(config: HMRConfig, dtype: torch.dtype = torch.float32, devi
         if full.shape != (17, body.arrays["v_template"].shape[0]):
             raise FormatError(f"{path}: expected the H36M regressor's shape (17, 6890), got {full.shape}")
         regressor = full[list(H36M_TO_J14)]
-    log.info("evaluation joints: %s", "H36M regressor " + str(config.h36m_regressor) if regressor is not None else "SMPL joints")
+    log.info("evaluation joints: %s", f"H36M regressor {h36m}" if regressor is not None else "SMPL joints")
     return body.joint_model(regressor, dtype=dtype, device=device)
 
 
