@@ -43,6 +43,29 @@ def time_meta_iterations(config, iterations: int, threads: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def profile_table(config, iterations: int = 5, rows: int = 12) -> str:
+    """Where one meta-iteration's time goes (1 thread): torch.profiler's top operators by self time."""
+    from torch.profiler import profile
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    learner = make_learner(config)
+    loss = MetaLoss(learner, config.meta.unroll_steps)
+    opt = torch.optim.AdamW(learner.parameters(), lr=config.meta.lr)
+    problems = [problem_set(config.task, "train", i) for i in range(iterations + 2)]
+    for problem in problems[:2]:
+        meta_step(loss, opt, problem)
+    with profile() as prof:
+        for problem in problems[2:]:
+            meta_step(loss, opt, problem)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    lines = [f"{'operator':44}{'ms / iteration':>15}{'share':>8}{'calls / iteration':>19}"]
+    for e in events[:rows]:
+        lines.append(f"{e.key[:43]:44}{e.self_cpu_time_total / 1e3 / iterations:15.1f}{e.self_cpu_time_total / total:8.1%}{e.count / iterations:19.0f}")
+    return "\n".join(lines)
+
+
 def gemm_shapes(config) -> list[tuple[int, int, int]]:
     """(m, k, n) of every matmul of one meta-iteration: forward, grad-input and grad-weight per Linear."""
     learner = make_learner(config)
@@ -78,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quadratic.yaml")
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--profile", action="store_true", help="also print where the time goes (torch.profiler)")
     args = parser.parse_args()
     config = load_config(args.config)
 
@@ -98,6 +122,8 @@ def main() -> None:
     print(f"{'measured, 1 thread':28}{ms_1:20.1f}")
     print(f"{'measured, 2 threads':28}{ms_2:20.1f}")
     print(f"efficiency (bound / 1 thread): {bound_ms / ms_1:.2f}")
+    if args.profile:
+        print("\n" + profile_table(config) + "\n")
     print(json.dumps({
         "ms_per_meta_iter": round(ms_1, 2),
         "ms_per_meta_iter_2threads": round(ms_2, 2),

@@ -62,10 +62,12 @@ def markdown_table(all_curves: list[Curves], metric: str, at: list[int]) -> str:
     """A table of `metric` (objective, gap, distance, newton_cosine) at the given iterations."""
     header = f"| optimizer | " + " | ".join(f"k = {k}" for k in at) + " |"
     rows = [header, "|" + "---|" * (len(at) + 1)]
+    offset = 1 if metric in ("newton_cosine", "evaluations") else 0  # per-step values start at step 1
     for c in all_curves:
         values = getattr(c, metric)
-        offset = 1 if metric == "newton_cosine" else 0  # cosines start at step 1
-        cells = [f"{float(values[k - offset]):.4g}" if values is not None and 0 <= k - offset < len(values) else "" for k in at]
+        if values is None:
+            continue
+        cells = [f"{float(values[k - offset]):.4g}" if 0 <= k - offset < len(values) else "" for k in at]
         rows.append(f"| {c.name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -76,6 +78,7 @@ def plot_curves(groups: dict[str, list[Curves]], metric: str, path: str | Path, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False, sharey=True)
     for ax, (title, group) in zip(axes[0], groups.items()):
@@ -87,6 +90,7 @@ def plot_curves(groups: dict[str, list[Curves]], metric: str, path: str | Path, 
             ax.plot(range(start, start + len(values)), values.numpy(), marker="o", markersize=3, label=c.name)
         ax.set_title(title)
         ax.set_xlabel("iteration k")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
