@@ -66,6 +66,33 @@ def profile_table(config, iterations: int = 5, rows: int = 12) -> str:
     return "\n".join(lines)
 
 
+def fused_vs_modules_ms(rows: int, hidden: int, repeats: int = 50) -> tuple[float, float]:
+    """Forward + backward of one ElementwiseMLP: our fused Linear-BatchNorm-PReLU nodes against torch's
+    nn.Linear / nn.BatchNorm1d / nn.PReLU applied one after the other (the same modules, same weights)."""
+    from lsr1.nn import ElementwiseMLP
+
+    torch.set_num_threads(1)
+    mlp = ElementwiseMLP(hidden, 1, hidden)
+    x = torch.randn(rows, hidden, requires_grad=True)
+
+    def modules(h):
+        h = mlp.prelu(mlp.bn1(mlp.fc1(h)))
+        for block in (mlp.mlp1, mlp.mlp2):
+            h = block.bn2(block.fc2(block.prelu(block.bn1(block.fc1(h))))) + h
+        return mlp.fc2(h)
+
+    def median_ms(forward) -> float:
+        times = []
+        for i in range(repeats + 5):
+            tic = time.perf_counter()
+            forward(x).sum().backward()
+            if i >= 5:
+                times.append(time.perf_counter() - tic)
+        return 1e3 * statistics.median(times)
+
+    return median_ms(mlp), median_ms(modules)
+
+
 def gemm_shapes(config) -> list[tuple[int, int, int]]:
     """(m, k, n) of every matmul of one meta-iteration: forward, grad-input and grad-weight per Linear."""
     learner = make_learner(config)
@@ -111,6 +138,8 @@ def main() -> None:
     bound_ms = sum(per_shape[s] for s in shapes)
     ms_1 = time_meta_iterations(config, args.iterations, threads=1)
     ms_2 = time_meta_iterations(config, args.iterations, threads=2)
+    rows = config.task.batch_size * config.task.dim
+    fused_ms, modules_ms = fused_vs_modules_ms(rows, config.lsr1.hidden_dim)
 
     t, k, big = config.task, config.meta, max(per_shape, key=lambda s: s[0] * s[1] * s[2])
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads pinned 1 / 2")
@@ -122,6 +151,7 @@ def main() -> None:
     print(f"{'measured, 1 thread':28}{ms_1:20.1f}")
     print(f"{'measured, 2 threads':28}{ms_2:20.1f}")
     print(f"efficiency (bound / 1 thread): {bound_ms / ms_1:.2f}")
+    print(f"one MLP forward + backward on ({rows}, {config.lsr1.hidden_dim}): fused {fused_ms:.2f} ms, torch modules {modules_ms:.2f} ms")
     if args.profile:
         print("\n" + profile_table(config) + "\n")
     print(json.dumps({
@@ -130,6 +160,8 @@ def main() -> None:
         "flop_bound_ms": round(bound_ms, 2),
         "efficiency": round(bound_ms / ms_1, 3),
         "gflop_per_meta_iter": round(flops / 1e9, 3),
+        "mlp_fused_ms": round(fused_ms, 3),
+        "mlp_torch_modules_ms": round(modules_ms, 3),
     }))
 
 
