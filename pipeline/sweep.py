@@ -1,0 +1,219 @@
+"""Hyper-parameter sweeps: `python -m pipeline.sweep --space tune_spaces/<name>.yaml --config configs/<preset>.yaml`.
+
+Ray Tune samples configs from the space; every trial is a `pipeline.train` run (the same TorchTrainer and
+worker loop) reporting after each validation, and ASHA stops poor trials early. Trials never ask for more
+CPUs/GPUs than the cluster has (each trial: its workers, plus a sliver of a CPU for the trial driver), and
+--max-concurrent caps them further. An interrupted sweep (Ctrl-C, a killed driver) continues with --resume:
+finished trials are kept, unfinished ones continue from their last checkpoint.
+
+MLflow: one parent run per sweep, one child run per trial. At the end the --top-k trials are evaluated on
+the test split; the parent run gets comparison.md, comparison.csv and comparison.png, and the best model is
+registered under the preset's name with the alias `champion`.
+
+    python -m pipeline.sweep --space tune_spaces/smoke.yaml --config configs/smoke.yaml --num-samples 4 --max-concurrent 2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lsr1.analysis import curves, plot_curves
+from lsr1.checkpoint import load_checkpoint
+from lsr1.config import ConfigError, config_to_dict, load_config
+from lsr1.learned import with_buffer_size
+from lsr1.optim import LBFGS
+from lsr1.tasks import problem_set
+from pipeline.evaluate import load_learner
+from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
+from pipeline.tracking import RUN_NAME_TAG, Run, tracking_uri
+from pipeline.train import connect_ray, fit_with_ray
+
+log = logging.getLogger("pipeline.sweep")
+
+TRIAL_DRIVER_CPU = 0.01  # the trial function only waits for its TorchTrainer
+
+
+def trial(params: dict[str, Any]) -> None:
+    """One sampled config, trained by pipeline.train's TorchTrainer; Train's reports become Tune's."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    # trials report at validations only, so that every report carries the metric ASHA compares
+    config = with_values(params["base"], {**params["values"], "meta.checkpoint_every_s": 1e12})
+    trial_id = tune.get_context().get_trial_id()
+    name = f"{params['sweep']}-{trial_id}"
+    run = Run.open(params["tracking_uri"], config.name, name, config,
+                   tags={"mlflow.parentRunId": params["parent_run_id"], "lsr1.sweep": params["sweep"], "lsr1.trial": trial_id})
+    dest = Path(params["runs_dir"]) / params["sweep"] / trial_id
+    try:
+        fit_with_ray(config, run, name, Path(params["runs_dir"]) / "ray", params["workers"],
+                     cpus_per_worker=params["cpus_per_worker"], callbacks=[TuneReportCallback()], dest=dest)
+    except Exception:
+        run.finish(ok=False)
+        raise
+    run.log_artifact(dest / "best.pt", "checkpoints")
+    run.set_tags({"lsr1.checkpoint_dir": str(dest)})
+    run.finish(ok=True)
+
+
+def _scheduler(metric: str, config, grace: int):
+    from ray.tune.schedulers import ASHAScheduler
+
+    reports = max(1, math.ceil(config.meta.iterations / config.meta.val_every))
+    return ASHAScheduler(metric=metric, mode="min", max_t=reports, grace_period=min(grace, reports), reduction_factor=2)
+
+
+def compare(top: list[dict[str, Any]], steps: int, out: Path) -> list[dict[str, Any]]:
+    """Test-set curves of the top trials (each at its own L) against L-BFGS; table, CSV and plot in `out`."""
+    loaded = [(entry, *load_learner(Path(entry["checkpoint"]))) for entry in top]
+    task, memory = loaded[0][1].task, loaded[0][1].lsr1.buffer_size
+    problem = problem_set(task, "test", dtype=torch.float64)
+    lines, rows = [], []
+    for entry, config, model, _ in loaded:
+        size = config.lsr1.buffer_size
+        curve = curves(f"{entry['trial']} (L={size})", with_buffer_size(model, size), problem, steps)
+        lines.append(curve)
+        params = entry["params"]
+        rows.append({**{k: v for k, v in entry.items() if k not in ("params", "checkpoint")}, **params,
+                     "test_final_gap": float(curve.gap[-1]), "test_mean_objective": float(curve.objective[1:].mean())})
+    lines.append(curves(f"L-BFGS (m={memory})", LBFGS(problem, memory=memory), problem, steps))
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"test set: {task.test_size} {task.name} problems, N = {task.test_dim}"
+    plot_curves({title: lines}, "gap", out / "comparison.png", "mean f(x_k) - f*", log=True)
+    keys = list(rows[0])
+    with (out / "comparison.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    lbfgs = lines[-1]
+    (out / "comparison.md").write_text(
+        f"# Top {len(rows)} trials on the test split ({steps} steps)\n\n" + "\n".join(table)
+        + f"\n\nReference: {lbfgs.name} reaches a final gap of {float(lbfgs.gap[-1]):.4g}.\n"
+    )
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--space", type=Path, required=True, help="a search space from tune_spaces/")
+    parser.add_argument("--config", type=Path, required=True, help="the base preset from configs/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--name", help="sweep name (default: <preset>-sweep); with --resume, the sweep to continue")
+    parser.add_argument("--num-samples", type=int, default=8, help="samples drawn from the space (times the grid)")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as many as fit)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--metric", default="val_loss", help="validation metric to minimise (ASHA and ranking)")
+    parser.add_argument("--grace", type=int, default=2, help="validations before ASHA may stop a trial")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--test-steps", type=int, default=20)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same --name")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny trials, to check the set-up")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    overrides = args.overrides + (["meta.iterations=6", "meta.val_every=2"] if args.smoke_test else [])
+    try:
+        base = load_config(args.config, overrides)
+        space = load_space(args.space)
+        check_values(space, config_to_dict(base), args.space)
+    except (ConfigError, SpaceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from ray import tune
+
+    name = args.name or f"{base.name}-sweep"
+    runs_dir = args.runs_dir.resolve()
+    storage = runs_dir / "tune"
+    uri = tracking_uri()
+    parent = Run.open(uri, base.name, name, base, tags={"lsr1.sweep_space": str(args.space), "lsr1.kind": "sweep"})
+    connect_ray(args.num_cpus)
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_trial = args.workers * args.cpus_per_worker + TRIAL_DRIVER_CPU
+    fits = max(1, int(cpus // per_trial))
+    concurrent = min(args.max_concurrent or fits, fits)
+    trainable = tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPU})
+    tic = time.time()
+    if args.resume:
+        path = storage / name
+        if not tune.Tuner.can_restore(str(path)):
+            print(f"error: no sweep to resume at {path}", file=sys.stderr)
+            return 2
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        param_space = {
+            "base": config_to_dict(base),
+            "values": to_tune(space),
+            "sweep": name,
+            "tracking_uri": uri,
+            "parent_run_id": parent.run_id,
+            "runs_dir": str(runs_dir),
+            "workers": args.workers,
+            "cpus_per_worker": args.cpus_per_worker,
+        }
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=args.num_samples, max_concurrent_trials=concurrent,
+                                        scheduler=_scheduler(args.metric, base, args.grace)),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+        )
+    log.info("sweep %s: %d sample(s) x %d grid point(s), %d trial(s) at a time", name, args.num_samples, grid_size(space), concurrent)
+    results = tuner.fit()
+    frame = results.get_dataframe(filter_metric=args.metric, filter_mode="min")
+    if frame.empty or args.metric not in frame:
+        parent.finish(ok=False)
+        print("error: no trial reported a validation result", file=sys.stderr)
+        return 1
+    frame = frame.sort_values(args.metric).reset_index(drop=True)
+    value_columns = [c for c in frame.columns if c.startswith("config/values/")]
+    top = []
+    for rank, row in frame.head(args.top_k).iterrows():
+        trial_id = row["trial_id"]
+        top.append({
+            "rank": rank + 1,
+            "trial": trial_id,
+            args.metric: float(row[args.metric]),
+            "params": {c.removeprefix("config/values/"): row[c] for c in value_columns},
+            "checkpoint": str(runs_dir / name / trial_id / "best.pt"),
+            "run_id": _child_run_id(parent, f"{name}-{trial_id}"),
+        })
+    out = runs_dir / name / "comparison"
+    rows = compare(top, args.test_steps, out)
+    for path in sorted(out.iterdir()):
+        parent.log_artifact(path, "comparison")
+    best = rows[0]
+    parent.log_metrics([(0, {f"best_{args.metric}": best[args.metric], "best_test_final_gap": best["test_final_gap"], "trials": float(len(frame))})])
+    parent.set_tags({"lsr1.best_trial": best["trial"], "lsr1.best_run_id": best["run_id"]})
+    registered = parent.log_model(load_checkpoint(best["checkpoint"]), base.name, alias="champion")
+    parent.finish(ok=True)
+    print(f"\nsweep {name}: {len(frame)} trials in {time.time() - tic:.0f} s; best {best['trial']} {args.metric} {best[args.metric]:.4g}")
+    print((out / "comparison.md").read_text())
+    print(f"registered {registered} (alias champion)\nmlflow ui --backend-store-uri {uri}")
+    return 0
+
+
+def _child_run_id(parent: Run, name: str) -> str:
+    runs = parent.client.search_runs([parent.client.get_run(parent.run_id).info.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'", max_results=1)
+    return runs[0].info.run_id if runs else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""pipeline.sweep end to end on the shared local Ray instance with a real MLflow store: ASHA, parent and
+child runs, the comparison artifacts, the champion alias; and an interrupted sweep resumed."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from pipeline.sweep import main
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = ["--space", "tune_spaces/smoke.yaml", "--config", "configs/smoke.yaml", "--smoke-test", "--cpus-per-worker", "0.5"]
+
+
+def _children(client: MlflowClient, experiment: str, parent_id: str):
+    exp = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def _parent(client: MlflowClient, experiment: str, name: str):
+    exp = client.get_experiment_by_name(experiment).experiment_id
+    (run,) = client.search_runs([exp], f"tags.`lsr1.run_name` = '{name}'")
+    return run
+
+
+def test_smoke_sweep_logs_parent_children_comparison_and_champion(ray_local, mlflow_store, tmp_path):
+    tic = time.time()
+    assert main([*SWEEP, "--name", "sw", "--num-samples", "4", "--max-concurrent", "2", "--top-k", "2", "--runs-dir", str(tmp_path)]) == 0
+    client = MlflowClient(mlflow_store)
+    parent = _parent(client, "smoke", "sw")
+    assert parent.info.status == "FINISHED"
+    children = _children(client, "smoke", parent.info.run_id)
+    assert len(children) == 4 and all(c.data.params["lsr1.lambda_sec"] for c in children)
+    assert all("val_loss" in c.data.metrics for c in children)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert artifacts == {"comparison/comparison.md", "comparison/comparison.csv", "comparison/comparison.png"}
+    champion = client.get_model_version_by_alias("smoke", "champion")
+    assert champion.run_id == parent.info.run_id
+    print(f"smoke sweep wall time {time.time() - tic:.0f} s")
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(mlflow_store, tmp_path):
+    args = [sys.executable, "-m", "pipeline.sweep", *SWEEP, "--name", "cut", "--num-samples", "3", "--max-concurrent", "1",
+            "--runs-dir", str(tmp_path), "--num-cpus", "2"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
+    driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = MlflowClient(mlflow_store)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:  # wait until one trial has finished, then kill the driver
+            exp = client.get_experiment_by_name("smoke")
+            if exp and client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.`lsr1.sweep` = 'cut'"):
+                break
+            time.sleep(2)
+        else:
+            raise AssertionError("no trial finished within 10 minutes")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished_before = {r.info.run_id: r.info.end_time for r in client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id], "attributes.status = 'FINISHED' and tags.`lsr1.sweep` = 'cut'")}
+    resumed = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    children = _children(client, "smoke", _parent(client, "smoke", "cut").info.run_id)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    for run_id, end_time in finished_before.items():  # a finished trial is not opened again
+        assert client.get_run(run_id).info.end_time == end_time
+        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == list(range(1, 7))
