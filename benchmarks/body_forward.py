@@ -2,8 +2,8 @@
 
 Both give the same 45 joints (24 SMPL joints + smplx's 21 extra-joint vertices); smplx poses all 6890
 vertices to get them. Timed without a graph (the forward alone) and with a gradient w.r.t. the pose (what
-the inner loop of HMR needs). Median of repeated runs, threads pinned; the synthetic body is used unless
---body names a model folder.
+the inner loop of HMR needs). Best of repeated runs (the least disturbed by other processes), threads
+pinned; the synthetic body is used unless --body names a model folder.
 
     python benchmarks/body_forward.py [--batch 256] [--repeats 20] [--threads 1] [--body datasets/body]
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from lsr1.hmr.rotations import axis_angle_to_matrix
 from lsr1.hmr.synthetic_body import write_synthetic_body
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
+def best_ms(fn: Callable[[], object], repeats: int) -> float:
     for _ in range(3):
         fn()
     times = []
@@ -34,7 +33,7 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
         tic = time.perf_counter()
         fn()
         times.append(time.perf_counter() - tic)
-    return 1e3 * statistics.median(times)
+    return 1e3 * min(times)  # the run least disturbed by other processes
 
 
 def main() -> None:
@@ -66,10 +65,10 @@ def main() -> None:
 
     with torch.no_grad():
         error = float((full(pose) - fast(pose)).abs().max())
-        smplx_ms = median_ms(lambda: full(pose), args.repeats)
-        fast_ms = median_ms(lambda: fast(pose), args.repeats)
-    smplx_grad_ms = median_ms(with_grad(full), args.repeats)
-    fast_grad_ms = median_ms(with_grad(fast), args.repeats)
+        smplx_ms = best_ms(lambda: full(pose), args.repeats)
+        fast_ms = best_ms(lambda: fast(pose), args.repeats)
+    smplx_grad_ms = best_ms(with_grad(full), args.repeats)
+    fast_grad_ms = best_ms(with_grad(fast), args.repeats)
 
     print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, {args.threads} thread(s)")
     print(f"body: {args.body or 'synthetic'}, batch {args.batch}, max |joints-only - smplx| = {error:.2e} m")

@@ -60,7 +60,7 @@ def main() -> None:
               f"{summary.best_val_loss:.1f} mm at iteration {summary.best_iteration}; test split: {test.batch_size} frames")  # fmt: skip
 
     print(f"machine: {platform.machine()} CPU, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"PA-MPJPE (mm) on the synthetic 3DPW test split per inner step (step 0: the initializer alone)")
+    print("PA-MPJPE (mm) on the synthetic 3DPW test split per inner step (step 0: the initializer alone)")
     names = {"lsr1": "init + L-SR1", "lgd": "init + LGD"}
     print("step" + "".join(f"{names[learner]:>16}" for learner in curves))
     for k, values in enumerate(zip(*(c["pa_mpjpe"] for c in curves.values()))):

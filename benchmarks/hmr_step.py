@@ -2,7 +2,7 @@
 (paper Table 3: 91 ms and 14.60 GiB against 166 ms and 17.81 GiB on an RTX 3090, ratio 0.55).
 
 One inner iteration at inference is what `lsr1.meta.run` does per step: the update module's step, f at the
-new iterate and its gradient through the joints-only body. Its time is (run(K) - run(0)) / K, medians over
+new iterate and its gradient through the joints-only body. Its time is (run(K) - run(0)) / K, best of
 repeats, both learners on the same AMASS batch, eval mode, threads pinned. Peak memory is the most tensor
 memory one steady-state iteration allocates on top of what was live before it (CUDA: max_memory_allocated;
 CPU: the running sum of the profiler's allocation records). Also shown: the update step and the gradient
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from lsr1.meta import MetaLoss, run
 from lsr1.tasks import problem_set
 
 
-def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+def best_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     fn()
     times = []
     for _ in range(repeats):
@@ -47,7 +46,7 @@ def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> f
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - tic)
-    return 1e3 * statistics.median(times)
+    return 1e3 * min(times)  # the run least disturbed by other processes
 
 
 def peak_mib(fn: Callable[[], object], device: torch.device) -> float:
@@ -80,8 +79,8 @@ def measure(name: str, args: argparse.Namespace, data: Path, device: torch.devic
     learner = make_learner(config).to(device)
     problem = problem_set(config.task, "train", 0, hmr=config.hmr, device=device)
     learner.eval()
-    full = median_ms(lambda: run(learner, problem, args.steps), args.repeats, device)
-    start = median_ms(lambda: run(learner, problem, 0), args.repeats, device)
+    full = best_ms(lambda: run(learner, problem, args.steps), args.repeats, device)
+    start = best_ms(lambda: run(learner, problem, 0), args.repeats, device)
     with torch.no_grad():
         x = learner.initial_point(problem)
         g = problem.grad(x)
@@ -94,12 +93,12 @@ def measure(name: str, args: argparse.Namespace, data: Path, device: torch.devic
             x_next, _, _ = learner.step(state, x, g)
             return problem.value(x_next), problem.grad(x_next)
 
-        step_ms = median_ms(lambda: learner.step(state, x, g), args.repeats, device)
-        grad_ms = median_ms(lambda: problem.grad(x), args.repeats, device)
+        step_ms = best_ms(lambda: learner.step(state, x, g), args.repeats, device)
+        grad_ms = best_ms(lambda: problem.grad(x), args.repeats, device)
         peak = peak_mib(iteration, device)
     learner.train()
     loss = MetaLoss(learner, config.meta.unroll_steps)
-    train_ms = median_ms(lambda: loss(problem)[0].backward(), max(2, args.repeats // 2), device) / config.meta.unroll_steps
+    train_ms = best_ms(lambda: loss(problem)[0].backward(), max(2, args.repeats // 2), device) / config.meta.unroll_steps
     rows = args.batch * (problem.dim if name == "lsr1" else 1)
     return {
         "ms": (full - start) / args.steps,

@@ -32,7 +32,6 @@ class Initializer(nn.Module):
         super().__init__()
         if rest.dim() != 1 or not 0 < pose_dim < rest.numel():
             raise ValueError(f"Initializer: rest must be (pose_dim + shape_dim,) with 0 < pose_dim, got {tuple(rest.shape)} and {pose_dim}")
-        self.pose_dim = pose_dim
         self.pose = ElementwiseMLP(context_dim, pose_dim, hidden, dropout, bn_momentum=0.1)
         self.shape = ElementwiseMLP(context_dim, rest.numel() - pose_dim, hidden, dropout, bn_momentum=0.1)
         self.register_buffer("rest", rest.clone(), persistent=False)  # follows from the config
@@ -51,7 +50,9 @@ class WithInitializer(LearnedOptimizer):
 
     def initial_point(self, problem: "Problem") -> Tensor:
         """Theta_0 (B, N) predicted from the problem's context (its keypoints)."""
-        return self.initializer(problem.context)  # type: ignore[attr-defined]
+        if problem.context is None:
+            raise ValueError(f"{type(problem).__name__} has no context for the initializer to read")
+        return self.initializer(problem.context)
 
     def init(self, x0: Tensor, g0: Tensor) -> Any:
         return self.update.init(x0, g0)

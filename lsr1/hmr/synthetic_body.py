@@ -42,9 +42,6 @@ REST_JOINTS = np.array([
     [0.690, 0.215, -0.010], [-0.690, 0.215, -0.010], [0.775, 0.205, -0.020], [-0.775, 0.205, -0.020],  # wrists, hands
 ])  # fmt: skip
 
-_X, _Y, _Z = np.eye(3)
-
-
 @dataclass(frozen=True)
 class _Part:
     """The capsule of joint `joint`: axis from the joint to `end`, elliptic section with semi-axis
@@ -209,98 +206,106 @@ def _shape_directions(v: np.ndarray, radial: np.ndarray, part_of: np.ndarray) ->
     return out
 
 
-def synthetic_body(edge: float = 0.02) -> dict[str, np.ndarray]:
-    """The SMPL arrays (float64 except f and kintree_table) of the synthetic mannequin; `edge` ~ mesh resolution."""
-    parts = _parts()
-    # the coarsest resolution that still fits in 6890 vertices; edge splits make up the rest
-    while True:
+def _assemble(parts: list[_Part], edge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """All capsules as one vertex and face list with exactly 6890 vertices; the part of each vertex and the
+    vertex ids of the ring on each joint."""
+    while True:  # the finest resolution that still fits in 6890 vertices; edge splits make up the rest
         meshes = [_capsule(p, edge) for p in parts]
-        total = sum(len(m[0]) for m in meshes)
-        if total <= NUM_VERTICES:
+        if sum(len(m[0]) for m in meshes) <= NUM_VERTICES:
             break
         edge *= 1.01
-    verts, faces, part_of, ring_of, joint_ring, offsets = [], [], [], [], {}, []
-    start = 0
+    verts, faces, part_of, joint_ring, start = [], [], [], {}, 0
     for p, (v, f, ring, on_joint, _) in zip(parts, meshes):
-        offsets.append(start)
         verts.append(v)
         faces.append(f + start)
         part_of.append(np.full(len(v), p.joint))
-        ring_of.append(ring)
         joint_ring[p.joint] = start + np.nonzero(ring == on_joint)[0]
         start += len(v)
-    verts, faces, part_of, ring_of = map(np.concatenate, (verts, faces, part_of, ring_of))
+    verts, faces, part_of = map(np.concatenate, (verts, faces, part_of))
 
-    # fill up to 6890 vertices by splitting axial edges of the chest's cylinder (rings stay intact)
+    # split axial edges of the chest's cylinder, spread over its rows (its rings stay intact)
     chest = [p.joint for p in parts].index(9)
+    chest_start = int(np.nonzero(part_of == 9)[0][0])
     _, _, chest_rings, on_joint, segments = meshes[chest]
     rows = range(on_joint, int(chest_rings.max()))
     missing = NUM_VERTICES - len(verts)
-    if missing > len(rows) * segments:
+    if missing > len(rows) * (segments // 3):
         raise RuntimeError(f"cannot place {missing} extra vertices on the chest")
-    edges = [(r * segments + s, (r + 1) * segments + s) for k in range(missing)
-             for r, s in [(rows[k % len(rows)], (3 * (k // len(rows))) % segments)]]  # fmt: skip
-    verts, faces = _split_edges(verts, faces, offsets[chest] + np.array(edges, dtype=np.int64).reshape(-1, 2))
-    part_of = np.concatenate([part_of, np.full(missing, 9)])
+    edges = []
+    for k in range(missing):
+        row, segment = rows[k % len(rows)], 3 * (k // len(rows))
+        edges.append((row * segments + segment, (row + 1) * segments + segment))
+    verts, faces = _split_edges(verts, faces, chest_start + np.array(edges, dtype=np.int64).reshape(-1, 2))
+    return verts, faces, np.concatenate([part_of, np.full(missing, 9)]), joint_ring
 
-    # join the parts into one surface: one hidden tube from each part to its parent's part
+
+def _join(verts: np.ndarray, faces: np.ndarray, part_of: np.ndarray) -> np.ndarray:
+    """One surface: a hidden tube from each part to its parent's part, between their faces nearest the joint."""
     used: set[int] = set()
     removed, tubes = [], []
     centroids = verts[faces].mean(1)
+    owner_of_face = part_of[faces[:, 0]]
     for joint in range(1, 24):
-        target = REST_JOINTS[joint]
         chosen = []
         for owner in (joint, SMPL_PARENTS[joint]):
-            candidates = np.nonzero(part_of[faces[:, 0]] == owner)[0]
-            candidates = candidates[[c not in used for c in candidates]]
-            best = candidates[np.argmin(np.linalg.norm(centroids[candidates] - target, axis=1))]
-            used.add(int(best))
+            candidates = np.array([c for c in np.nonzero(owner_of_face == owner)[0] if c not in used])
+            best = int(candidates[np.argmin(np.linalg.norm(centroids[candidates] - REST_JOINTS[joint], axis=1))])
+            used.add(best)
             chosen.append(best)
         removed += chosen
         tubes.append(_bridge(faces[chosen[0]], faces[chosen[1]]))
     keep = np.ones(len(faces), dtype=bool)
     keep[removed] = False
-    faces = np.concatenate([faces[keep], *tubes])
+    return np.concatenate([faces[keep], *tubes])
 
-    # every vertex's own bone: radial offsets, skinning weights
-    starts, ends = REST_JOINTS, np.array([np.array(p.end) for p in parts])  # parts are sorted by joint
-    own_start, own_end = starts[part_of], ends[part_of]
-    axis = own_end - own_start
-    t = ((verts - own_start) * axis).sum(1) / (axis * axis).sum(1)
-    radial = verts - (own_start + t[:, None] * axis)  # perpendicular to the bone, also on the caps
+
+def _skinning(verts: np.ndarray, part_of: np.ndarray, bones: np.ndarray) -> np.ndarray:
+    """(V, 24) weights: a soft-min over the distances to the bones of the vertex's joint, its parent and its
+    children (bones: (24, 2, 3) start and end of each part's axis), so that joints blend smoothly."""
     children = {j: [c for c in range(24) if SMPL_PARENTS[c] == j] for j in range(24)}
     weights = np.zeros((len(verts), 24))
     for joint in range(24):
         mask = part_of == joint
         family = [joint] + ([SMPL_PARENTS[joint]] if joint else []) + children[joint]
-        dist = np.stack([_segment_distance(verts[mask], starts[c], ends[c]) for c in family], 1)
+        dist = np.stack([_segment_distance(verts[mask], *bones[c]) for c in family], 1)
         soft = np.exp(-(dist - dist.min(1, keepdims=True)) / 0.015)
         soft = np.where(soft < 0.01, 0.0, soft)
         weights[np.ix_(mask, family)] = soft / soft.sum(1, keepdims=True)
+    return weights
 
-    regressor = np.zeros((24, len(verts)))
-    for joint, ring in joint_ring.items():
-        regressor[joint, ring] = 1.0 / len(ring)
 
-    # pose correctives: bending joint j by angle a bulges the surface near j outward by 0.02 (1 - cos a)
-    normals = radial / np.maximum(np.linalg.norm(radial, axis=1, keepdims=True), 1e-9)
+def _pose_correctives(verts: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """(V, 3, 207): bending joint j by angle a bulges the surface near j outward by 0.02 (1 - cos a)."""
     posedirs = np.zeros((len(verts), 3, 207))
     for joint in range(1, 24):
         near = np.exp(-np.sum((verts - REST_JOINTS[joint]) ** 2, 1) / 0.07**2)
         for k in (0, 4, 8):  # the diagonal of R_j - I sums to -2 (1 - cos a)
             posedirs[:, :, 9 * (joint - 1) + k] = -0.01 * near[:, None] * normals
+    return posedirs
 
+
+def synthetic_body(edge: float = 0.02) -> dict[str, np.ndarray]:
+    """The SMPL arrays (float64 except f and kintree_table) of the synthetic mannequin; `edge` ~ mesh resolution."""
+    parts = _parts()  # sorted by joint: part j is joint j's
+    verts, faces, part_of, joint_ring = _assemble(parts, edge)
+    faces = _join(verts, faces, part_of)
+    bones = np.stack([REST_JOINTS, np.array([p.end for p in parts])], 1)  # (24, 2, 3)
+    start, axis = bones[part_of, 0], bones[part_of, 1] - bones[part_of, 0]
+    along = ((verts - start) * axis).sum(1) / (axis * axis).sum(1)
+    radial = verts - (start + along[:, None] * axis)  # perpendicular to the own bone, also on the caps
+    regressor = np.zeros((24, len(verts)))
+    for joint, ring in joint_ring.items():
+        regressor[joint, ring] = 1.0 / len(ring)
     arrays = {
         "v_template": verts,
         "f": faces,
         "J_regressor": regressor,
-        "weights": weights,
+        "weights": _skinning(verts, part_of, bones),
         "shapedirs": _shape_directions(verts, radial, part_of),
-        "posedirs": posedirs,
+        "posedirs": _pose_correctives(verts, radial / np.maximum(np.linalg.norm(radial, axis=1, keepdims=True), 1e-9)),
     }
     arrays = _place_landmarks(arrays, part_of)
-    kintree = np.array([[4294967295] + list(SMPL_PARENTS[1:]), list(range(24))], dtype=np.int64)
-    arrays["kintree_table"] = kintree
+    arrays["kintree_table"] = np.array([[4294967295] + list(SMPL_PARENTS[1:]), list(range(24))], dtype=np.int64)
     arrays["f"] = arrays["f"].astype(np.uint32)
     if len(arrays["v_template"]) != NUM_VERTICES or len(arrays["f"]) != NUM_FACES:
         raise RuntimeError(f"synthetic body has {len(arrays['v_template'])} vertices and {len(arrays['f'])} faces")
