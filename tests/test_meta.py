@@ -91,12 +91,12 @@ def test_non_finite_steps_are_skipped_counted_and_never_saved(tmp_path):
     problems = iter(good[:2] + [nan_data] + good[3:4] + [diverging] + good[5:])
     buffers = {}
 
-    def remember(iteration, metrics):
+    def remember(iteration, run_dir, metrics):  # called right after last.pt of `iteration` is written
         if iteration in (2, 3, 4, 5):
-            state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+            state = load_checkpoint(run_dir / "last.pt")["model"]
             buffers[iteration] = {k: v for k, v in state.items() if "running" in k}
 
-    summary = train(config, tmp_path / "run", train_problems=problems, progress=False, hooks=TrainHooks(on_iteration=remember))
+    summary = train(config, tmp_path / "run", train_problems=problems, progress=False, hooks=TrainHooks(on_checkpoint=remember))
     assert summary.skipped == 2 and summary.iterations == 6
     for before, after in ((2, 3), (4, 5)):  # the skipped steps leave BatchNorm statistics alone
         for key, value in buffers[before].items():
