@@ -42,7 +42,9 @@ TRIAL_DRIVER_CPU = 0.01  # the trial function only waits for its TorchTrainer
 
 
 def trial(params: dict[str, Any]) -> None:
-    """One sampled config, trained by pipeline.train's TorchTrainer; Train's reports become Tune's."""
+    """One sampled config, trained by pipeline.train's TorchTrainer; Train's reports become Tune's.
+
+    A trial that ASHA stops is killed inside fit(): the sweep driver closes its MLflow run afterwards."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -59,16 +61,43 @@ def trial(params: dict[str, Any]) -> None:
     except Exception:
         run.finish(ok=False)
         raise
-    run.log_artifact(dest / "best.pt", "checkpoints")
-    run.set_tags({"lsr1.checkpoint_dir": str(dest)})
+    _close_trial_run(run, dest, stopped_early=False)
+
+
+def _close_trial_run(run: Run, checkpoint_dir: Path, stopped_early: bool) -> None:
+    run.log_artifact(checkpoint_dir / "best.pt", "checkpoints")
+    run.set_tags({"lsr1.checkpoint_dir": str(checkpoint_dir), "lsr1.stopped_early": str(stopped_early).lower()})
     run.finish(ok=True)
+
+
+def _trial_outcomes(results, parent: Run, sweep: str) -> dict[str, Path]:
+    """The last checkpoint directory of every trial (it holds best.pt, the trial's best so far); closes the
+    MLflow runs of trials that ASHA stopped (still RUNNING) and of trials that failed."""
+    checkpoints = {}
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        found = _child_run(parent, f"{sweep}-{trial_id}")
+        path = metrics.get("checkpoint_path")
+        if path and (Path(path) / "best.pt").exists():
+            checkpoints[trial_id] = Path(path)
+        if found is None or found.info.status != "RUNNING":
+            continue
+        run = Run(parent.uri, found.info.run_id)
+        if trial_id in checkpoints and result.error is None:
+            _close_trial_run(run, checkpoints[trial_id], stopped_early=True)
+        else:
+            run.finish(ok=False)
+    return checkpoints
 
 
 def _scheduler(metric: str, config, grace: int):
     from ray.tune.schedulers import ASHAScheduler
 
     reports = max(1, math.ceil(config.meta.iterations / config.meta.val_every))
-    return ASHAScheduler(metric=metric, mode="min", max_t=reports, grace_period=min(grace, reports), reduction_factor=2)
+    # max_t one past the last report: a trial that runs to the end finishes on its own (and logs its model)
+    # instead of being stopped by ASHA at its last report
+    return ASHAScheduler(metric=metric, mode="min", max_t=reports + 1, grace_period=min(grace, reports), reduction_factor=2)
 
 
 def compare(top: list[dict[str, Any]], steps: int, out: Path) -> list[dict[str, Any]]:
@@ -183,17 +212,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no trial reported a validation result", file=sys.stderr)
         return 1
     frame = frame.sort_values(args.metric).reset_index(drop=True)
+    checkpoints = _trial_outcomes(results, parent, name)
+    frame = frame[frame["trial_id"].isin(checkpoints)].reset_index(drop=True)
     value_columns = [c for c in frame.columns if c.startswith("config/values/")]
     top = []
     for rank, row in frame.head(args.top_k).iterrows():
         trial_id = row["trial_id"]
+        child = _child_run(parent, f"{name}-{trial_id}")
         top.append({
             "rank": rank + 1,
             "trial": trial_id,
             args.metric: float(row[args.metric]),
             "params": {c.removeprefix("config/values/"): row[c] for c in value_columns},
-            "checkpoint": str(runs_dir / name / trial_id / "best.pt"),
-            "run_id": _child_run_id(parent, f"{name}-{trial_id}"),
+            "checkpoint": str(checkpoints[trial_id] / "best.pt"),
+            "run_id": child.info.run_id if child else "",
         })
     out = runs_dir / name / "comparison"
     rows = compare(top, args.test_steps, out)
@@ -202,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     best = rows[0]
     parent.log_metrics([(0, {f"best_{args.metric}": best[args.metric], "best_test_final_gap": best["test_final_gap"], "trials": float(len(frame))})])
     parent.set_tags({"lsr1.best_trial": best["trial"], "lsr1.best_run_id": best["run_id"]})
-    registered = parent.log_model(load_checkpoint(best["checkpoint"]), base.name, alias="champion")
+    registered = parent.log_model(load_checkpoint(top[0]["checkpoint"]), base.name, alias="champion")
     parent.finish(ok=True)
     print(f"\nsweep {name}: {len(frame)} trials in {time.time() - tic:.0f} s; best {best['trial']} {args.metric} {best[args.metric]:.4g}")
     print((out / "comparison.md").read_text())
@@ -210,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _child_run_id(parent: Run, name: str) -> str:
+def _child_run(parent: Run, name: str):
     runs = parent.client.search_runs([parent.client.get_run(parent.run_id).info.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'", max_results=1)
-    return runs[0].info.run_id if runs else ""
+    return runs[0] if runs else None
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ def connect_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # the dashboard serves the State API through which Ray Train notices a killed TrainController and frees
+        # its placement group; without it every trial that Tune stops leaks its CPUs and a sweep stalls
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
 
 
 def fit_with_ray(

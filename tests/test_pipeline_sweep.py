@@ -3,12 +3,16 @@ child runs, the comparison artifacts, the champion alias; and an interrupted swe
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.sweep import main
@@ -28,20 +32,74 @@ def _parent(client: MlflowClient, experiment: str, name: str):
     return run
 
 
-def test_smoke_sweep_logs_parent_children_comparison_and_champion(ray_local, mlflow_store, tmp_path):
-    tic = time.time()
-    assert main([*SWEEP, "--name", "sw", "--num-samples", "4", "--max-concurrent", "2", "--top-k", "2", "--runs-dir", str(tmp_path)]) == 0
-    client = MlflowClient(mlflow_store)
+@pytest.fixture(scope="module")
+def smoke_sweep(ray_local, tmp_path_factory):
+    """One smoke sweep (4 trials, 2 at a time, ASHA) into a fresh MLflow store, shared by the checks below."""
+    root = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        tic = time.time()
+        code = main([*SWEEP, "--name", "sw", "--num-samples", "4", "--max-concurrent", "2", "--top-k", "2", "--runs-dir", str(root)])
+        print(f"smoke sweep wall time {time.time() - tic:.0f} s")
+    assert code == 0
+    return uri
+
+
+def test_smoke_sweep_logs_parent_children_comparison_and_champion(smoke_sweep):
+    client = MlflowClient(smoke_sweep)
     parent = _parent(client, "smoke", "sw")
     assert parent.info.status == "FINISHED"
     children = _children(client, "smoke", parent.info.run_id)
     assert len(children) == 4 and all(c.data.params["lsr1.lambda_sec"] for c in children)
-    assert all("val_loss" in c.data.metrics for c in children)
+    assert all(c.info.status == "FINISHED" and "val_loss" in c.data.metrics for c in children)
+    assert all(client.list_artifacts(c.info.run_id, "checkpoints") for c in children)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert artifacts == {"comparison/comparison.md", "comparison/comparison.csv", "comparison/comparison.png"}
     champion = client.get_model_version_by_alias("smoke", "champion")
     assert champion.run_id == parent.info.run_id
-    print(f"smoke sweep wall time {time.time() - tic:.0f} s")
+    assert parent.data.tags["lsr1.best_run_id"] in {c.info.run_id for c in children}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_ui_compare_view_shows_the_sweeps_runs_and_metrics(smoke_sweep, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (`make test` installs Debian's chromium where apt-get can): "
+                    "the MLflow UI check needs a real browser")
+    client = MlflowClient(smoke_sweep)
+    parent = _parent(client, "smoke", "sw")
+    children = _children(client, "smoke", parent.info.run_id)
+    port = _free_port()
+    ui = subprocess.Popen(["make", "-s", "ui", f"UI_PORT={port}", f"TRACKING_URI={smoke_sweep}"], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=5).status == 200:
+                    break
+            except OSError:
+                if time.time() > deadline or ui.poll() is not None:
+                    raise AssertionError("`make ui` did not serve the MLflow UI within 3 minutes")
+                time.sleep(1)
+        ids = ",".join(f'"{c.info.run_id}"' for c in children)
+        url = f'{base}/#/compare-runs?runs=[{ids}]&experiments=["{parent.info.experiment_id}"]'
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                              "--virtual-time-budget=30000", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=300).stdout
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait()
+    for child in children:  # every trial is a column of the compare view, with its parameter and metrics
+        assert child.info.run_name in dom
+    assert "val_loss" in dom and "lsr1.lambda_sec" in dom
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(mlflow_store, tmp_path):

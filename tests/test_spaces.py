@@ -5,7 +5,7 @@ from lsr1.config import config_to_dict, load_config
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 
 
-@pytest.mark.parametrize("name", ["smoke", "quadratic"])
+@pytest.mark.parametrize("name", ["smoke", "quadratic", "hmr"])
 def test_shipped_spaces_load_and_fit_their_preset(name):
     space = load_space(f"tune_spaces/{name}.yaml")
     check_values(space, config_to_dict(load_config(f"configs/{name}.yaml")))
