@@ -69,6 +69,8 @@ def test_bad_problem_inputs():
         Quadratic(torch.ones(1, 3), torch.zeros(1, 2), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="N >= 2"):
         rosenbrock(1, 1, seed=0)
+    with pytest.raises(ValueError, match="max_cond=1.5 accepted none of 200 random quadratics at N = 20"):
+        random_quadratics(2, 20, seed=0, max_cond=1.5)
 
 
 def test_derived_seeds_depend_on_every_character_of_a_key():

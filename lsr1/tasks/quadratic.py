@@ -80,9 +80,13 @@ def random_quadratics(
     max_cond: reject (and redraw) matrices with a larger condition number, as for validation and test sets.
     """
     gen = make_generator(seed)
-    hs, bs, kept = [], [], 0
+    hs, bs, kept, drawn = [], [], 0, 0
     while kept < batch:
+        if drawn >= 100 * batch and kept == 0:  # cond(A^T A) grows like n^2 or faster: a bound can be out of reach
+            raise ValueError(f"max_cond={max_cond:g} accepted none of {drawn} random quadratics at N = {n}; "
+                             "raise task.max_cond (the median condition number grows quickly with N)")
         h, b = _unit_quadratic(batch, n, gen)
+        drawn += batch
         if max_cond is not None:
             keep = torch.linalg.cond(h) <= max_cond
             h, b = h[keep], b[keep]
