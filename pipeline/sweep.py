@@ -54,6 +54,8 @@ def trial(params: dict[str, Any]) -> None:
     name = f"{params['sweep']}-{trial_id}"
     run = Run.open(params["tracking_uri"], config.name, name, config,
                    tags={"mlflow.parentRunId": params["parent_run_id"], "lsr1.sweep": params["sweep"], "lsr1.trial": trial_id})
+    if run.status == "FINISHED":  # it ended just before the sweep was interrupted: keep it as it is
+        return
     dest = Path(params["runs_dir"]) / params["sweep"] / trial_id
     try:
         fit_with_ray(config, run, name, Path(params["runs_dir"]) / "ray", params["workers"],
@@ -70,18 +72,22 @@ def _close_trial_run(run: Run, checkpoint_dir: Path, stopped_early: bool) -> Non
     run.finish(ok=True)
 
 
-def _trial_outcomes(results, parent: Run, sweep: str) -> dict[str, Path]:
-    """The last checkpoint directory of every trial (it holds best.pt, the trial's best so far); closes the
-    MLflow runs of trials that ASHA stopped (still RUNNING) and of trials that failed."""
+def _trial_outcomes(results, parent: Run, sweep: str, runs_dir: Path) -> dict[str, Path]:
+    """The last checkpoint directory of every trial (it holds best.pt, the trial's best so far), and the
+    final word on each trial's MLflow run: Tune's. A trial that ASHA stopped was killed inside fit(), so its
+    run is left RUNNING, or FAILED when fit() saw its controller die first; Tune saw no error, so it is
+    FINISHED (tagged stopped_early). A trial with a Tune error is FAILED."""
     checkpoints = {}
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         found = _child_run(parent, f"{sweep}-{trial_id}")
-        path = metrics.get("checkpoint_path")
-        if path and (Path(path) / "best.pt").exists():
-            checkpoints[trial_id] = Path(path)
-        if found is None or found.info.status != "RUNNING":
+        # a trial that ran to its end copied its final checkpoint to runs_dir/sweep/trial; others have Train's last
+        for path in (runs_dir / sweep / trial_id, metrics.get("checkpoint_path")):
+            if path and (Path(path) / "best.pt").exists():
+                checkpoints[trial_id] = Path(path)
+                break
+        if found is None or found.info.status == "FINISHED":
             continue
         run = Run(parent.uri, found.info.run_id)
         if trial_id in checkpoints and result.error is None:
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no trial reported a validation result", file=sys.stderr)
         return 1
     frame = frame.sort_values(args.metric).reset_index(drop=True)
-    checkpoints = _trial_outcomes(results, parent, name)
+    checkpoints = _trial_outcomes(results, parent, name, runs_dir)
     frame = frame[frame["trial_id"].isin(checkpoints)].reset_index(drop=True)
     value_columns = [c for c in frame.columns if c.startswith("config/values/")]
     top = []

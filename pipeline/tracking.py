@@ -103,6 +103,11 @@ class Run:
             self.client.set_registered_model_alias(registered_name, alias, version.version)
         return f"{registered_name} v{version.version}"
 
+    @property
+    def status(self) -> str:
+        """RUNNING, FINISHED, FAILED or KILLED, as the tracking store has it now."""
+        return self.client.get_run(self.run_id).info.status
+
     def finish(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -103,7 +104,15 @@ def connect_ray(num_cpus: int | None = None) -> None:
     else:
         # the dashboard serves the State API through which Ray Train notices a killed TrainController and frees
         # its placement group; without it every trial that Tune stops leaks its CPUs and a sweep stalls
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+        # a private instance: its own dashboard port, so that it starts beside another cluster on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=free_port(), log_to_driver=True)
+
+
+def free_port() -> int:
+    """A TCP port that is free on this machine now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def fit_with_ray(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.sweep import main
+from pipeline.train import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ["--space", "tune_spaces/smoke.yaml", "--config", "configs/smoke.yaml", "--smoke-test", "--cpus-per-worker", "0.5"]
@@ -61,11 +61,6 @@ def test_smoke_sweep_logs_parent_children_comparison_and_champion(smoke_sweep):
     assert parent.data.tags["lsr1.best_run_id"] in {c.info.run_id for c in children}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_mlflow_ui_compare_view_shows_the_sweeps_runs_and_metrics(smoke_sweep, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -75,7 +70,7 @@ def test_mlflow_ui_compare_view_shows_the_sweeps_runs_and_metrics(smoke_sweep, t
     client = MlflowClient(smoke_sweep)
     parent = _parent(client, "smoke", "sw")
     children = _children(client, "smoke", parent.info.run_id)
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen(["make", "-s", "ui", f"UI_PORT={port}", f"TRACKING_URI={smoke_sweep}"], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -106,7 +101,9 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(mlflow_s
     args = [sys.executable, "-m", "pipeline.sweep", *SWEEP, "--name", "cut", "--num-samples", "3", "--max-concurrent", "1",
             "--runs-dir", str(tmp_path), "--num-cpus", "2"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
-    driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log_path = tmp_path / "driver.log"
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = MlflowClient(mlflow_store)
     deadline = time.time() + 600
     try:
@@ -114,9 +111,10 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(mlflow_s
             exp = client.get_experiment_by_name("smoke")
             if exp and client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.`lsr1.sweep` = 'cut'"):
                 break
+            assert driver.poll() is None, "the sweep ended before it was interrupted:\n" + log_path.read_text()[-3000:]
             time.sleep(2)
         else:
-            raise AssertionError("no trial finished within 10 minutes")
+            raise AssertionError("no trial finished within 10 minutes:\n" + log_path.read_text()[-3000:])
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.train import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +25,8 @@ def ray_head(tmp_path_factory):
 
     assert not ray.is_initialized(), "the e2e test must run before any in-process Ray instance"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # jobs run `python` from the head's PATH
-    dashboard = _free_port()
-    start = [str(BIN / "ray"), "start", "--head", f"--port={_free_port()}", f"--dashboard-port={dashboard}",
+    dashboard = free_port()
+    start = [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard}",
              "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"]
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
     try:
