@@ -6,14 +6,21 @@
 For every buffer size L: each checkpoint's L-SR1 run with that L, and L-BFGS with memory m = L, on the
 test set of the first checkpoint's task (float64). Writes objective.png, gap.png, newton_cosine.png,
 curves.json and results.md into --out, and prints a short table.
+
+    python -m pipeline.evaluate --run <mlflow run id>
+
+evaluates the best checkpoint logged to that run (by pipeline.train or a sweep trial) at its trained L and
+logs the files (test/) and the final gaps (test_final_gap_*) back to the run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +30,9 @@ from lsr1.config import ExperimentConfig
 from lsr1.learned import LSR1, with_buffer_size
 from lsr1.optim import LBFGS
 from lsr1.tasks import problem_set
+
+if TYPE_CHECKING:
+    from pipeline.tracking import Run
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -71,19 +81,57 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
     return groups
 
 
+def log_evaluation(run: Run, groups: dict[str, list[Curves]], out: Path, step: int) -> dict[str, float]:
+    """Log the files in `out` under the run's test/ artifacts and each curve's final gap as a metric."""
+    for path in sorted(out.iterdir()):
+        run.log_artifact(path, "test")
+    finals = {}
+    for curve in (c for group in groups.values() for c in group):
+        key = "test_final_gap_lsr1" if curve.name.startswith("L-SR1") else "test_final_gap_lbfgs"
+        finals.setdefault(key, float(curve.gap[-1]))
+    run.log_metrics([(step, finals)])
+    return finals
+
+
+def _checkpoint_of_run(run_id: str, into: Path) -> tuple[Path, Run]:
+    """Download the best checkpoint that pipeline.train or pipeline.sweep logged to an MLflow run."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import Run, tracking_uri
+
+    run = Run(tracking_uri(), run_id)
+    try:
+        path = run.client.download_artifacts(run_id, "checkpoints/best.pt", str(into))
+    except MlflowException as err:
+        raise ValueError(f"MLflow run {run_id} at {run.uri} has no checkpoints/best.pt artifact: {err}") from err
+    return Path(path), run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, action="append", required=True, help="a training checkpoint (repeatable)")
-    parser.add_argument("--buffer-sizes", type=int, nargs="+", default=[2, 4, 8])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, action="append", help="a training checkpoint (repeatable)")
+    source.add_argument("--run", help="an MLflow run id (MLFLOW_TRACKING_URI's store): its best checkpoint, results logged back")
+    parser.add_argument("--buffer-sizes", type=int, nargs="+", default=None, help="L values (default: 2 4 8, with --run the trained L)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/eval"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run = None
     try:
-        groups = evaluate(args.checkpoint, args.buffer_sizes, args.steps, args.out)
+        if args.run:
+            path, run = _checkpoint_of_run(args.run, args.out / "checkpoint")
+            args.checkpoint = [path]
+        sizes = args.buffer_sizes or ([load_learner(args.checkpoint[0])[0].lsr1.buffer_size] if run else [2, 4, 8])
+        groups = evaluate(args.checkpoint, sizes, args.steps, args.out)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if run is not None:
+        iteration = load_checkpoint(args.checkpoint[0]).get("iteration", 0)
+        shutil.rmtree(args.out / "checkpoint")  # already in the run; keep only the results in --out
+        log_evaluation(run, groups, args.out, iteration)
+        print(f"logged to MLflow run {args.run} (test/ artifacts, test_final_gap_* metrics)")
     print(f"{'optimizer':34}{'f(x_0)':>12}{'f(x_K)':>12}{'gap(x_K)':>12}{'cos(K)':>8}")
     for group in groups.values():
         for c in group:

@@ -176,7 +176,7 @@ def _fit_locally(config: ExperimentConfig, run: Run, dest: Path) -> None:
 
 def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test set and log artifacts and the model to MLflow."""
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate import evaluate, log_evaluation
 
     best = dest / "best.pt"
     payload = load_checkpoint(best)
@@ -185,19 +185,14 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -
     for path, folder in ((config_path, None), (best, "checkpoints"), (dest / "metrics.jsonl", None)):
         run.log_artifact(path, folder)
     groups = evaluate([best], [config.lsr1.buffer_size], test_steps, dest / "test")
-    for path in sorted((dest / "test").iterdir()):
-        run.log_artifact(path, "test")
-    final = {c.name: c for group in groups.values() for c in group}
     summary = {
         "best_val_loss": payload["best_val_loss"],
         "best_iteration": payload["best_iteration"],
         "iterations": payload["iteration"],
         "skipped": payload["skipped"],
     }
-    for name, curve in final.items():
-        key = "test_final_gap_lsr1" if name.startswith("L-SR1") else "test_final_gap_lbfgs"
-        summary[key] = float(curve.gap[-1])
     run.log_metrics([(payload["iteration"], {k: float(v) for k, v in summary.items()})])
+    summary |= log_evaluation(run, groups, dest / "test", payload["iteration"])
     summary["registered_model"] = run.log_model(payload, config.name)
     return summary
 

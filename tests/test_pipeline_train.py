@@ -5,6 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lsr1.checkpoint import load_checkpoint
+from pipeline.evaluate import main as evaluate_main
 from pipeline.train import main
 
 
@@ -23,6 +24,12 @@ def test_local_run_logs_params_metrics_artifacts_and_model(mlflow_store, tmp_pat
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {"checkpoints/best.pt"}
     (version,) = client.search_model_versions("name = 'smoke'")  # mlflow.pytorch model, registered
     assert version.run_id == run.info.run_id and version.source.startswith("models:/")
+    # pipeline.evaluate --run finds the run's checkpoint and logs its test curves back to the same run
+    trained_gap = run.data.metrics["test_final_gap_lsr1"]
+    assert evaluate_main(["--run", run.info.run_id, "--steps", "20", "--out", str(tmp_path / "eval")]) == 0
+    history = client.get_metric_history(run.info.run_id, "test_final_gap_lsr1")
+    assert len(history) == 2 and history[-1].value == pytest.approx(trained_gap)
+    assert evaluate_main(["--run", "0" * 32, "--out", str(tmp_path / "eval2")]) == 2
 
 
 def test_same_name_resumes_and_continues(mlflow_store, tmp_path):
