@@ -33,7 +33,7 @@ from lsr1.optim import LBFGS
 from lsr1.tasks import problem_set
 from pipeline.evaluate import load_learner
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
-from pipeline.tracking import RUN_NAME_TAG, Run, tracking_uri
+from pipeline.tracking import Run, tracking_uri
 from pipeline.train import connect_ray, fit_with_ray
 
 log = logging.getLogger("pipeline.sweep")
@@ -52,10 +52,11 @@ def trial(params: dict[str, Any]) -> None:
     config = with_values(params["base"], {**params["values"], "meta.checkpoint_every_s": 1e12})
     trial_id = tune.get_context().get_trial_id()
     name = f"{params['sweep']}-{trial_id}"
+    earlier = Run.find(params["tracking_uri"], config.name, name)
+    if earlier is not None and earlier.status == "FINISHED":  # it ended just before the sweep was interrupted
+        return
     run = Run.open(params["tracking_uri"], config.name, name, config,
                    tags={"mlflow.parentRunId": params["parent_run_id"], "lsr1.sweep": params["sweep"], "lsr1.trial": trial_id})
-    if run.status == "FINISHED":  # it ended just before the sweep was interrupted: keep it as it is
-        return
     dest = Path(params["runs_dir"]) / params["sweep"] / trial_id
     try:
         fit_with_ray(config, run, name, Path(params["runs_dir"]) / "ray", params["workers"],
@@ -72,7 +73,7 @@ def _close_trial_run(run: Run, checkpoint_dir: Path, stopped_early: bool) -> Non
     run.finish(ok=True)
 
 
-def _trial_outcomes(results, parent: Run, sweep: str, runs_dir: Path) -> dict[str, Path]:
+def _trial_outcomes(results, uri: str, experiment: str, sweep: str, runs_dir: Path) -> dict[str, Path]:
     """The last checkpoint directory of every trial (it holds best.pt, the trial's best so far), and the
     final word on each trial's MLflow run: Tune's. A trial that ASHA stopped was killed inside fit(), so its
     run is left RUNNING, or FAILED when fit() saw its controller die first; Tune saw no error, so it is
@@ -81,15 +82,14 @@ def _trial_outcomes(results, parent: Run, sweep: str, runs_dir: Path) -> dict[st
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
-        found = _child_run(parent, f"{sweep}-{trial_id}")
+        run = Run.find(uri, experiment, f"{sweep}-{trial_id}")
         # a trial that ran to its end copied its final checkpoint to runs_dir/sweep/trial; others have Train's last
         for path in (runs_dir / sweep / trial_id, metrics.get("checkpoint_path")):
             if path and (Path(path) / "best.pt").exists():
                 checkpoints[trial_id] = Path(path)
                 break
-        if found is None or found.info.status == "FINISHED":
+        if run is None or run.status == "FINISHED":
             continue
-        run = Run(parent.uri, found.info.run_id)
         if trial_id in checkpoints and result.error is None:
             _close_trial_run(run, checkpoints[trial_id], stopped_early=True)
         else:
@@ -218,20 +218,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no trial reported a validation result", file=sys.stderr)
         return 1
     frame = frame.sort_values(args.metric).reset_index(drop=True)
-    checkpoints = _trial_outcomes(results, parent, name, runs_dir)
+    checkpoints = _trial_outcomes(results, uri, base.name, name, runs_dir)
     frame = frame[frame["trial_id"].isin(checkpoints)].reset_index(drop=True)
     value_columns = [c for c in frame.columns if c.startswith("config/values/")]
     top = []
     for rank, row in frame.head(args.top_k).iterrows():
         trial_id = row["trial_id"]
-        child = _child_run(parent, f"{name}-{trial_id}")
+        child = Run.find(uri, base.name, f"{name}-{trial_id}")
         top.append({
             "rank": rank + 1,
             "trial": trial_id,
             args.metric: float(row[args.metric]),
             "params": {c.removeprefix("config/values/"): row[c] for c in value_columns},
             "checkpoint": str(checkpoints[trial_id] / "best.pt"),
-            "run_id": child.info.run_id if child else "",
+            "run_id": child.run_id if child else "",
         })
     out = runs_dir / name / "comparison"
     rows = compare(top, args.test_steps, out)
@@ -246,11 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     print((out / "comparison.md").read_text())
     print(f"registered {registered} (alias champion)\nmlflow ui --backend-store-uri {uri}")
     return 0
-
-
-def _child_run(parent: Run, name: str):
-    runs = parent.client.search_runs([parent.client.get_run(parent.run_id).info.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'", max_results=1)
-    return runs[0] if runs else None
 
 
 if __name__ == "__main__":

@@ -51,16 +51,23 @@ class Run:
             experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
         else:
             experiment_id = found.experiment_id
-        existing = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'", max_results=1)
-        if existing:
-            run_id = existing[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            log.info("MLflow: resuming run %s (%s)", name, run_id)
-            return cls(uri, run_id)
+        existing = cls.find(uri, experiment, name)
+        if existing is not None:
+            client.update_run(existing.run_id, status="RUNNING")
+            log.info("MLflow: resuming run %s (%s)", name, existing.run_id)
+            return existing
         run = client.create_run(experiment_id, run_name=name, tags={RUN_NAME_TAG: name, **(tags or {})})
         params = [Param(k, str(v)) for k, v in flatten(config_to_dict(config)).items()]
         client.log_batch(run.info.run_id, params=params)
         return cls(uri, run.info.run_id)
+
+    @classmethod
+    def find(cls, uri: str, experiment: str, name: str) -> "Run | None":
+        """The run named `name` in `experiment`, if there is one."""
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'", max_results=1) if found else []
+        return cls(uri, runs[0].info.run_id) if runs else None
 
     def last_step(self, key: str = "loss") -> int:
         """The highest step logged for `key` (0 if none): where a resumed run's history continues."""
