@@ -53,7 +53,8 @@ def trial(params: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     name = f"{params['sweep']}-{trial_id}"
     earlier = Run.find(params["tracking_uri"], config.name, name)
-    if earlier is not None and earlier.status == "FINISHED":  # it ended just before the sweep was interrupted
+    if earlier is not None and earlier.status == "FINISHED":  # it ended just before the sweep was interrupted:
+        tune.report(earlier.latest_metrics())  # Tune (and ASHA) want its result once more, not another run
         return
     run = Run.open(params["tracking_uri"], config.name, name, config,
                    tags={"mlflow.parentRunId": params["parent_run_id"], "lsr1.sweep": params["sweep"], "lsr1.trial": trial_id})

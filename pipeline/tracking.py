@@ -110,6 +110,10 @@ class Run:
             self.client.set_registered_model_alias(registered_name, alias, version.version)
         return f"{registered_name} v{version.version}"
 
+    def latest_metrics(self) -> dict[str, float]:
+        """The last logged value of every metric."""
+        return dict(self.client.get_run(self.run_id).data.metrics)
+
     @property
     def status(self) -> str:
         """RUNNING, FINISHED, FAILED or KILLED, as the tracking store has it now."""
