@@ -45,3 +45,17 @@ def test_profiles_end_to_end_on_a_small_set(tmp_path):
     write_outputs(result, tmp_path, taus)
     assert {p.name for p in tmp_path.iterdir()} == {"profile.png", "distances.csv", "results.md", "tuning.json"}
     assert "untrained L-SR1" in (tmp_path / "results.md").read_text()
+
+
+def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
+    from lsr1 import pretrained
+    from lsr1.meta import run
+    from lsr1.profiles import BUFFER_SIZE, LEARNED_MODEL
+
+    problems = {p.kind: p for p in evaluation_problems(dims=(50,))}
+    for kind, name in LEARNED_MODEL.items():
+        for model_name in (name, name + "_noproj"):
+            model = pretrained.load(model_name, buffer_size=BUFFER_SIZE, dtype=torch.float64)
+            assert model.buffer_size == 64 and pretrained.info(model_name)["meta_iterations"] > 0
+            trajectory = run(model, problems[kind].problem, steps=2)
+            assert torch.isfinite(trajectory.values).all(), model_name
