@@ -63,6 +63,8 @@ class LSR1Config:
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
     vector_init_scale: float = 0.1  # P's last layer starts this much smaller than torch's default
+    # "sqrt_dim" divides v by sqrt(N): B's added eigenvalues ||v||^2 stop growing with N (docs/results.md §4)
+    vector_norm: str = "none"
     eval_norm: str = "batch"  # BatchNorm at evaluation: "batch" statistics (as in training) or "running"
 
     def __post_init__(self) -> None:
@@ -81,6 +83,7 @@ class LSR1Config:
         )
         _check(self.eval_norm in ("batch", "running"), f"lsr1.eval_norm must be 'batch' or 'running', got {self.eval_norm!r}")
         _check(self.vector_init_scale > 0, f"lsr1.vector_init_scale must be > 0, got {self.vector_init_scale}")
+        _check(self.vector_norm in ("none", "sqrt_dim"), f"lsr1.vector_norm must be 'none' or 'sqrt_dim', got {self.vector_norm!r}")
         unknown = [n for n in self.encoder_inputs if n not in ENCODER_INPUTS]
         _check(not unknown, f"lsr1.encoder_inputs: unknown {unknown}; valid: {list(ENCODER_INPUTS)}")
         _check(

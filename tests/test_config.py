@@ -45,6 +45,7 @@ def test_unknown_key_lists_the_valid_ones():
         ("meta.betas=[0.9]", "expected 2 items"),
         ("lsr1.identity_in_step=maybe", "true or false"),
         ("meta.lr", "section.key=value"),
+        ("lsr1.vector_norm=l2", "vector_norm must be"),
     ],
 )
 def test_bad_values_are_clear_errors(override, message):

@@ -27,6 +27,22 @@ def test_same_weights_serve_any_dimension():
         assert torch.isfinite(x1).all()
 
 
+def test_sqrt_dim_vector_norm_keeps_the_preconditioner_scale_independent_of_n():
+    """Element-wise v has ||v||^2 ~ N; vector_norm "sqrt_dim" divides v by sqrt(N), so ||v||^2 stays put."""
+    torch.manual_seed(0)
+    plain, scaled = _small().eval(), _small(vector_norm="sqrt_dim").eval()
+    scaled.load_state_dict(plain.state_dict())
+    norms = {}
+    for n in (100, 10000):
+        x0, g0 = torch.randn(1, n), torch.randn(1, n)
+        for name, model in (("plain", plain), ("scaled", scaled)):
+            _, _, info = model.step(model.init(x0, g0), x0, g0)
+            norms[name, n] = float(info["v_norm"][0]) ** 2
+    assert norms["plain", 10000] / norms["plain", 100] == pytest.approx(100, rel=0.2)
+    assert norms["scaled", 10000] / norms["scaled", 100] == pytest.approx(1, rel=0.2)
+    assert norms["scaled", 100] == pytest.approx(norms["plain", 100] / 100, rel=1e-5)
+
+
 def test_buffer_is_fifo_oldest_first():
     buffer = torch.zeros(1, 3, 2)
     for k in range(1, 6):

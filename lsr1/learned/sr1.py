@@ -13,6 +13,7 @@ No N x N matrix is ever formed: B g costs O(L N).
 from __future__ import annotations
 
 import copy
+import math
 from typing import NamedTuple
 
 import torch
@@ -98,6 +99,8 @@ class LSR1(LearnedOptimizer):
         candidates = (x, p, state.d, g, q)  # the order of ENCODER_INPUTS
         features = self.encoder(torch.stack([candidates[i] for i in self._inputs], dim=-1))  # (B, N, M)
         v = self.vector_generator(features).squeeze(-1)  # (B, N)
+        if self.config.vector_norm == "sqrt_dim":
+            v = v / math.sqrt(v.shape[-1])
         alpha = self.gamma1 * torch.exp(self.gamma2 * self.lr_generator(features).squeeze(-1))  # (B, N)
         buffer = fifo_push(state.buffer, v)
         d = precondition(buffer, g, self.identity_weight)
