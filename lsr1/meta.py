@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,7 +272,8 @@ def train(
     *,
     device: str | torch.device = "cpu",
     hooks: TrainHooks | None = None,
-    train_problems: Iterator[Problem] | None = None,
+    train_problems: Iterable[Problem] | None = None,
+    worker_batches: bool = False,
     val_problems: Problem | None = None,
     resume: bool = True,
     progress: bool = True,
@@ -281,6 +282,9 @@ def train(
 
     train_problems: global batches, one per iteration (default: fresh draws of config.task, seeded by
     the iteration, so the same config gives the same batches on any worker count). Rank 0 writes files.
+    worker_batches: train_problems already are this worker's share of each global batch (e.g. a Ray Data
+    shard), so they are used as they come instead of sliced by rank. The time spent waiting for the next
+    batch is reported per iteration (data_wait_s, and data_wait_fraction of the iteration).
     """
     hooks = hooks or TrainHooks()
     run_dir = Path(run_dir)
@@ -328,9 +332,14 @@ def train(
     bar = tqdm(total=meta.iterations, initial=start, desc=config.name, disable=not (progress and chief), mininterval=1.0)
     last_save, metrics = time.monotonic(), {}
     learner.train()
-    for iteration, problem in zip(range(start + 1, meta.iterations + 1), train_problems):
+    batches = iter(train_problems)
+    for iteration in range(start + 1, meta.iterations + 1):
+        waited = time.perf_counter()
+        problem = next(batches, None)
+        if problem is None:
+            break
         tic = time.perf_counter()
-        problem = problem.select(share).to(device)
+        problem = (problem if worker_batches else problem.select(share)).to(device)
         if hooks.agree(problem.finite()):
             result = meta_step(loss_module, meta_optimizer, problem, meta.grad_clip, hooks.agree)
         else:  # a NaN or Inf in the batch itself: nothing to learn from, and no worker steps
@@ -341,6 +350,7 @@ def train(
         progress_state["iteration"] = iteration
         progress_state["skipped"] += int(result.skipped)
         seconds = time.perf_counter() - tic
+        wait = tic - waited
         metrics = {
             "loss": result.loss,
             "grad_norm": result.grad_norm,
@@ -348,6 +358,8 @@ def train(
             "lr": meta_optimizer.param_groups[0]["lr"],
             "seconds": seconds,
             "problems_per_s": problem.batch_size / seconds,
+            "data_wait_s": wait,
+            "data_wait_fraction": wait / (wait + seconds),
             **result.parts,
         }
         validating = iteration % meta.val_every == 0 or iteration == meta.iterations
