@@ -124,6 +124,9 @@ class HMRConfig:
     amass_dir: str = "datasets/synthetic/amass"
     pw3d_dir: str = "datasets/synthetic/3dpw"  # holds sequenceFiles/{train,validation,test}/*.pkl
     cache_dir: str = "datasets/cache"  # .npz copies of .pkl body models
+    prepared_dir: str = "datasets/synthetic/prepared"  # `python -m pipeline.prepare` output: Parquet + manifest.json
+    data_fraction: float = 1.0  # meta-train on this fraction of the AMASS frames (paper Table 2), chosen by a
+    # fixed hash of (sequence, frame): the same frames anywhere, smaller fractions subsets of larger ones
     h36m_regressor: str | None = None  # J_regressor_h36m.npy (17, 6890) for the 14 evaluation joints
     rotation: str = "axis_angle"  # Theta's pose part: "axis_angle" (72) or "6d" (144)
     focal_length: float = 256.0  # LGD's camera: f = 256 px at distance 6 m
@@ -152,6 +155,7 @@ class HMRConfig:
         _check(self.init_hidden_dim >= 1, f"hmr.init_hidden_dim must be >= 1, got {self.init_hidden_dim}")
         _check(0.0 <= self.init_dropout < 1.0, f"hmr.init_dropout must be in [0, 1), got {self.init_dropout}")
         _check(self.val_skip >= 1, f"hmr.val_skip must be >= 1, got {self.val_skip}")
+        _check(0.0 < self.data_fraction <= 1.0, f"hmr.data_fraction must be in (0, 1], got {self.data_fraction}")
 
 
 @dataclass

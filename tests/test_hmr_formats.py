@@ -168,4 +168,4 @@ def test_amass_parquet_shards_hold_the_same_frames(hmr_data, tmp_path):  # noqa:
     frames = load_amass_frames(hmr_data["amass"])
     assert len(shards) == -(-len(frames["pose72"]) // 100) and table.num_rows == len(frames["pose72"])
     np.testing.assert_array_equal(np.stack(table.column("pose72").to_numpy(zero_copy_only=False)), frames["pose72"])
-    assert set(table.column_names) == {"pose72", "betas10", "trans", "source"}
+    assert set(table.column_names) == {"pose72", "betas10", "trans", "source", "frame"}

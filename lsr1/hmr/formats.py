@@ -3,9 +3,11 @@
     safe_unpickle  Python-2 and -3 pickles holding numpy arrays, plain containers, chumpy arrays and scipy
                    sparse matrices; anything else is refused before it is called, naming the file
     read_smpl      an SMPL model (.npz, or a real .pkl with chumpy arrays and a sparse J_regressor, cached)
-    read_amass     one AMASS SMPL+H sequence (.npz); `load_amass_frames` / `write_amass_parquet` prepare
-                   frames as LGD does (first 72 pose values, hand joints zeroed, Z-up to Y-up, betas[:10])
+    read_amass     one AMASS SMPL+H sequence (.npz); `amass_columns` / `load_amass_frames` /
+                   `write_amass_parquet` prepare frames as LGD does (first 72 pose values, hand joints
+                   zeroed, Z-up to Y-up, betas[:10]); `in_fraction` picks a fixed fraction of the frames
     read_3dpw      one 3DPW sequence file (Python-2 pickle, latin1)
+    write_frames_parquet / read_frames_parquet   per-frame arrays <-> Parquet (fixed-size list columns)
 
 Every reader validates keys, shapes, dtypes and finiteness and raises FormatError naming the file, the key
 and what was expected. Outputs are written to a temporary name and renamed (`atomic_output`).
@@ -30,20 +32,27 @@ import torch
 from lsr1.hmr.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 __all__ = [
+    "AMASS_COLUMNS",
     "AMASS_TO_Y_UP",
+    "PW3D_COLUMNS",
     "AmassSequence",
     "FormatError",
     "Pw3dSequence",
+    "amass_columns",
     "amass_frames",
     "atomic_output",
     "find_amass_files",
+    "in_fraction",
+    "is_amass_sequence",
     "load_amass_frames",
     "read_3dpw",
     "read_3dpw_split",
     "read_amass",
+    "read_frames_parquet",
     "read_smpl",
     "safe_unpickle",
     "write_amass_parquet",
+    "write_frames_parquet",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,13 @@ log = logging.getLogger(__name__)
 # AMASS is Z-up; SMPL and LGD are Y-up: x' = y, y' = z, z' = x (LGD's euler_to_rot(-1.57, -1.57, 0), with
 # the exact right angle instead of 1.57, a 0.05 degree tilt LGD's augmentation does not care about).
 AMASS_TO_Y_UP = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+
+# Per-frame numeric columns of the prepared Parquet files and each row's shape; AMASS rows also carry
+# `source` (the sequence's path under the AMASS root) and `frame` (its index in that sequence).
+AMASS_COLUMNS: dict[str, tuple[int, ...]] = {"pose72": (72,), "betas10": (10,), "trans": (3,)}
+PW3D_COLUMNS: dict[str, tuple[int, ...]] = {
+    "pose72": (72,), "betas10": (10,), "keypoints": (18, 2), "confidence": (18,), "joints24": (24, 3),
+}  # fmt: skip
 
 
 class FormatError(ValueError):
@@ -375,6 +391,15 @@ def amass_frames(sequence: AmassSequence) -> dict[str, np.ndarray]:
     return {"pose72": pose.astype(np.float32), "betas10": betas.astype(np.float32)}
 
 
+def is_amass_sequence(path: str | Path) -> bool:
+    """Whether an .npz holds a sequence (`poses` and `betas`; AMASS's shape.npz does not). FormatError if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {"poses", "betas"} <= set(npz.files)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise FormatError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") from None
+
+
 def find_amass_files(root: str | Path) -> list[Path]:
     """AMASS sequence files under root (sorted); files without `poses`/`betas` (e.g. shape.npz) are skipped."""
     root = Path(root)
@@ -382,12 +407,7 @@ def find_amass_files(root: str | Path) -> list[Path]:
         raise FileNotFoundError(f"AMASS folder {root} does not exist; see datasets/README.md")
     files = []
     for path in sorted(root.rglob("*.npz")):
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                keys = set(npz.files)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-            raise FormatError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") from None
-        if {"poses", "betas"} <= keys:
+        if is_amass_sequence(path):
             files.append(path)
         else:
             log.info("skipping %s: no poses/betas", path)
@@ -397,51 +417,104 @@ def find_amass_files(root: str | Path) -> list[Path]:
 
 
 def load_amass_frames(root: str | Path) -> dict[str, np.ndarray]:
-    """Every frame under root: pose72 (N, 72), betas10 (N, 10) float32, source (N,) index into `files`."""
+    """Every frame under root: pose72 (N, 72), betas10 (N, 10) float32, source (N,) index into `files`,
+    frame (N,) the index in its sequence."""
     files = find_amass_files(root)
     parts = [amass_frames(read_amass(path)) for path in files]
     return {
         "pose72": np.concatenate([p["pose72"] for p in parts]),
         "betas10": np.concatenate([p["betas10"] for p in parts]),
         "source": np.concatenate([np.full(len(p["pose72"]), i) for i, p in enumerate(parts)]),
-        "files": np.array([str(f.relative_to(root)) for f in files]),
+        "frame": np.concatenate([np.arange(len(p["pose72"])) for p in parts]),
+        "files": np.array([f.relative_to(root).as_posix() for f in files]),
     }
 
 
-def write_amass_parquet(root: str | Path, out_dir: str | Path, rows_per_shard: int = 200_000) -> list[Path]:
-    """Prepare AMASS once for Ray Data: Parquet shards `amass-00000.parquet`, ... of one row per frame with
-    columns pose72 (72 float32), betas10 (10 float32), trans (3 float32, Y-up) and source (the sequence's
-    path under root). Sequences are streamed: memory holds one shard."""
+def amass_columns(sequence: AmassSequence, source: str, every: int = 1) -> dict[str, np.ndarray]:
+    """The prepared rows of a sequence, every `every`-th frame: `amass_frames`' pose72 and betas10, trans
+    (T, 3) float32 Y-up (zeros if the file has none), source (its path under the AMASS root), frame."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    frames = amass_frames(sequence)
+    trans = sequence.trans if sequence.trans is not None else np.zeros((len(sequence.poses), 3))
+    frames["trans"] = (trans @ AMASS_TO_Y_UP.T).astype(np.float32)
+    keep = np.arange(0, len(sequence.poses), every)
+    return {key: value[keep] for key, value in frames.items()} | {"source": np.full(len(keep), source), "frame": keep}
+
+
+def in_fraction(sources: np.ndarray, frames: np.ndarray, fraction: float) -> np.ndarray:
+    """Which frames (B,) a data fraction keeps: a fixed hash of (source path, frame index) below `fraction`.
+    The same frames on any machine or worker count, and every smaller fraction is a subset of a larger one."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    sources, frames = np.asarray(sources), np.asarray(frames, dtype=np.uint64)
+    names, inverse = np.unique(sources, return_inverse=True)
+    keys = np.array([int.from_bytes(hashlib.sha256(str(n).encode()).digest()[:8], "little") for n in names], dtype=np.uint64)
+    z = keys[inverse.reshape(-1)] ^ (frames * np.uint64(0x9E3779B97F4A7C15))  # splitmix64 finaliser
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53 < fraction
+
+
+def write_frames_parquet(columns: dict[str, np.ndarray], path: str | Path) -> Path:
+    """Write per-frame arrays (T, ...) as one Parquet file, atomically: float arrays as fixed-size float32
+    lists of their flattened rows, 1D arrays (strings, integers) as plain columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def column(value: np.ndarray) -> pa.Array:
+        if value.ndim == 1:
+            return pa.array(value)
+        flat = value.reshape(len(value), -1).astype(np.float32)
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        pq.write_table(pa.table({key: column(np.asarray(value)) for key, value in columns.items()}), tmp)
+    return path
+
+
+def read_frames_parquet(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The columns `shapes` names of a file `write_frames_parquet` wrote, as float32 (T, *shape) arrays;
+    FormatError naming the file for an unreadable file, a missing column or a wrong row width."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        table = pq.read_table(path, columns=list(shapes))
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file; run `python -m pipeline.prepare`") from None
+    except (pa.ArrowException, OSError) as err:
+        raise FormatError(f"{path}: not a readable Parquet file, truncated or corrupt ({type(err).__name__}: {err})") from None
+    out = {}
+    for key, shape in shapes.items():
+        width = int(np.prod(shape))
+        kind = table.schema.field(key).type
+        if not (pa.types.is_fixed_size_list(kind) and kind.list_size == width):
+            raise FormatError(f"{path}: column {key!r}: expected lists of {width} values, got {kind}")
+        values = table.column(key).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        out[key] = values.astype(np.float32).reshape(table.num_rows, *shape)
+    return out
+
+
+def write_amass_parquet(root: str | Path, out_dir: str | Path, rows_per_shard: int = 200_000) -> list[Path]:
+    """Prepare AMASS once for Ray Data: Parquet shards `amass-00000.parquet`, ... of `amass_columns` rows
+    (pose72, betas10, trans, source, frame). Sequences are streamed: memory holds one shard.
+    (`python -m pipeline.prepare` adds checksums, resuming and per-file error handling on top.)"""
     root, out_dir = Path(root), Path(out_dir)
     shards: list[Path] = []
-
-    def write(columns: dict[str, np.ndarray]) -> None:
-        table = pa.table({
-            key: pa.FixedSizeListArray.from_arrays(pa.array(columns[key].reshape(-1)), columns[key].shape[1])
-            for key in ("pose72", "betas10", "trans")
-        } | {"source": pa.array(columns["source"])})  # fmt: skip
-        path = out_dir / f"amass-{len(shards):05d}.parquet"
-        with atomic_output(path) as tmp:
-            pq.write_table(table, tmp)
-        shards.append(path)
-
     buffered: list[dict[str, np.ndarray]] = []
     for path in find_amass_files(root):
-        sequence = read_amass(path)
-        frames = amass_frames(sequence)
-        trans = sequence.trans if sequence.trans is not None else np.zeros((len(sequence.poses), 3))
-        frames["trans"] = (trans @ AMASS_TO_Y_UP.T).astype(np.float32)
-        frames["source"] = np.full(len(trans), str(path.relative_to(root)))
-        buffered.append(frames)
+        buffered.append(amass_columns(read_amass(path), path.relative_to(root).as_posix()))
         while sum(len(b["source"]) for b in buffered) >= rows_per_shard:
-            columns = {key: np.concatenate([b[key] for b in buffered]) for key in frames}
-            write({key: value[:rows_per_shard] for key, value in columns.items()})
+            columns = {key: np.concatenate([b[key] for b in buffered]) for key in buffered[0]}
+            shards.append(write_frames_parquet({k: v[:rows_per_shard] for k, v in columns.items()}, out_dir / f"amass-{len(shards):05d}.parquet"))
             buffered = [{key: value[rows_per_shard:] for key, value in columns.items()}]
     if sum(len(b["source"]) for b in buffered):
-        write({key: np.concatenate([b[key] for b in buffered]) for key in buffered[0]})
+        columns = {key: np.concatenate([b[key] for b in buffered]) for key in buffered[0]}
+        shards.append(write_frames_parquet(columns, out_dir / f"amass-{len(shards):05d}.parquet"))
     log.info("wrote AMASS frames in %d shards to %s", len(shards), out_dir)
     return shards
 

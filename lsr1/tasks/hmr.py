@@ -36,7 +36,7 @@ from lsr1.hmr.camera import (
     project,
     random_rotations,
 )
-from lsr1.hmr.formats import FormatError, Pw3dSequence, load_amass_frames, read_3dpw_split
+from lsr1.hmr.formats import FormatError, Pw3dSequence, in_fraction, load_amass_frames, read_3dpw_split
 from lsr1.hmr.metrics import mpjpe, pa_mpjpe
 from lsr1.hmr.rotations import (
     axis_angle_to_matrix,
@@ -327,8 +327,15 @@ def _body(body_dir: str, gender: str, cache_dir: str) -> BodyModel:
 
 
 @functools.lru_cache(maxsize=2)
-def _frames(amass_dir: str) -> dict[str, np.ndarray]:
-    return load_amass_frames(amass_dir)
+def _frames(amass_dir: str, fraction: float) -> dict[str, np.ndarray]:
+    """The AMASS frames under amass_dir that data fraction `fraction` keeps (`in_fraction`)."""
+    frames = load_amass_frames(amass_dir)
+    if fraction < 1.0:
+        keep = in_fraction(frames["files"][frames["source"]], frames["frame"], fraction)
+        if not keep.any():
+            raise ValueError(f"hmr.data_fraction {fraction} keeps none of the {len(keep)} AMASS frames in {amass_dir}")
+        frames = {key: value if key == "files" else value[keep] for key, value in frames.items()}
+    return frames
 
 
 def load_joint_model(config: HMRConfig, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> JointModel:
@@ -356,11 +363,12 @@ def _joint_model(body_dir: str, gender: str, cache_dir: str, h36m: str | None, d
 def hmr_problem_set(
     task: TaskConfig, config: HMRConfig, split: str, index: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> HMRProblem:
-    """train: batch `index` of task.batch_size AMASS frames (seeded by task.seed and index); val: the 3DPW
-    validation split (every config.val_skip-th frame); test: the whole 3DPW test split."""
+    """train: batch `index` of task.batch_size AMASS frames (seeded by task.seed and index) out of the
+    config.data_fraction that `in_fraction` keeps; val: the 3DPW validation split (every
+    config.val_skip-th frame); test: the whole 3DPW test split."""
     model = load_joint_model(config, dtype, device)
     if split == "train":
-        frames = _frames(config.amass_dir)
+        frames = _frames(config.amass_dir, config.data_fraction)
         rng = np.random.default_rng(derive_seed(task.seed, "train", index))
         count = len(frames["pose72"])
         rows = rng.choice(count, task.batch_size, replace=count < task.batch_size)
