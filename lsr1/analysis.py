@@ -1,11 +1,14 @@
-"""Per-step test curves of several optimizers on one problem set (paper Fig. 3a and 3b).
+"""Per-step test curves of several optimizers on one problem set (paper Fig. 3a, 3b and 4).
 
-For each optimizer: mean objective f(x_k), mean gap f(x_k) - f*, mean relative distance
-||x_k - x*|| / ||x_0 - x*||, and for quadratics the mean cosine between the step x_k - x_{k-1} and the
-Newton direction -H^{-1} g_{k-1}.
+    curves       analytic problems with a known optimum: mean objective f(x_k), mean gap f(x_k) - f*, mean
+                 relative distance ||x_k - x*|| / ||x_0 - x*||, and for quadratics the mean cosine between
+                 the step x_k - x_{k-1} and the Newton direction -H^{-1} g_{k-1}
+    step_curves  any problem with `evaluation_metrics` (HMR: PA-MPJPE, MPJPE, reprojection error per step),
+                 evaluated in chunks so that a whole test split (3DPW: ~35k frames) fits in memory
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from lsr1.meta import run
 from lsr1.optim.base import Optimizer
 from lsr1.tasks import Problem, Quadratic
 
-__all__ = ["Curves", "curves", "markdown_table", "newton_cosine", "plot_curves"]
+__all__ = ["Curves", "Method", "StepCurves", "curves", "markdown_table", "newton_cosine", "plot_curves", "step_curves"]
 
 
 @dataclass
@@ -35,6 +38,41 @@ class Curves:
             if value is not None:
                 out[key] = [float(v) for v in value]
         return out
+
+    def series(self, metric: str) -> Tensor | None:
+        return getattr(self, metric)
+
+
+@dataclass
+class StepCurves:
+    name: str
+    metrics: dict[str, Tensor]  # metric -> (K+1,) mean over problems of evaluation_metrics(x_k)[metric]
+
+    def as_dict(self) -> dict[str, list[float] | str]:
+        return {"name": self.name} | {key: [float(v) for v in value] for key, value in self.metrics.items()}
+
+    def series(self, metric: str) -> Tensor | None:
+        return self.metrics.get(metric)
+
+
+# A method to evaluate: given a chunk of problems, the optimizer and the problem it starts from (the
+# chunk itself, or a copy with another x0, e.g. L-BFGS from a learned initializer's prediction)
+Method = Callable[[Problem], tuple[Optimizer, Problem]]
+
+
+def step_curves(problem: Problem, methods: dict[str, Method], steps: int, chunk: int = 1024) -> list[StepCurves]:
+    """Run every method for `steps` iterations (no graph, eval mode) on `chunk` problems at a time and
+    average `problem.evaluation_metrics` over all problems at every iterate x_0..x_K."""
+    sums: dict[str, dict[str, Tensor]] = {name: {} for name in methods}
+    for start in range(0, problem.batch_size, chunk):
+        part = problem.select(slice(start, start + chunk))
+        for name, method in methods.items():
+            optimizer, begin = method(part)
+            for k, x in enumerate(run(optimizer, begin, steps).iterates):
+                for metric, value in part.evaluation_metrics(x).items():
+                    total = sums[name].setdefault(metric, torch.zeros(steps + 1, dtype=torch.float64))
+                    total[k] += value.double().sum().cpu()
+    return [StepCurves(name, {metric: total / problem.batch_size for metric, total in totals.items()}) for name, totals in sums.items()]
 
 
 def newton_cosine(problem: Quadratic, iterates: Tensor) -> Tensor:
@@ -58,13 +96,13 @@ def curves(name: str, optimizer: Optimizer, problem: Problem, steps: int) -> Cur
     return Curves(name, result.values.mean(-1), (result.values - f_star).mean(-1), distance.mean(-1), cosine, evaluations)
 
 
-def markdown_table(all_curves: list[Curves], metric: str, at: list[int]) -> str:
-    """A table of `metric` (objective, gap, distance, newton_cosine) at the given iterations."""
+def markdown_table(all_curves: list[Curves] | list[StepCurves], metric: str, at: list[int]) -> str:
+    """A table of `metric` (objective, gap, distance, newton_cosine; or a StepCurves metric) at the given iterations."""
     header = f"| optimizer | " + " | ".join(f"k = {k}" for k in at) + " |"
     rows = [header, "|" + "---|" * (len(at) + 1)]
     offset = 1 if metric in ("newton_cosine", "evaluations") else 0  # per-step values start at step 1
     for c in all_curves:
-        values = getattr(c, metric)
+        values = c.series(metric)
         if values is None:
             continue
         cells = [f"{float(values[k - offset]):.4g}" if 0 <= k - offset < len(values) else "" for k in at]
@@ -72,7 +110,7 @@ def markdown_table(all_curves: list[Curves], metric: str, at: list[int]) -> str:
     return "\n".join(rows)
 
 
-def plot_curves(groups: dict[str, list[Curves]], metric: str, path: str | Path, ylabel: str, log: bool = False) -> Path:
+def plot_curves(groups: dict[str, list[Curves]] | dict[str, list[StepCurves]], metric: str, path: str | Path, ylabel: str, log: bool = False) -> Path:
     """One panel per group (e.g. per buffer size), one line per optimizer; saved as PNG."""
     import matplotlib
 
@@ -83,7 +121,7 @@ def plot_curves(groups: dict[str, list[Curves]], metric: str, path: str | Path, 
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False, sharey=True)
     for ax, (title, group) in zip(axes[0], groups.items()):
         for c in group:
-            values = getattr(c, metric)
+            values = c.series(metric)
             if values is None:
                 continue
             start = 1 if metric == "newton_cosine" else 0

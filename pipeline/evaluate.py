@@ -1,11 +1,16 @@
-"""Test-set curves of trained learned optimizers against hand-designed baselines (paper Fig. 3a and 3b).
+"""Test-set curves of trained learned optimizers against hand-designed baselines (paper Fig. 3a, 3b and 4).
 
     python -m pipeline.evaluate --checkpoint runs/quadratic/best.pt --checkpoint runs/quadratic_noproj/best.pt \
         --buffer-sizes 2 4 8 --steps 20 --out docs/quadratic
 
-For every buffer size L: each checkpoint's L-SR1 run with that L, and L-BFGS with memory m = L, on the
-test set of the first checkpoint's task (float64). Writes objective.png, gap.png, newton_cosine.png,
-curves.json and results.md into --out, and prints a short table.
+Analytic tasks: for every buffer size L, each checkpoint's L-SR1 run with that L, and L-BFGS with memory
+m = L, on the test set of the first checkpoint's task (float64). Writes objective.png, gap.png,
+newton_cosine.png, curves.json and results.md into --out, and prints a short table.
+
+HMR (`task.name: hmr`; e.g. an L-SR1 and an LGD checkpoint): PA-MPJPE, MPJPE and the reprojection error
+per inner step on the 3DPW test split of the first checkpoint's config (real or synthetic), for every
+checkpoint (step 0 is its initializer alone) and for L-BFGS started from the first checkpoint's
+initializer (paper Fig. 4). Writes pa_mpjpe.png, mpjpe.png, reprojection.png, curves.json and results.md.
 
     python -m pipeline.evaluate --run <mlflow run id>
 
@@ -15,6 +20,7 @@ logs the files (test/) and the final gaps (test_final_gap_*) back to the run.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shutil
@@ -24,12 +30,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lsr1.analysis import Curves, curves, markdown_table, plot_curves
+from lsr1.analysis import Curves, StepCurves, curves, markdown_table, plot_curves, step_curves
 from lsr1.checkpoint import CheckpointError, config_of, load_checkpoint
 from lsr1.config import ExperimentConfig
-from lsr1.learned import LSR1, with_buffer_size
+from lsr1.learned import LearnedOptimizer, make_learner, with_buffer_size
 from lsr1.optim import LBFGS
-from lsr1.tasks import problem_set
+from lsr1.tasks import Problem, problem_set
 
 if TYPE_CHECKING:
     from pipeline.tracking import Run
@@ -37,22 +43,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline.evaluate")
 
 
-def _label(config) -> str:
+HMR_LBFGS_MEMORY = 10
+
+
+def _label(config: ExperimentConfig) -> str:
+    if config.learner == "lgd":
+        return "LGD"
+    if config.task.name == "hmr":
+        return "L-SR1" if config.lsr1.lambda_sec > 0 else "L-SR1 w/o secant term"
     return "L-SR1" if config.lsr1.lambda_sec > 0 else "L-SR1 w/o projection"
 
 
-def load_learner(path: Path) -> tuple[ExperimentConfig, LSR1, int | None]:
-    """The config, the trained learner (float64, eval mode) and the iteration of a checkpoint."""
+def load_learner(path: Path) -> tuple[ExperimentConfig, LearnedOptimizer, int | None]:
+    """The config, the trained learner (eval mode; float64 for analytic tasks, whose test sets are) and
+    the iteration of a checkpoint."""
     payload = load_checkpoint(path)
     config = config_of(payload, path)
-    model = LSR1(config.lsr1)
-    model.load_state_dict(payload["model"])
-    return config, model.double().eval(), payload.get("iteration")
+    model = make_learner(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the stored config: {err}") from None
+    return config, (model if config.task.name == "hmr" else model.double()).eval(), payload.get("iteration")
 
 
-def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: Path) -> dict[str, list[Curves]]:
-    """Curves per buffer size; writes the figures, curves.json and results.md under `out`."""
+def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: Path) -> dict[str, list[Curves]] | list[StepCurves]:
+    """Analytic: curves per buffer size; HMR: `evaluate_hmr` (buffer sizes are the trained ones). Writes
+    the figures, curves.json and results.md under `out`."""
     models = [load_learner(path) for path in checkpoints]
+    if models[0][0].task.name == "hmr":
+        return evaluate_hmr(checkpoints, models, steps, out)
     task = models[0][0].task
     problem = problem_set(task, "test", dtype=torch.float64)
     groups: dict[str, list[Curves]] = {}
@@ -81,14 +101,79 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
     return groups
 
 
-def log_evaluation(run: Run, groups: dict[str, list[Curves]], out: Path, step: int) -> dict[str, float]:
-    """Log the files in `out` under the run's test/ artifacts and each curve's final gap as a metric."""
+def starting_from_initializer(problem: Problem, learner: LearnedOptimizer) -> Problem:
+    """A copy of `problem` whose x0 is the learner's initializer prediction (for L-BFGS from there)."""
+    start = copy.copy(problem)
+    with torch.no_grad():
+        start.x0 = learner.eval().initial_point(problem)
+    return start
+
+
+def hmr_summary(all_curves: list[StepCurves]) -> dict[str, float]:
+    """The headline test metrics (mm): PA-MPJPE and MPJPE of the 14 evaluation joints of the first
+    learner after its last step and of its initializer alone, and of L-BFGS (last curve) after its last."""
+    first, lbfgs = all_curves[0].metrics, all_curves[-1].metrics
+    pa = next(k for k in first if k.startswith("pa_mpjpe14_"))
+    mp = next(k for k in first if k.startswith("mpjpe14_"))
+    return {
+        "test_pa_mpjpe": float(first[pa][-1]),
+        "test_mpjpe": float(first[mp][-1]),
+        "test_pa_mpjpe_init": float(first[pa][0]),
+        "test_mpjpe_init": float(first[mp][0]),
+        "test_reprojection": float(first["reprojection"][-1]),
+        "test_pa_mpjpe_lbfgs": float(lbfgs[pa][-1]),
+    }
+
+
+def evaluate_hmr(checkpoints: list[Path], models: list[tuple[ExperimentConfig, LearnedOptimizer, int | None]], steps: int, out: Path) -> list[StepCurves]:
+    """Per-step error curves on the 3DPW test split of the first checkpoint's config (see the module doc)."""
+    config = models[0][0]
+    problem = problem_set(config.task, "test", hmr=config.hmr)
+    names = [_label(c) for c, _, _ in models]
+    names = [n if names.count(n) == 1 else f"{n} ({p.parent.name})" for n, p in zip(names, checkpoints)]
+    methods = {name: (lambda part, m=model: (m, part)) for name, (_, model, _) in zip(names, models)}
+    first = models[0][1]
+    lbfgs = f"L-BFGS (m={HMR_LBFGS_MEMORY}) from the {names[0]} initializer"
+    methods[lbfgs] = lambda part: (lambda begin: (LBFGS(begin, memory=HMR_LBFGS_MEMORY), begin))(starting_from_initializer(part, first))
+    log.info("HMR test split: %d frames, %d inner steps, %d method(s)", problem.batch_size, steps, len(methods))
+    everything = step_curves(problem, methods, steps)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = list(everything[0].metrics)
+    pa = next(k for k in metrics if k.startswith("pa_mpjpe14_"))
+    mp = next(k for k in metrics if k.startswith("mpjpe14_"))
+    title = f"3DPW test split: {problem.batch_size} frames"
+    for metric, file, ylabel in ((pa, "pa_mpjpe.png", "PA-MPJPE (mm)"), (mp, "mpjpe.png", "MPJPE (mm)"), ("reprojection", "reprojection.png", "reprojection error")):
+        plot_curves({title: everything}, metric, out / file, ylabel)
+    (out / "curves.json").write_text(json.dumps([c.as_dict() for c in everything], indent=1))
+    at = sorted({k for k in (0, 1, 2, 5, 10, steps) if k <= steps})
+    summary = hmr_summary(everything)
+    rows = [f"| initializer only ({names[0]}) | {summary['test_pa_mpjpe_init']:.1f} | {summary['test_mpjpe_init']:.1f} |"]
+    rows += [f"| {c.name} | {float(c.metrics[pa][-1]):.1f} | {float(c.metrics[mp][-1]):.1f} |" for c in everything]
+    sources = "\n".join(f"- {n}: `{p}` (iteration {it})" for n, p, (_, _, it) in zip(names, checkpoints, models))
+    joints = "the H36M regressor" if pa.endswith("h36m") else "SMPL joints (no H36M regressor configured)"
+    (out / "results.md").write_text(
+        f"# HMR test results: {problem.batch_size} 3DPW test frames from `{config.hmr.pw3d_dir}`, {steps} inner steps\n\n"
+        f"Checkpoints:\n{sources}\n\nEvaluation joints: 14, from {joints}; errors in mm.\n\n"
+        f"| method | PA-MPJPE | MPJPE |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"## PA-MPJPE per inner step\n\n{markdown_table(everything, pa, at)}\n\n"
+        f"## MPJPE per inner step\n\n{markdown_table(everything, mp, at)}\n\n"
+        f"## Reprojection error per inner step\n\n{markdown_table(everything, 'reprojection', at)}\n"
+    )
+    return everything
+
+
+def log_evaluation(run: Run, results: dict[str, list[Curves]] | list[StepCurves], out: Path, step: int) -> dict[str, float]:
+    """Log the files in `out` under the run's test/ artifacts and the headline figures as metrics
+    (analytic: each curve's final gap; HMR: `hmr_summary`)."""
     for path in sorted(out.iterdir()):
         run.log_artifact(path, "test")
-    finals = {}
-    for curve in (c for group in groups.values() for c in group):
-        key = "test_final_gap_lsr1" if curve.name.startswith("L-SR1") else "test_final_gap_lbfgs"
-        finals.setdefault(key, float(curve.gap[-1]))
+    if isinstance(results, list):
+        finals = hmr_summary(results)
+    else:
+        finals = {}
+        for curve in (c for group in results.values() for c in group):
+            key = "test_final_gap_lsr1" if curve.name.startswith("L-SR1") else "test_final_gap_lbfgs"
+            finals.setdefault(key, float(curve.gap[-1]))
     run.log_metrics([(step, finals)])
     return finals
 
@@ -115,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buffer-sizes", type=int, nargs="+", default=None, help="L values (default: 2 4 8, with --run the trained L)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/eval"))
+    parser.add_argument("--log-experiment", metavar="NAME", help="with --checkpoint: also log the results as a new MLflow run of experiment NAME")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run = None
@@ -123,23 +209,34 @@ def main(argv: list[str] | None = None) -> int:
             path, run = _checkpoint_of_run(args.run, args.out / "checkpoint")
             args.checkpoint = [path]
         sizes = args.buffer_sizes or ([load_learner(args.checkpoint[0])[0].lsr1.buffer_size] if run else [2, 4, 8])
-        groups = evaluate(args.checkpoint, sizes, args.steps, args.out)
-    except (CheckpointError, ValueError) as err:
+        results = evaluate(args.checkpoint, sizes, args.steps, args.out)
+    except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    iteration = load_checkpoint(args.checkpoint[0]).get("iteration", 0)
     if run is not None:
-        iteration = load_checkpoint(args.checkpoint[0]).get("iteration", 0)
         shutil.rmtree(args.out / "checkpoint")  # already in the run; keep only the results in --out
-        log_evaluation(run, groups, args.out, iteration)
-        print(f"logged to MLflow run {args.run} (test/ artifacts, test_final_gap_* metrics)")
-    print(f"{'optimizer':34}{'f(x_0)':>12}{'f(x_K)':>12}{'gap(x_K)':>12}{'cos(K)':>8}")
-    for group in groups.values():
-        for c in group:
-            cos = f"{float(c.newton_cosine[-1]):8.3f}" if c.newton_cosine is not None else ""
-            print(f"{c.name:34}{float(c.objective[0]):12.4g}{float(c.objective[-1]):12.4g}{float(c.gap[-1]):12.4g}{cos}")
+    elif args.log_experiment:
+        from pipeline.tracking import Run, tracking_uri
+
+        config = load_learner(args.checkpoint[0])[0]
+        run = Run.open(tracking_uri(), args.log_experiment, f"evaluate-{args.out.name}", config, tags={"lsr1.kind": "evaluation"})
+        run.set_tags({"lsr1.checkpoints": " ".join(map(str, args.checkpoint))})
+    if run is not None:
+        log_evaluation(run, results, args.out, iteration)
+        if args.log_experiment:
+            run.finish(ok=True)
+        print(f"logged to MLflow run {run.run_id} at {run.uri} (test/ artifacts, test_* metrics)")
+    if isinstance(results, list):
+        print((args.out / "results.md").read_text().split("\n## ")[0])
+    else:
+        print(f"{'optimizer':34}{'f(x_0)':>12}{'f(x_K)':>12}{'gap(x_K)':>12}{'cos(K)':>8}")
+        for group in results.values():
+            for c in group:
+                cos = f"{float(c.newton_cosine[-1]):8.3f}" if c.newton_cosine is not None else ""
+                print(f"{c.name:34}{float(c.objective[0]):12.4g}{float(c.objective[-1]):12.4g}{float(c.gap[-1]):12.4g}{cos}")
     print(f"wrote {args.out}/results.md and figures")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

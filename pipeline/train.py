@@ -87,7 +87,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         rank=rank,
         world_size=world,
     )
-    train(config, run_dir, device=device, hooks=hooks, progress=rank == 0)
+    train_problems, val_problems = None, None
+    if config.task.name == "hmr":  # this worker's Ray Data shard; validation on the prepared 3DPW split
+        from pipeline.data import pw3d_problems, worker_problems
+        from pipeline.prepare import prepared_files
+
+        shard = ray.train.get_dataset_shard("train")
+        train_problems = worker_problems(shard, config.hmr, config.task.batch_size // world, device)
+        val_problems = pw3d_problems(config.hmr, "validation", prepared_files(config.hmr.prepared_dir)[1], device)
+    train(config, run_dir, device=device, hooks=hooks, train_problems=train_problems, worker_batches=train_problems is not None,
+          val_problems=val_problems, progress=rank == 0)  # fmt: skip
 
 
 def connect_ray(num_cpus: int | None = None) -> None:
@@ -131,14 +140,27 @@ def fit_with_ray(
 ) -> None:
     """Run `train_loop_per_worker` under a TorchTrainer and copy the final checkpoint directory to `dest`.
 
-    Ray Train keeps the run under storage/name, so calling this again with the same name resumes it."""
+    HMR: the workers read a Ray Data dataset of the prepared AMASS shards (`pipeline.data`), and one CPU
+    is left to its tasks and actor. Ray Train keeps the run under storage/name, so calling this again with
+    the same name resumes it."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     resources = ray.cluster_resources()
     use_gpu = gpu if gpu is not None else resources.get("GPU", 0) >= workers
-    cpus = cpus_per_worker or max(0.5, min(4.0, resources.get("CPU", 1) / workers))
+    datasets = None
+    if config.task.name == "hmr":
+        from pipeline.data import absolute_paths, checked_files, training_dataset
+
+        if config.task.batch_size < workers:
+            raise ValueError(f"task.batch_size {config.task.batch_size} is smaller than the {workers} workers that share it")
+        config = absolute_paths(config)  # workers and actors do not run in this folder
+        datasets = {"train": training_dataset(config, checked_files(config.hmr.prepared_dir)[0])}
+    # Ray Data needs 1.5 CPUs of the cluster's own: a read/shuffle task (1 CPU) beside the actor (0.5);
+    # with less it waits forever for resources that the workers hold
+    spare = 1.5 if datasets else 0.0
+    cpus = cpus_per_worker or max(0.25 if datasets else 0.5, min(4.0, (resources.get("CPU", 1) - spare) / workers))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -149,6 +171,7 @@ def fit_with_ray(
             "fault_marker": str(storage / name / ".fault-injected"),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        datasets=datasets,
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage),

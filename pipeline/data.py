@@ -1,0 +1,131 @@
+"""The HMR data feed (DESIGN §6): prepared AMASS shards -> Ray Data -> projected-keypoint batches on CPU actors.
+
+    training_dataset  read_parquet on the shards that `pipeline.prepare` listed (checksums verified first),
+                      the data fraction (`lsr1.hmr.formats.in_fraction`), a global shuffle, then
+                      map_batches(KeypointBatches) on an actor pool
+    KeypointBatches   builds the joint model once per actor and turns frames into `HMRProblem` arrays
+                      (`lsr1.tasks.hmr.amass_problem`: random global rotation, projection, confidence dropout)
+    worker_problems   on a Ray Train worker: its dataset shard as an endless stream of HMRProblems
+    pw3d_problems     the prepared 3DPW validation or test split as one HMRProblem (validation, evaluation)
+    absolute_paths    the config with its data paths made absolute: Ray workers run in another folder
+
+Every Ray Train worker reads its own share of each epoch (`get_dataset_shard("train")`), task.batch_size
+// workers frames per iteration, so a global batch has task.batch_size frames on any worker count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from lsr1.config import ExperimentConfig, HMRConfig, config_from_dict, config_to_dict
+from lsr1.hmr.formats import PW3D_COLUMNS, in_fraction, read_frames_parquet
+from lsr1.tasks.base import derive_seed
+from lsr1.tasks.hmr import HMRProblem, amass_problem, load_joint_model, pw3d_problem
+from pipeline.prepare import MANIFEST, PrepareError, prepared_files, sha256
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["KeypointBatches", "absolute_paths", "checked_files", "pw3d_problems", "training_dataset", "worker_problems"]
+
+_PATH_KEYS = ("body_dir", "amass_dir", "pw3d_dir", "cache_dir", "prepared_dir", "h36m_regressor")
+
+
+def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with hmr's paths absolute (relative to this process's folder), for Ray workers and actors."""
+    h = config.hmr
+    paths = {key: str(Path(getattr(h, key)).resolve()) for key in _PATH_KEYS if getattr(h, key) is not None}
+    return dataclasses.replace(config, hmr=dataclasses.replace(h, **paths))
+
+
+def checked_files(prepared_dir: str | Path) -> tuple[list[Path], dict[str, Path]]:
+    """`prepared_files`, each compared with the sha256 that manifest.json records: a shard changed or
+    corrupted since `pipeline.prepare` wrote it is an error naming it, before any Ray task reads it."""
+    shards, splits = prepared_files(prepared_dir)
+    manifest = Path(prepared_dir) / MANIFEST
+    recorded = {Path(prepared_dir) / e["path"]: e["sha256"] for e in json.loads(manifest.read_text())["outputs"].values() if e["path"]}
+    for path in [*shards, *splits.values()]:
+        if sha256(path) != recorded[path]:
+            raise PrepareError(f"{path}: corrupt or changed since it was prepared (sha256 differs from {manifest}); run `python -m pipeline.prepare` again")
+    return shards, splits
+
+
+def _keep_fraction(batch: Any, fraction: float) -> Any:
+    """A pyarrow batch of AMASS rows -> the rows `in_fraction` keeps."""
+    import pyarrow as pa
+
+    sources = batch.column("source").to_numpy(zero_copy_only=False)
+    frames = batch.column("frame").to_numpy(zero_copy_only=False)
+    return batch.filter(pa.array(in_fraction(sources, frames, fraction)))
+
+
+class KeypointBatches:
+    """A map_batches callable class: the joint model is built once per actor, then every batch of AMASS
+    frames becomes `HMRProblem.to_arrays()` (keypoints, confidences, ground truth) on this CPU.
+
+    The augmentation seed of a batch comes from task.seed, the batch's (source, frame) rows and how many
+    batches this actor made, so a frame seen again in a later epoch gets a new rotation and dropout."""
+
+    def __init__(self, hmr: dict[str, Any], seed: int) -> None:
+        torch.set_num_threads(1)  # an actor beside the training workers on the same CPUs
+        self.config = config_from_dict(HMRConfig, hmr)
+        self.model = load_joint_model(self.config)
+        self.seed, self.calls = seed, 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        rows = hashlib.sha256("\n".join(f"{s}:{f}" for s, f in zip(batch["source"], batch["frame"])).encode()).hexdigest()
+        problem = amass_problem(batch, self.model, self.config, derive_seed(self.seed, "observe", rows, self.calls))
+        return problem.to_arrays()
+
+
+def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.Dataset":
+    """The lazy training dataset: rows of HMRProblem arrays, shuffled anew every epoch (see the module doc).
+
+    config must have absolute paths (`absolute_paths`): the actor builds the body from them."""
+    import ray.data
+
+    # the training progress bar is the one to watch; Ray Data's per-operator bars would print every second
+    # into the job log for as long as training runs
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.read_parquet([str(s) for s in shards], columns=["pose72", "betas10", "source", "frame"])
+    if config.hmr.data_fraction < 1.0:
+        dataset = dataset.map_batches(_keep_fraction, fn_kwargs={"fraction": config.hmr.data_fraction}, batch_format="pyarrow")
+    return dataset.random_shuffle().map_batches(
+        KeypointBatches,
+        fn_constructor_kwargs={"hmr": config_to_dict(config.hmr), "seed": config.task.seed},
+        batch_size=config.task.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0.5,  # on 2 cores a whole CPU for the actor starves the read tasks (notes/ray-mlflow.md)
+    )
+
+
+def worker_problems(shard: Any, config: HMRConfig, batch_size: int, device: torch.device | str = "cpu") -> Iterator[HMRProblem]:
+    """This worker's batches of `batch_size` problems from its Ray Data shard (a `DataIterator`), epoch
+    after epoch; an epoch with no full batch is an error (fewer frames than workers x batch size)."""
+    model = load_joint_model(config, device=device)
+    while True:
+        count = 0
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+            count += 1
+            yield HMRProblem.from_arrays(batch, model, config)
+        if count == 0:
+            raise ValueError(f"an epoch of the training data gave this worker no full batch of {batch_size} frames: too few frames (hmr.data_fraction {config.data_fraction})")
+
+
+def pw3d_problems(config: HMRConfig, split: str, splits: dict[str, Path], device: torch.device | str = "cpu") -> HMRProblem:
+    """The prepared 3DPW `split` ("validation": every config.val_skip-th frame, as LGD; "test": all) as one
+    problem; the same frames as `lsr1.tasks.hmr.hmr_problem_set` reads from the pickles."""
+    if split not in splits:
+        raise PrepareError(f"the prepared data has no 3DPW {split} split (has {sorted(splits)}); run `python -m pipeline.prepare`")
+    arrays = read_frames_parquet(splits[split], PW3D_COLUMNS)
+    skip = config.val_skip if split == "validation" else 1
+    return pw3d_problem({key: value[::skip] for key, value in arrays.items()}, load_joint_model(config, device=device), config)
