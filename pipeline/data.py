@@ -95,7 +95,7 @@ def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.
     # the training progress bar is the one to watch; Ray Data's per-operator bars would print every second
     # into the job log for as long as training runs
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet([str(s) for s in shards], columns=["pose72", "betas10", "source", "frame"])
+    dataset = ray.data.read_parquet([str(s) for s in shards]).select_columns(["pose72", "betas10", "source", "frame"])
     if config.hmr.data_fraction < 1.0:
         dataset = dataset.map_batches(_keep_fraction, fn_kwargs={"fraction": config.hmr.data_fraction}, batch_format="pyarrow")
     return dataset.random_shuffle().map_batches(

@@ -2,7 +2,6 @@ import os
 import pickle
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -18,7 +17,6 @@ from lsr1.hmr.formats import (
     read_amass,
     read_smpl,
     safe_unpickle,
-    write_amass_parquet,
 )
 from lsr1.hmr.rotations import axis_angle_to_matrix
 from lsr1.hmr.synthetic import write_legacy_smpl, write_py2_pickle
@@ -162,10 +160,3 @@ def test_amass_reader_and_lgd_frames(hmr_data, tmp_path):  # noqa: F811
         read_amass(bad)
 
 
-def test_amass_parquet_shards_hold_the_same_frames(hmr_data, tmp_path):  # noqa: F811
-    shards = write_amass_parquet(hmr_data["amass"], tmp_path / "shards", rows_per_shard=100)
-    table = pq.read_table(shards)  # all shards
-    frames = load_amass_frames(hmr_data["amass"])
-    assert len(shards) == -(-len(frames["pose72"]) // 100) and table.num_rows == len(frames["pose72"])
-    np.testing.assert_array_equal(np.stack(table.column("pose72").to_numpy(zero_copy_only=False)), frames["pose72"])
-    assert set(table.column_names) == {"pose72", "betas10", "trans", "source", "frame"}

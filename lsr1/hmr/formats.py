@@ -3,9 +3,9 @@
     safe_unpickle  Python-2 and -3 pickles holding numpy arrays, plain containers, chumpy arrays and scipy
                    sparse matrices; anything else is refused before it is called, naming the file
     read_smpl      an SMPL model (.npz, or a real .pkl with chumpy arrays and a sparse J_regressor, cached)
-    read_amass     one AMASS SMPL+H sequence (.npz); `amass_columns` / `load_amass_frames` /
-                   `write_amass_parquet` prepare frames as LGD does (first 72 pose values, hand joints
-                   zeroed, Z-up to Y-up, betas[:10]); `in_fraction` picks a fixed fraction of the frames
+    read_amass     one AMASS SMPL+H sequence (.npz); `amass_columns` / `load_amass_frames` prepare frames
+                   as LGD does (first 72 pose values, hand joints zeroed, Z-up to Y-up, betas[:10]);
+                   `in_fraction` picks a fixed fraction of the frames
     read_3dpw      one 3DPW sequence file (Python-2 pickle, latin1)
     write_frames_parquet / read_frames_parquet   per-frame arrays <-> Parquet (fixed-size list columns)
 
@@ -51,7 +51,6 @@ __all__ = [
     "read_frames_parquet",
     "read_smpl",
     "safe_unpickle",
-    "write_amass_parquet",
     "write_frames_parquet",
 ]
 
@@ -497,26 +496,6 @@ def read_frames_parquet(path: str | Path, shapes: dict[str, tuple[int, ...]]) ->
         values = table.column(key).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         out[key] = values.astype(np.float32).reshape(table.num_rows, *shape)
     return out
-
-
-def write_amass_parquet(root: str | Path, out_dir: str | Path, rows_per_shard: int = 200_000) -> list[Path]:
-    """Prepare AMASS once for Ray Data: Parquet shards `amass-00000.parquet`, ... of `amass_columns` rows
-    (pose72, betas10, trans, source, frame). Sequences are streamed: memory holds one shard.
-    (`python -m pipeline.prepare` adds checksums, resuming and per-file error handling on top.)"""
-    root, out_dir = Path(root), Path(out_dir)
-    shards: list[Path] = []
-    buffered: list[dict[str, np.ndarray]] = []
-    for path in find_amass_files(root):
-        buffered.append(amass_columns(read_amass(path), path.relative_to(root).as_posix()))
-        while sum(len(b["source"]) for b in buffered) >= rows_per_shard:
-            columns = {key: np.concatenate([b[key] for b in buffered]) for key in buffered[0]}
-            shards.append(write_frames_parquet({k: v[:rows_per_shard] for k, v in columns.items()}, out_dir / f"amass-{len(shards):05d}.parquet"))
-            buffered = [{key: value[rows_per_shard:] for key, value in columns.items()}]
-    if sum(len(b["source"]) for b in buffered):
-        columns = {key: np.concatenate([b[key] for b in buffered]) for key in buffered[0]}
-        shards.append(write_frames_parquet(columns, out_dir / f"amass-{len(shards):05d}.parquet"))
-    log.info("wrote AMASS frames in %d shards to %s", len(shards), out_dir)
-    return shards
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -216,7 +216,8 @@ class HMRProblem(Problem):
         if missing:
             raise KeyError(f"HMRProblem.from_arrays: missing {missing}; expected {list(_ARRAYS)}")
         dtype, device = model.joint_template.dtype, model.joint_template.device
-        tensors = {name: torch.as_tensor(np.asarray(arrays[name]), dtype=dtype, device=device) for name in _ARRAYS}
+        # a copy: Ray Data hands out read-only views of its blocks
+        tensors = {name: torch.tensor(np.asarray(arrays[name]), dtype=dtype, device=device) for name in _ARRAYS}
         return cls(**tensors, model=model, config=config)
 
 

@@ -1,0 +1,97 @@
+"""HMR through the product's commands: the Ray Data feed, 2-worker Ray Train meta-training, 3DPW evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from lsr1.analysis import step_curves
+from lsr1.config import ExperimentConfig
+from lsr1.hmr.formats import in_fraction
+from lsr1.tasks import problem_set
+from lsr1.tasks.hmr import HMRProblem, load_joint_model
+from pipeline.data import absolute_paths, checked_files, training_dataset
+from pipeline.evaluate import main as evaluate_main
+from pipeline.prepare import prepare
+from pipeline.train import main as train_main
+from tests.hmr_data import hmr_config, hmr_data  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def prepared(hmr_data, tmp_path_factory) -> ExperimentConfig:  # noqa: F811
+    """configs/hmr_smoke.yaml on the session's synthetic data, prepared into a folder of this module."""
+    config = hmr_config(hmr_data, f"hmr.prepared_dir={tmp_path_factory.mktemp('prepared')}", "hmr.init_hidden_dim=32")
+    prepare(config.hmr, per_shard=3, progress=False)
+    return absolute_paths(config)
+
+
+def _overrides(config: ExperimentConfig) -> list[str]:
+    keys = ("body_dir", "amass_dir", "pw3d_dir", "cache_dir", "prepared_dir", "init_hidden_dim")
+    return [arg for key in keys for arg in ("--set", f"hmr.{key}={getattr(config.hmr, key)}")]
+
+
+def test_feed_turns_frames_into_keypoint_problems_and_keeps_the_data_fraction(ray_local, prepared):
+    shards, _ = checked_files(prepared.hmr.prepared_dir)
+    batch = training_dataset(prepared, shards).take_batch(16)
+    problem = HMRProblem.from_arrays(batch, load_joint_model(prepared.hmr), prepared.hmr)
+    assert problem.batch_size == 16 and problem.keypoints.shape == (16, 18, 2) and problem.finite()
+    assert float(problem.value(problem.target).abs().max()) < 1e-4  # ground truth fits its own keypoints
+
+    half = dataclasses.replace(prepared, hmr=dataclasses.replace(prepared.hmr, data_fraction=0.5))
+    table = pq.read_table([str(s) for s in shards], columns=["source", "frame"])
+    kept = in_fraction(table.column("source").to_numpy(zero_copy_only=False), table.column("frame").to_numpy(), 0.5)
+    assert 0 < kept.sum() < len(kept)
+    assert training_dataset(half, shards).count() == kept.sum()
+
+
+def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prepared, mlflow_store, tmp_path):
+    args = ["--config", "configs/hmr_smoke.yaml", "--name", "hmr2", "--workers", "2", "--runs-dir", str(tmp_path / "runs"),
+            "--set", "meta.iterations=6", "--set", "meta.val_every=3", "--test-steps", "3", *_overrides(prepared)]  # fmt: skip
+    assert train_main(args) == 0
+    client = MlflowClient(mlflow_store)
+    experiment = client.get_experiment_by_name("hmr_smoke")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 7))
+    metrics = run.data.metrics
+    assert metrics["data_wait_fraction"] < 1 and metrics["val_pa_mpjpe"] > 0
+    assert metrics["test_pa_mpjpe_init"] > 0 and metrics["test_pa_mpjpe"] > 0 and metrics["test_pa_mpjpe_lbfgs"] > 0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+    assert {"test/pa_mpjpe.png", "test/results.md", "test/curves.json"} <= artifacts
+    assert [v.run_id for v in client.search_model_versions("name='hmr_smoke'")] == [run.info.run_id]
+
+    # the same checkpoint against an LGD-less comparison through the command line, logged as its own run
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(tmp_path / "runs" / "hmr2" / "best.pt"), "--steps", "2", "--out", str(out),
+                          "--log-experiment", "hmr_smoke"]) == 0  # fmt: skip
+    curves = json.loads((out / "curves.json").read_text())
+    assert [c["name"] for c in curves] == ["L-SR1", "L-BFGS (m=10) from the L-SR1 initializer"]
+    assert curves[0]["pa_mpjpe"][0] == pytest.approx(curves[1]["pa_mpjpe"][0], rel=1e-5)  # both start from the initializer
+    assert len(client.search_runs([experiment.experiment_id])) == 2
+
+
+class _GroundTruth:
+    """An 'optimizer' whose first step jumps to the problem's ground-truth parameters."""
+
+    def __init__(self, problem: HMRProblem) -> None:
+        self.target = problem.target
+
+    def init(self, x0, g0):
+        return None
+
+    def step(self, state, x, g):
+        return self.target, state, {}
+
+
+def test_ground_truth_as_the_prediction_has_zero_3dpw_error(hmr_data):  # noqa: F811
+    config = hmr_config(hmr_data)
+    problem = problem_set(config.task, "test", hmr=config.hmr)
+    (curve,) = step_curves(problem, {"ground truth": lambda part: (_GroundTruth(part), part)}, steps=1, chunk=7)
+    for key in ("pa_mpjpe", "pa_mpjpe14_smpl", "mpjpe14_smpl"):
+        assert curve.metrics[key][0] > 10 and curve.metrics[key][1] < 1.0, key  # mm, from the rest pose to ~0
+    assert curve.metrics["reprojection"][1] < 0.5 * curve.metrics["reprojection"][0]  # the detections are noisy
+    assert np.isfinite(torch.stack(list(curve.metrics.values())).numpy()).all()
