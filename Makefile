@@ -32,8 +32,15 @@ browser:
 	  ( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium ) >/dev/null 2>&1 || \
 	  echo "note: chromium could not be installed; the MLflow UI test will be skipped"
 
+# DESIGN §8: synthetic data, 2-worker HMR meta-training of L-SR1 and of LGD, both on the synthetic 3DPW test
+# split beside their initializer and L-BFGS; every step in MLflow. Running it again resumes finished runs.
 demo: $(STAMP)
-	$(PY) -m pipeline.train --config configs/smoke.yaml --name demo --workers 2
+	$(PY) -m pipeline.prepare --synthetic
+	$(PY) -m pipeline.train --config configs/hmr_demo.yaml --name demo-lsr1 --workers 2
+	$(PY) -m pipeline.train --config configs/hmr_demo.yaml --set learner=lgd --name demo-lgd --workers 2
+	$(PY) -m pipeline.evaluate --checkpoint runs/demo-lsr1/best.pt --checkpoint runs/demo-lgd/best.pt \
+	  --steps 20 --out runs/demo-comparison --log-experiment hmr_demo
+	@printf '\nThe runs in the MLflow UI: make ui   (then http://127.0.0.1:$(UI_PORT), experiment hmr_demo)\n'
 
 bench: $(STAMP)
 	$(PY) benchmarks/meta_step.py

@@ -11,12 +11,18 @@
 
 Every Ray Train worker reads its own share of each epoch (`get_dataset_shard("train")`), task.batch_size
 // workers frames per iteration, so a global batch has task.batch_size frames on any worker count.
+
+An epoch of the feed is one execution of the dataset, with a fixed start-up cost (listing, the shuffle, a
+new actor building the body: ~5 s on 2 cores) that the workers wait for. So a small data set (the
+synthetic stand-ins, a small data fraction) is read several times per epoch, enough for MIN_EPOCH_BATCHES
+global batches; every pass gets its own augmentation. Real AMASS gives far more batches in one pass.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KeypointBatches", "absolute_paths", "checked_files", "pw3d_problems", "training_dataset", "worker_problems"]
 
+MIN_EPOCH_BATCHES = 200
 _PATH_KEYS = ("body_dir", "amass_dir", "pw3d_dir", "cache_dir", "prepared_dir", "h36m_regressor")
 
 
@@ -86,8 +93,16 @@ class KeypointBatches:
         return problem.to_arrays()
 
 
+def passes_per_epoch(shards: list[Path], batch_size: int, fraction: float) -> int:
+    """How often an epoch reads the shards: enough for MIN_EPOCH_BATCHES batches (see the module doc)."""
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards) * fraction
+    return max(1, math.ceil(MIN_EPOCH_BATCHES * batch_size / max(rows, 1.0)))
+
+
 def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.Dataset":
-    """The lazy training dataset: rows of HMRProblem arrays, shuffled anew every epoch (see the module doc).
+    """The training dataset: rows of HMRProblem arrays, shuffled anew every epoch (see the module doc).
 
     config must have absolute paths (`absolute_paths`): the actor builds the body from them."""
     import ray.data
@@ -95,9 +110,13 @@ def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.
     # the training progress bar is the one to watch; Ray Data's per-operator bars would print every second
     # into the job log for as long as training runs
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet([str(s) for s in shards]).select_columns(["pose72", "betas10", "source", "frame"])
+    dataset = ray.data.read_parquet([str(s) for s in shards])
     if config.hmr.data_fraction < 1.0:
         dataset = dataset.map_batches(_keep_fraction, fn_kwargs={"fraction": config.hmr.data_fraction}, batch_format="pyarrow")
+    passes = passes_per_epoch(shards, config.task.batch_size, config.hmr.data_fraction)
+    if passes > 1:  # fewer frames than MIN_EPOCH_BATCHES batches (a few MB): held in the object store
+        frames = dataset.materialize()
+        dataset = frames.union(*[frames] * (passes - 1))
     return dataset.random_shuffle().map_batches(
         KeypointBatches,
         fn_constructor_kwargs={"hmr": config_to_dict(config.hmr), "seed": config.task.seed},

@@ -216,7 +216,8 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -
     }
     run.log_metrics([(payload["iteration"], {k: float(v) for k, v in summary.items()})])
     summary |= log_evaluation(run, groups, dest / "test", payload["iteration"])
-    summary["registered_model"] = run.log_model(payload, config.name)
+    # LGD baselines of a preset are registered beside its L-SR1 models, not as new versions of them
+    summary["registered_model"] = run.log_model(payload, config.name if config.learner == "lsr1" else f"{config.name}-{config.learner}")
     return summary
 
 
