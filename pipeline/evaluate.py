@@ -125,12 +125,16 @@ def hmr_summary(all_curves: list[StepCurves]) -> dict[str, float]:
     }
 
 
-def evaluate_hmr(checkpoints: list[Path], models: list[tuple[ExperimentConfig, LearnedOptimizer, int | None]], steps: int, out: Path) -> list[StepCurves]:
-    """Per-step error curves on the 3DPW test split of the first checkpoint's config (see the module doc)."""
+def evaluate_hmr(
+    checkpoints: list[Path], models: list[tuple[ExperimentConfig, LearnedOptimizer, int | None]], steps: int, out: Path, names: list[str] = ()
+) -> list[StepCurves]:
+    """Per-step error curves on the 3DPW test split of the first checkpoint's config (see the module doc).
+    names: labels of the first checkpoints (default, and for the rest: L-SR1 / LGD, with the folder if twice)."""
     config = models[0][0]
     problem = problem_set(config.task, "test", hmr=config.hmr)
-    names = [_label(c) for c, _, _ in models]
-    names = [n if names.count(n) == 1 else f"{n} ({p.parent.name})" for n, p in zip(names, checkpoints)]
+    labels = [_label(c) for c, _, _ in models]
+    labels = [n if labels.count(n) == 1 else f"{n} ({p.parent.name})" for n, p in zip(labels, checkpoints)]
+    names = list(names) + labels[len(names):]
     methods = {name: (lambda part, m=model: (m, part)) for name, (_, model, _) in zip(names, models)}
     first = models[0][1]
     lbfgs = f"L-BFGS (m={HMR_LBFGS_MEMORY}) from the {names[0]} initializer"

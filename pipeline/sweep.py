@@ -18,6 +18,7 @@ import argparse
 import csv
 import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,10 +32,10 @@ from lsr1.config import ConfigError, config_to_dict, load_config
 from lsr1.learned import with_buffer_size
 from lsr1.optim import LBFGS
 from lsr1.tasks import problem_set
-from pipeline.evaluate import load_learner
+from pipeline.evaluate import evaluate_hmr, load_learner
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.tracking import Run, tracking_uri
-from pipeline.train import connect_ray, fit_with_ray
+from pipeline.train import DATA_CPUS, connect_ray, fit_with_ray
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -107,23 +108,8 @@ def _scheduler(metric: str, config, grace: int):
     return ASHAScheduler(metric=metric, mode="min", max_t=reports + 1, grace_period=min(grace, reports), reduction_factor=2)
 
 
-def compare(top: list[dict[str, Any]], steps: int, out: Path) -> list[dict[str, Any]]:
-    """Test-set curves of the top trials (each at its own L) against L-BFGS; table, CSV and plot in `out`."""
-    loaded = [(entry, *load_learner(Path(entry["checkpoint"]))) for entry in top]
-    task, memory = loaded[0][1].task, loaded[0][1].lsr1.buffer_size
-    problem = problem_set(task, "test", dtype=torch.float64)
-    lines, rows = [], []
-    for entry, config, model, _ in loaded:
-        size = config.lsr1.buffer_size
-        curve = curves(f"{entry['trial']} (L={size})", with_buffer_size(model, size), problem, steps)
-        lines.append(curve)
-        params = entry["params"]
-        rows.append({**{k: v for k, v in entry.items() if k not in ("params", "checkpoint")}, **params,
-                     "test_final_gap": float(curve.gap[-1]), "test_mean_objective": float(curve.objective[1:].mean())})
-    lines.append(curves(f"L-BFGS (m={memory})", LBFGS(problem, memory=memory), problem, steps))
-    out.mkdir(parents=True, exist_ok=True)
-    title = f"test set: {task.test_size} {task.name} problems, N = {task.test_dim}"
-    plot_curves({title: lines}, "gap", out / "comparison.png", "mean f(x_k) - f*", log=True)
+def _write_table(rows: list[dict[str, Any]], out: Path, title: str, note: str) -> None:
+    """comparison.csv and comparison.md of the top trials."""
     keys = list(rows[0])
     with (out / "comparison.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -131,11 +117,47 @@ def compare(top: list[dict[str, Any]], steps: int, out: Path) -> list[dict[str, 
         writer.writerows(rows)
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    (out / "comparison.md").write_text(f"# {title}\n\n" + "\n".join(table) + f"\n\n{note}\n")
+
+
+def _row(entry: dict[str, Any], results: dict[str, float]) -> dict[str, Any]:
+    return {**{k: v for k, v in entry.items() if k not in ("params", "checkpoint")}, **entry["params"], **results}
+
+
+def compare(top: list[dict[str, Any]], steps: int, out: Path, baselines: list[Path] = ()) -> list[dict[str, Any]]:
+    """Test-set curves of the top trials against L-BFGS (analytic: each trial at its own L); for HMR
+    PA-MPJPE per inner step on the 3DPW test split against each trial's initializer, L-BFGS from the best
+    trial's initializer and the `baselines` checkpoints (e.g. LGD). Table, CSV and plot in `out`."""
+    loaded = [(entry, *load_learner(Path(entry["checkpoint"]))) for entry in top]
+    out.mkdir(parents=True, exist_ok=True)
+    if loaded[0][1].task.name == "hmr":
+        paths = [Path(entry["checkpoint"]) for entry in top] + list(baselines)
+        models = [(c, m, it) for _, c, m, it in loaded] + [load_learner(p) for p in baselines]
+        names = [f"{entry['trial']} (L-SR1)" for entry in top]
+        everything = evaluate_hmr(paths, models, steps, out / "test", names=names)
+        shutil.copy(out / "test" / "pa_mpjpe.png", out / "comparison.png")
+        pa = next(k for k in everything[0].metrics if k.startswith("pa_mpjpe14_"))
+        mp = next(k for k in everything[0].metrics if k.startswith("mpjpe14_"))
+        rows = [_row(entry, {"test_pa_mpjpe": float(c.metrics[pa][-1]), "test_mpjpe": float(c.metrics[mp][-1]),
+                             "test_pa_mpjpe_init": float(c.metrics[pa][0])})
+                for entry, c in zip(top, everything)]  # fmt: skip
+        others = "; ".join(f"{c.name}: PA-MPJPE {float(c.metrics[pa][-1]):.1f} mm" for c in everything[len(top):])
+        _write_table(rows, out, f"Top {len(rows)} trials on the 3DPW test split ({steps} inner steps, mm)", f"Reference: {others}.")
+        return rows
+    task, memory = loaded[0][1].task, loaded[0][1].lsr1.buffer_size
+    problem = problem_set(task, "test", dtype=torch.float64)
+    lines, rows = [], []
+    for entry, config, model, _ in loaded:
+        size = config.lsr1.buffer_size
+        curve = curves(f"{entry['trial']} (L={size})", with_buffer_size(model, size), problem, steps)
+        lines.append(curve)
+        rows.append(_row(entry, {"test_final_gap": float(curve.gap[-1]), "test_mean_objective": float(curve.objective[1:].mean())}))
+    lines.append(curves(f"L-BFGS (m={memory})", LBFGS(problem, memory=memory), problem, steps))
+    title = f"test set: {task.test_size} {task.name} problems, N = {task.test_dim}"
+    plot_curves({title: lines}, "gap", out / "comparison.png", "mean f(x_k) - f*", log=True)
     lbfgs = lines[-1]
-    (out / "comparison.md").write_text(
-        f"# Top {len(rows)} trials on the test split ({steps} steps)\n\n" + "\n".join(table)
-        + f"\n\nReference: {lbfgs.name} reaches a final gap of {float(lbfgs.gap[-1]):.4g}.\n"
-    )
+    _write_table(rows, out, f"Top {len(rows)} trials on the test split ({steps} steps)",
+                 f"Reference: {lbfgs.name} reaches a final gap of {float(lbfgs.gap[-1]):.4g}.")  # fmt: skip
     return rows
 
 
@@ -153,6 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grace", type=int, default=2, help="validations before ASHA may stop a trial")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--test-steps", type=int, default=20)
+    parser.add_argument("--compare-with", type=Path, action="append", default=[], metavar="CHECKPOINT",
+                        help="HMR: a baseline checkpoint (e.g. LGD's best.pt) for the comparison of the top trials")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same --name")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
@@ -182,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = args.workers * args.cpus_per_worker + TRIAL_DRIVER_CPU
+    per_trial = args.workers * args.cpus_per_worker + TRIAL_DRIVER_CPU + (DATA_CPUS if base.task.name == "hmr" else 0.0)
     fits = max(1, int(cpus // per_trial))
     concurrent = min(args.max_concurrent or fits, fits)
     trainable = tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPU})
@@ -235,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
             "run_id": child.run_id if child else "",
         })
     out = runs_dir / name / "comparison"
-    rows = compare(top, args.test_steps, out)
-    for path in sorted(out.iterdir()):
+    rows = compare(top, args.test_steps, out, args.compare_with)
+    for path in sorted(p for p in out.iterdir() if p.is_file()):
         parent.log_artifact(path, "comparison")
     best = rows[0]
-    parent.log_metrics([(0, {f"best_{args.metric}": best[args.metric], "best_test_final_gap": best["test_final_gap"], "trials": float(len(frame))})])
+    headline = "test_pa_mpjpe" if "test_pa_mpjpe" in best else "test_final_gap"
+    parent.log_metrics([(0, {f"best_{args.metric}": best[args.metric], f"best_{headline}": best[headline], "trials": float(len(frame))})])
     parent.set_tags({"lsr1.best_trial": best["trial"], "lsr1.best_run_id": best["run_id"]})
     registered = parent.log_model(load_checkpoint(top[0]["checkpoint"]), base.name, alias="champion")
     parent.finish(ok=True)

@@ -33,6 +33,10 @@ from pipeline.tracking import MetricsBuffer, Run, tracking_uri
 
 log = logging.getLogger("pipeline.train")
 
+# CPUs that an HMR run leaves to Ray Data: a read/shuffle task (1 CPU) beside the KeypointBatches actor
+# (0.5); with less the feed waits forever for CPUs that the training workers hold
+DATA_CPUS = 1.5
+
 
 # --------------------------------------------------------------------------------------------------------
 # the worker: unpack, call lsr1.meta.train, touch Ray only to prepare, agree, report
@@ -157,9 +161,7 @@ def fit_with_ray(
             raise ValueError(f"task.batch_size {config.task.batch_size} is smaller than the {workers} workers that share it")
         config = absolute_paths(config)  # workers and actors do not run in this folder
         datasets = {"train": training_dataset(config, checked_files(config.hmr.prepared_dir)[0])}
-    # Ray Data needs 1.5 CPUs of the cluster's own: a read/shuffle task (1 CPU) beside the actor (0.5);
-    # with less it waits forever for resources that the workers hold
-    spare = 1.5 if datasets else 0.0
+    spare = DATA_CPUS if datasets else 0.0
     cpus = cpus_per_worker or max(0.25 if datasets else 0.5, min(4.0, (resources.get("CPU", 1) - spare) / workers))
     trainer = TorchTrainer(
         train_loop_per_worker,

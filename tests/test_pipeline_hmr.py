@@ -13,11 +13,13 @@ from mlflow.tracking import MlflowClient
 from lsr1.analysis import step_curves
 from lsr1.config import ExperimentConfig
 from lsr1.hmr.formats import in_fraction
+from lsr1.meta import train
 from lsr1.tasks import problem_set
 from lsr1.tasks.hmr import HMRProblem, load_joint_model
 from pipeline.data import absolute_paths, checked_files, passes_per_epoch, training_dataset
 from pipeline.evaluate import main as evaluate_main
 from pipeline.prepare import prepare
+from pipeline.sweep import compare
 from pipeline.train import main as train_main
 from tests.hmr_data import hmr_config, hmr_data  # noqa: F401
 
@@ -50,7 +52,7 @@ def test_feed_turns_frames_into_keypoint_problems_and_keeps_the_data_fraction(ra
     assert passes > 1 and training_dataset(half, shards).count() == kept.sum() * passes
 
 
-def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prepared, mlflow_store, tmp_path):
+def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prepared, hmr_data, mlflow_store, tmp_path):  # noqa: F811
     args = ["--config", "configs/hmr_smoke.yaml", "--name", "hmr2", "--workers", "2", "--runs-dir", str(tmp_path / "runs"),
             "--set", "meta.iterations=6", "--set", "meta.val_every=3", "--test-steps", "3", *_overrides(prepared)]  # fmt: skip
     assert train_main(args) == 0
@@ -73,6 +75,16 @@ def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prep
     assert [c["name"] for c in curves] == ["L-SR1", "L-BFGS (m=10) from the L-SR1 initializer"]
     assert curves[0]["pa_mpjpe"][0] == pytest.approx(curves[1]["pa_mpjpe"][0], rel=1e-5)  # both start from the initializer
     assert len(client.search_runs([experiment.experiment_id])) == 2
+
+    # a sweep's comparison of its top trials (here: this run twice) against an LGD baseline
+    lgd = hmr_config(hmr_data, "learner=lgd", "meta.iterations=2", "meta.val_every=2", "task.batch_size=16", "hmr.init_hidden_dim=32")
+    train(lgd, tmp_path / "lgd", progress=False)
+    top = [{"rank": r, "trial": f"t{r}", "val_loss": 1.0, "params": {"lsr1.buffer_size": 4}, "checkpoint": str(tmp_path / "runs" / "hmr2" / "best.pt")}
+           for r in (1, 2)]  # fmt: skip
+    rows = compare(top, 2, tmp_path / "comparison", [tmp_path / "lgd" / "best.pt"])
+    assert [r["trial"] for r in rows] == ["t1", "t2"] and rows[0]["test_pa_mpjpe"] == rows[1]["test_pa_mpjpe"] > 0
+    assert "Reference: LGD: PA-MPJPE" in (tmp_path / "comparison" / "comparison.md").read_text()
+    assert (tmp_path / "comparison" / "comparison.png").stat().st_size > 0
 
 
 class _GroundTruth:
