@@ -32,6 +32,7 @@ from lsr1.config import ConfigError, config_to_dict, load_config
 from lsr1.learned import with_buffer_size
 from lsr1.optim import LBFGS
 from lsr1.tasks import problem_set
+from pipeline.data import absolute_paths
 from pipeline.evaluate import evaluate_hmr, load_learner
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.tracking import Run, tracking_uri
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = args.overrides + (["meta.iterations=6", "meta.val_every=2"] if args.smoke_test else [])
     try:
         base = load_config(args.config, overrides)
+        if base.task.name == "hmr":  # trials run in folders of their own
+            base = absolute_paths(base)
         space = load_space(args.space)
         check_values(space, config_to_dict(base), args.space)
     except (ConfigError, SpaceError) as err:
