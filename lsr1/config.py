@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "BFGSStepsConfig",
     "ENCODER_INPUTS",
     "LEARNERS",
     "ConfigError",
@@ -33,8 +34,10 @@ __all__ = [
 ]
 
 ENCODER_INPUTS = ("x", "p", "d", "g", "q")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3)
-TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "hmr")
-LEARNERS = ("lsr1", "lgd")  # the update module; "lgd" is LGD's MLP update (Song et al. 2020), HMR only
+TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "least_squares", "logistic", "logsumexp", "hmr")
+# the update module; "lgd" is LGD's MLP update (Song et al. 2020), HMR only; "bfgs_steps" the LSTM
+# coordinate-wise step sizes for BFGS (arXiv 2412.00059), analytic tasks only
+LEARNERS = ("lsr1", "lgd", "bfgs_steps")
 ROTATIONS = ("axis_angle", "6d")
 
 
@@ -90,6 +93,20 @@ class LSR1Config:
             len(self.encoder_inputs) > 0 and len(set(self.encoder_inputs)) == len(self.encoder_inputs),
             f"lsr1.encoder_inputs must be a non-empty list without repeats, got {self.encoder_inputs}",
         )
+
+
+@dataclass
+class BFGSStepsConfig:
+    """Learned coordinate-wise BFGS step sizes (`lsr1.learned.bfgs_steps`)."""
+
+    hidden_dim: int = 20
+    memory: int | None = None  # None: dense BFGS; m: L-BFGS with m pairs (large N)
+    reg_weight: float = 0.1  # weight of the pull of P toward the identity near the optimum
+
+    def __post_init__(self) -> None:
+        _check(self.hidden_dim >= 1, f"bfgs_steps.hidden_dim must be >= 1, got {self.hidden_dim}")
+        _check(self.memory is None or self.memory >= 1, f"bfgs_steps.memory must be >= 1 or None, got {self.memory}")
+        _check(self.reg_weight >= 0, f"bfgs_steps.reg_weight must be >= 0, got {self.reg_weight}")
 
 
 @dataclass
@@ -169,7 +186,7 @@ class TaskConfig:
     test_dim: int = 10
     test_size: int = 32
     max_cond: float | None = 1000.0  # quadratics: validation/test reject cond(H) above this
-    cond: float = 100.0  # diagonal_quadratic: condition number
+    cond: float = 100.0  # diagonal_quadratic, least_squares, logistic, logsumexp: condition number of the data
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -224,6 +241,7 @@ class ExperimentConfig:
     learner: str = "lsr1"  # the update module: "lsr1" or "lgd" (HMR); HMR adds an initializer network
     lsr1: LSR1Config = field(default_factory=LSR1Config)
     lgd: LGDConfig = field(default_factory=LGDConfig)
+    bfgs_steps: BFGSStepsConfig = field(default_factory=BFGSStepsConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     hmr: HMRConfig = field(default_factory=HMRConfig)
@@ -233,6 +251,10 @@ class ExperimentConfig:
         _check(
             self.learner != "lgd" or self.task.name == "hmr",
             f"learner 'lgd' conditions on keypoints and needs task.name 'hmr', got {self.task.name!r}",
+        )
+        _check(
+            self.learner != "bfgs_steps" or self.task.name != "hmr",
+            "learner 'bfgs_steps' is for analytic tasks; HMR's learners are 'lsr1' and 'lgd'",
         )
 
 

@@ -1,4 +1,5 @@
-"""Trained L-SR1 models shipped with the package, loaded by name: `lsr1.pretrained.load("quadratic")`.
+"""Trained learned optimizers shipped with the package, loaded by name: `lsr1.pretrained.load("quadratic")`
+(L-SR1 models, and `bfgs_steps_*`: the LSTM coordinate-wise BFGS step sizes).
 
 Each is a small checkpoint in lsr1/weights/<name>.pt holding the experiment config, the weights and a
 summary of how it was trained (read it with `info(name)`).
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
-from lsr1.learned import LSR1, with_buffer_size
+from lsr1.learned import LSR1, LearnedOptimizer, make_learner, with_buffer_size
 
 __all__ = ["WEIGHTS_DIR", "available", "export", "info", "load"]
 
@@ -36,14 +37,19 @@ def info(name: str) -> dict[str, Any]:
     return {"config": payload["config"], **payload.get("summary", {})}
 
 
-def load(name: str, buffer_size: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LSR1:
-    """A shipped model in eval mode; `buffer_size` overrides the trained L (the paper tests with other L)."""
+def load(name: str, buffer_size: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LearnedOptimizer:
+    """A shipped model in eval mode; `buffer_size` overrides the trained L of an L-SR1 model (the paper
+    tests with other L than trained)."""
     path = _path(name)
     payload = load_checkpoint(path)
-    model = LSR1(config_of(payload, path).lsr1)
+    model = make_learner(config_of(payload, path))
     model.load_state_dict(payload["model"])
     model = model.to(device=device, dtype=dtype).eval()
-    return with_buffer_size(model, buffer_size) if buffer_size is not None else model
+    if buffer_size is None:
+        return model
+    if not isinstance(model, LSR1):
+        raise ValueError(f"buffer_size is an L-SR1 setting; {name!r} is a {type(model).__name__}")
+    return with_buffer_size(model, buffer_size)
 
 
 def export(checkpoint: str | Path, name: str, summary: dict[str, Any] | None = None, directory: Path = WEIGHTS_DIR) -> Path:

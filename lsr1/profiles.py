@@ -7,6 +7,9 @@ Rastrigin, each at N in {50, 100, 250, 500, 1000}, from fixed seeded starting po
 same number of steps; m_{p,s} = ||x_hat - x*|| / ||x_worst - x*||, r_{p,s} = m_{p,s} / min_s m_{p,s} and
 rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. Learned solvers use the shipped model of the problem's family
 (quadratic100, rosenbrock, rastrigin; `_noproj` for the variant without the secant penalty) at L = 64.
+The second learned optimizer, BFGS-LSTM (learned coordinate-wise BFGS step sizes), was meta-trained on
+convex families only: the quadratics get its least-squares model, Rosenbrock and Rastrigin its log-sum-exp
+model (the non-quadratic one); it keeps a dense N x N BFGS matrix.
 The learning rates of GD, Adam and AdaHessian are tuned per family on other starting points by a grid
 that is written to the output with the chosen values; the test problems are never used for tuning.
 A solver whose iterate is not finite at the end has r = inf on that problem.
@@ -42,6 +45,7 @@ DIMS = (50, 100, 250, 500, 1000)
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 BUFFER_SIZE = 64  # test-time L of Table 7, and the L-BFGS memory
 LEARNED_MODEL = {"quadratic": "quadratic100", "rosenbrock": "rosenbrock", "rastrigin": "rastrigin"}
+BFGS_STEPS_MODEL = {"quadratic": "bfgs_steps_least_squares", "rosenbrock": "bfgs_steps_logsumexp", "rastrigin": "bfgs_steps_logsumexp"}
 RELATIVE_FLOOR = 1e-15  # distances below this fraction of the start count as exact (keeps ratios finite)
 
 
@@ -95,12 +99,18 @@ def hand_designed_solvers() -> dict[str, tuple[SolverFactory, bool]]:
 
 
 def learned_solvers() -> dict[str, tuple[SolverFactory, bool]]:
-    """L-SR1 and L-SR1 w/o projection from the shipped models, one per problem family."""
+    """L-SR1, L-SR1 w/o projection and BFGS-LSTM from the shipped models, one per problem family."""
 
     def factory(suffix: str) -> SolverFactory:
         return lambda p, lr: pretrained.load(LEARNED_MODEL[p.kind] + suffix, buffer_size=BUFFER_SIZE, dtype=torch.float64)
 
-    return {"L-SR1": (factory(""), False), "L-SR1 w/o projection": (factory("_noproj"), False)}
+    bfgs_steps: SolverFactory = lambda p, lr: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64)  # noqa: E731
+    return {"L-SR1": (factory(""), False), "L-SR1 w/o projection": (factory("_noproj"), False), "BFGS-LSTM": (bfgs_steps, False)}
+
+
+def learned_models(problems: list[ProfileProblem]) -> set[str]:
+    """The shipped models that the learned solvers need on these problems."""
+    return {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj")} | {BFGS_STEPS_MODEL[p.kind] for p in problems}
 
 
 def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float:
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         problems = evaluation_problems(args.seed, tuple(args.dims))
         if not args.no_learned:
-            missing = sorted({LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj")} - set(pretrained.available()))
+            missing = sorted(learned_models(problems) - set(pretrained.available()))
             if missing:
                 raise ValueError(f"shipped models {missing} are missing (available: {pretrained.available()}); use --no-learned")
         result = run_profiles(solvers, problems, args.steps, tuning_set(args.seed))

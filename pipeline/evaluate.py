@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import logging
 import shutil
 import sys
@@ -34,7 +35,7 @@ from lsr1.analysis import Curves, StepCurves, curves, markdown_table, plot_curve
 from lsr1.checkpoint import CheckpointError, config_of, load_checkpoint
 from lsr1.config import ExperimentConfig
 from lsr1.learned import LearnedOptimizer, make_learner, with_buffer_size
-from lsr1.optim import LBFGS
+from lsr1.optim import BFGS, LBFGS, HypergradientBFGS
 from lsr1.tasks import Problem, problem_set
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ HMR_LBFGS_MEMORY = 10
 def _label(config: ExperimentConfig) -> str:
     if config.learner == "lgd":
         return "LGD"
+    if config.learner == "bfgs_steps":
+        return "BFGS-LSTM step sizes"
     if config.task.name == "hmr":
         return "L-SR1" if config.lsr1.lambda_sec > 0 else "L-SR1 w/o secant term"
     return "L-SR1" if config.lsr1.lambda_sec > 0 else "L-SR1 w/o projection"
@@ -76,7 +79,12 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
     task = models[0][0].task
     problem = problem_set(task, "test", dtype=torch.float64)
     groups: dict[str, list[Curves]] = {}
-    for size in buffer_sizes:
+    if models[0][0].learner == "bfgs_steps":  # no buffer size: against the step-size baselines of its paper
+        group = [curves(_label(c), m, problem, steps) for c, m, _ in models]
+        group.append(curves("BFGS-Armijo", BFGS(problem, line_search="armijo"), problem, steps))
+        group.append(curves("BFGS-HD per coordinate", HypergradientBFGS(per_coordinate=True), problem, steps))
+        groups["BFGS step sizes"] = group
+    for size in buffer_sizes if models[0][0].learner == "lsr1" else ():
         group = [curves(f"{_label(c)} (L={size})", with_buffer_size(m, size), problem, steps) for c, m, _ in models]
         group.append(curves(f"L-BFGS (m={size})", LBFGS(problem, memory=size), problem, steps))
         groups[f"L = {size}"] = group
@@ -175,8 +183,8 @@ def log_evaluation(run: Run, results: dict[str, list[Curves]] | list[StepCurves]
         finals = hmr_summary(results)
     else:
         finals = {}
-        for curve in (c for group in results.values() for c in group):
-            key = "test_final_gap_lsr1" if curve.name.startswith("L-SR1") else "test_final_gap_lbfgs"
+        for curve in (c for group in results.values() for c in group):  # L-SR1 -> lsr1, L-BFGS -> lbfgs, ...
+            key = "test_final_gap_" + re.sub(r"[^a-z0-9]", "", curve.name.split(" ")[0].lower())
             finals.setdefault(key, float(curve.gap[-1]))
     run.log_metrics([(step, finals)])
     return finals

@@ -219,7 +219,7 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -
     run.log_metrics([(payload["iteration"], {k: float(v) for k, v in summary.items()})])
     summary |= log_evaluation(run, groups, dest / "test", payload["iteration"])
     # LGD baselines of a preset are registered beside its L-SR1 models, not as new versions of them
-    summary["registered_model"] = run.log_model(payload, config.name if config.learner == "lsr1" else f"{config.name}-{config.learner}")
+    summary["registered_model"] = run.log_model(payload, f"{config.name}-lgd" if config.learner == "lgd" else config.name)
     return summary
 
 
@@ -274,11 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     run.finish(ok=True)
     summary["wall_time_s"] = round(time.time() - tic, 1)
-    print(f"\n{'run':22}{args.name}")
+    print(f"\n{'run':28}{args.name}")
     for key, value in summary.items():
-        print(f"{key:22}{value:.6g}" if isinstance(value, float) else f"{key:22}{value}")
-    print(f"{'checkpoints':22}{dest}")
-    print(f"{'MLflow run':22}{run.run_id}")
+        print(f"{key:28}{value:.6g}" if isinstance(value, float) else f"{key:28}{value}")
+    print(f"{'checkpoints':28}{dest}")
+    print(f"{'MLflow run':28}{run.run_id}")
     print(f"\nmlflow ui --backend-store-uri {run.uri}")
     return 0
 

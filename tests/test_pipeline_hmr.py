@@ -75,6 +75,8 @@ def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prep
     assert [c["name"] for c in curves] == ["L-SR1", "L-BFGS (m=10) from the L-SR1 initializer"]
     assert curves[0]["pa_mpjpe"][0] == pytest.approx(curves[1]["pa_mpjpe"][0], rel=1e-5)  # both start from the initializer
     assert len(client.search_runs([experiment.experiment_id])) == 2
+    assert evaluate_main(["--run", run.info.run_id, "--steps", "2", "--out", str(tmp_path / "again")]) == 0  # logged back
+    assert client.get_run(run.info.run_id).data.metrics["test_pa_mpjpe"] == pytest.approx(curves[0]["pa_mpjpe14_smpl"][-1])
 
     # a sweep's comparison of its top trials (here: this run twice) against an LGD baseline
     lgd = hmr_config(hmr_data, "learner=lgd", "meta.iterations=2", "meta.val_every=2", "task.batch_size=16", "hmr.init_hidden_dim=32")

@@ -50,7 +50,7 @@ def test_profiles_end_to_end_on_a_small_set(tmp_path):
 def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
     from lsr1 import pretrained
     from lsr1.meta import run
-    from lsr1.profiles import BUFFER_SIZE, LEARNED_MODEL
+    from lsr1.profiles import BFGS_STEPS_MODEL, BUFFER_SIZE, LEARNED_MODEL
 
     problems = {p.kind: p for p in evaluation_problems(dims=(50,))}
     for kind, name in LEARNED_MODEL.items():
@@ -59,3 +59,6 @@ def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
             assert model.buffer_size == 64 and pretrained.info(model_name)["meta_iterations"] > 0
             trajectory = run(model, problems[kind].problem, steps=2)
             assert torch.isfinite(trajectory.values).all(), model_name
+    for kind, name in BFGS_STEPS_MODEL.items():  # the second learned optimizer, on the same problems
+        trajectory = run(pretrained.load(name, dtype=torch.float64), problems[kind].problem, steps=2)
+        assert torch.isfinite(trajectory.values).all() and pretrained.info(name)["meta_iterations"] > 0, name

@@ -1,10 +1,13 @@
 """Learned optimizers: nn.Modules with the batched init/step interface and a meta-loss penalty."""
 from lsr1.config import ExperimentConfig
 from lsr1.learned.base import LearnedOptimizer
+from lsr1.learned.bfgs_steps import BFGSSteps, BFGSStepsState
 from lsr1.learned.lgd import LGD, LGDState
 from lsr1.learned.sr1 import LSR1, LSR1State, precondition, secant_residual, with_buffer_size
 
 __all__ = [
+    "BFGSSteps",
+    "BFGSStepsState",
     "LGD",
     "LGDState",
     "LSR1",
@@ -20,6 +23,8 @@ __all__ = [
 def make_learner(config: ExperimentConfig) -> LearnedOptimizer:
     """The learned optimizer an experiment config describes (freshly initialised): the update module
     (`config.learner`), and for HMR an initializer network in front of it (one module, one state_dict)."""
+    if config.learner == "bfgs_steps":
+        return BFGSSteps(config.bfgs_steps)
     if config.task.name != "hmr":
         return LSR1(config.lsr1)  # the config only allows "lgd" with HMR
     # imported here: lsr1.hmr.initializer builds on lsr1.learned.base

@@ -3,12 +3,15 @@ from lsr1.optim.adahessian import AdaHessian
 from lsr1.optim.base import Info, Optimizer
 from lsr1.optim.bfgs import BFGS
 from lsr1.optim.first_order import Adam, GradientDescent
+from lsr1.optim.hypergradient import BFGSDirection, HypergradientBFGS
 from lsr1.optim.lbfgs import LBFGS
 from lsr1.optim.linesearch import backtracking, line_search, strong_wolfe
 from lsr1.optim.sr1 import SR1
 
 __all__ = [
     "BFGS",
+    "BFGSDirection",
+    "HypergradientBFGS",
     "LBFGS",
     "SR1",
     "AdaHessian",

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from lsr1.optim.quasi_newton import DenseMemory, DenseQuasiNewton, curvature_ok, scale_initial
 
-__all__ = ["BFGS", "bfgs_update"]
+__all__ = ["BFGS", "bfgs_memory_update", "bfgs_update", "identity_memory"]
 
 
 def _outer(a: Tensor, b: Tensor) -> Tensor:
@@ -22,13 +22,26 @@ def bfgs_update(h: Tensor, s: Tensor, y: Tensor) -> Tensor:
     return h - rho.unsqueeze(-1) * (_outer(s, hy) + _outer(hy, s)) + coeff * _outer(s, s)
 
 
+def identity_memory(x0: Tensor) -> DenseMemory:
+    """H0 = I for a batch shaped like x0 (B, N), not yet rescaled."""
+    batch, n = x0.shape
+    eye = torch.eye(n, dtype=x0.dtype, device=x0.device).expand(batch, n, n).clone()
+    return DenseMemory(eye, torch.zeros(batch, dtype=torch.bool, device=x0.device))
+
+
+def bfgs_memory_update(memory: DenseMemory, s: Tensor, y: Tensor) -> tuple[DenseMemory, Tensor]:
+    """The BFGS update of H with H0 rescaled before the first one; pairs failing y.s > 0 are skipped.
+    Returns the memory and a (B,) mask of the problems that updated."""
+    ok = curvature_ok(s, y)
+    memory = scale_initial(memory, s, y, ok)
+    h = torch.where(ok.reshape(-1, 1, 1), bfgs_update(memory.h, s, y), memory.h)
+    return DenseMemory(h, memory.scaled), ok
+
+
 class BFGS(DenseQuasiNewton):
     """BFGS with H0 = I, rescaled before the first update; updates failing y.s > 0 are skipped."""
 
     name = "BFGS"
 
     def update(self, memory: DenseMemory, s: Tensor, y: Tensor) -> tuple[DenseMemory, Tensor]:
-        ok = curvature_ok(s, y)
-        memory = scale_initial(memory, s, y, ok)
-        h = torch.where(ok.reshape(-1, 1, 1), bfgs_update(memory.h, s, y), memory.h)
-        return DenseMemory(h, memory.scaled), ok
+        return bfgs_memory_update(memory, s, y)

@@ -10,7 +10,7 @@ from lsr1.optim.base import fifo_push
 from lsr1.optim.quasi_newton import QuasiNewton, curvature_ok
 from lsr1.tasks.base import Problem
 
-__all__ = ["LBFGS", "LBFGSMemory", "two_loop"]
+__all__ = ["LBFGS", "LBFGSMemory", "empty_memory", "lbfgs_memory_update", "two_loop"]
 
 
 class LBFGSMemory(NamedTuple):
@@ -36,6 +36,19 @@ def two_loop(memory: LBFGSMemory, g: Tensor) -> Tensor:
     return r
 
 
+def empty_memory(x0: Tensor, memory: int) -> LBFGSMemory:
+    """Room for `memory` pairs for a batch shaped like x0 (B, N)."""
+    batch, n = x0.shape
+    return LBFGSMemory(x0.new_zeros(batch, memory, n), x0.new_zeros(batch, memory, n), x0.new_zeros(batch, memory))
+
+
+def lbfgs_memory_update(memory: LBFGSMemory, s: Tensor, y: Tensor) -> tuple[LBFGSMemory, Tensor]:
+    """Push the pair (s, y) where it passes the curvature condition; returns the memory and that (B,) mask."""
+    ok = curvature_ok(s, y)
+    rho = torch.where(ok, 1.0 / (y * s).sum(-1), 0.0)
+    return LBFGSMemory(fifo_push(memory.s, s, ok), fifo_push(memory.y, y, ok), fifo_push(memory.rho, rho, ok)), ok
+
+
 class LBFGS(QuasiNewton):
     """L-BFGS with memory m; pairs that fail the curvature condition are skipped per problem."""
 
@@ -49,14 +62,10 @@ class LBFGS(QuasiNewton):
         self.memory = memory
 
     def init_memory(self, x0: Tensor) -> LBFGSMemory:
-        batch, n = x0.shape
-        return LBFGSMemory(x0.new_zeros(batch, self.memory, n), x0.new_zeros(batch, self.memory, n), x0.new_zeros(batch, self.memory))
+        return empty_memory(x0, self.memory)
 
     def update(self, memory: LBFGSMemory, s: Tensor, y: Tensor) -> tuple[LBFGSMemory, Tensor]:
-        ok = curvature_ok(s, y)
-        rho = torch.where(ok, 1.0 / (y * s).sum(-1), 0.0)
-        pushed = LBFGSMemory(fifo_push(memory.s, s, ok), fifo_push(memory.y, y, ok), fifo_push(memory.rho, rho, ok))
-        return pushed, ok
+        return lbfgs_memory_update(memory, s, y)
 
     def apply(self, memory: LBFGSMemory, g: Tensor) -> Tensor:
         return two_loop(memory, g)

@@ -105,9 +105,9 @@ class DenseQuasiNewton(QuasiNewton):
     """Quasi-Newton methods that keep the whole (B, N, N) inverse Hessian; for small N."""
 
     def init_memory(self, x0: Tensor) -> DenseMemory:
-        batch, n = x0.shape
-        eye = torch.eye(n, dtype=x0.dtype, device=x0.device).expand(batch, n, n).clone()
-        return DenseMemory(eye, torch.zeros(batch, dtype=torch.bool, device=x0.device))
+        from lsr1.optim.bfgs import identity_memory  # bfgs builds on this module
+
+        return identity_memory(x0)
 
     def apply(self, memory: DenseMemory, g: Tensor) -> Tensor:
         return torch.bmm(memory.h, g.unsqueeze(-1)).squeeze(-1)

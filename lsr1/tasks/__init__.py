@@ -5,17 +5,20 @@ import torch
 
 from lsr1.config import HMRConfig, TaskConfig
 from lsr1.tasks.base import Problem, derive_seed, make_generator
+from lsr1.tasks.convex import FAMILIES, ConvexProblem, convex_problems
 from lsr1.tasks.hmr import HMRProblem, hmr_problem_set
 from lsr1.tasks.quadratic import Quadratic, diagonal_quadratics, random_quadratics
 from lsr1.tasks.rastrigin import Rastrigin, rastrigin
 from lsr1.tasks.rosenbrock import Rosenbrock, rosenbrock
 
 __all__ = [
+    "ConvexProblem",
     "HMRProblem",
     "Problem",
     "Quadratic",
     "Rastrigin",
     "Rosenbrock",
+    "convex_problems",
     "derive_seed",
     "diagonal_quadratics",
     "make_generator",
@@ -57,4 +60,6 @@ def problem_set(
         return rosenbrock(batch, n, seed, dtype, device)
     if task.name == "rastrigin":
         return rastrigin(batch, n, seed, dtype, device)
+    if task.name in FAMILIES:
+        return convex_problems(task.name, batch, n, seed, task.cond, dtype, device)
     raise ValueError(f"unknown task {task.name!r}")
