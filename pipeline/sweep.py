@@ -30,7 +30,7 @@ from lsr1.analysis import curves, plot_curves
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, config_to_dict, load_config
 from lsr1.learned import with_buffer_size
-from lsr1.optim import LBFGS
+from lsr1.optim import BFGS, LBFGS
 from lsr1.tasks import problem_set
 from pipeline.data import absolute_paths
 from pipeline.evaluate import evaluate_hmr, load_learner
@@ -149,11 +149,16 @@ def compare(top: list[dict[str, Any]], steps: int, out: Path, baselines: list[Pa
     problem = problem_set(task, "test", dtype=torch.float64)
     lines, rows = [], []
     for entry, config, model, _ in loaded:
-        size = config.lsr1.buffer_size
-        curve = curves(f"{entry['trial']} (L={size})", with_buffer_size(model, size), problem, steps)
+        if config.learner == "lsr1":  # each trial at its own L
+            curve = curves(f"{entry['trial']} (L={config.lsr1.buffer_size})", with_buffer_size(model, config.lsr1.buffer_size), problem, steps)
+        else:
+            curve = curves(entry["trial"], model, problem, steps)
         lines.append(curve)
         rows.append(_row(entry, {"test_final_gap": float(curve.gap[-1]), "test_mean_objective": float(curve.objective[1:].mean())}))
-    lines.append(curves(f"L-BFGS (m={memory})", LBFGS(problem, memory=memory), problem, steps))
+    if loaded[0][1].learner == "lsr1":
+        lines.append(curves(f"L-BFGS (m={memory})", LBFGS(problem, memory=memory), problem, steps))
+    else:  # the learned BFGS step sizes: against BFGS with a line search
+        lines.append(curves("BFGS-Armijo", BFGS(problem, line_search="armijo"), problem, steps))
     title = f"test set: {task.test_size} {task.name} problems, N = {task.test_dim}"
     plot_curves({title: lines}, "gap", out / "comparison.png", "mean f(x_k) - f*", log=True)
     lbfgs = lines[-1]

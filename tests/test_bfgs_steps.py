@@ -101,3 +101,14 @@ def test_presets_meta_train_and_the_shipped_model_loads(preset, tmp_path):
     shipped = pretrained.load(config.name, dtype=torch.float64)
     test = problem_set(config.task, "test", dtype=torch.float64)
     assert bool(torch.isfinite(run(shipped, test, 3).values).all())
+
+
+def test_a_sweep_compares_learned_step_sizes_against_bfgs_with_a_line_search(tmp_path):
+    from pipeline.sweep import compare
+
+    config = load_config(PRESETS[1], ["meta.iterations=2", "meta.val_every=2", "meta.unroll_steps=4", "task.batch_size=8", "task.val_size=8",
+                                      "task.test_size=8", "task.test_dim=12"])  # fmt: skip
+    train(config, tmp_path / "run", progress=False)
+    top = [{"rank": 1, "trial": "t1", "val_loss": 0.0, "params": {"bfgs_steps.reg_weight": 0.1}, "checkpoint": str(tmp_path / "run" / "best.pt")}]
+    rows = compare(top, 5, tmp_path / "comparison")
+    assert rows[0]["test_final_gap"] >= 0 and "Reference: BFGS-Armijo" in (tmp_path / "comparison" / "comparison.md").read_text()
