@@ -12,7 +12,7 @@ RAY_DASHBOARD_PORT ?= 8265
 CONFIG ?= configs/smoke.yaml
 ARGS ?=
 
-.PHONY: install test browser demo bench ui cluster-up cluster-down submit clean
+.PHONY: install test browser demo bench report ui cluster-up cluster-down submit clean
 
 install: $(STAMP)
 
@@ -44,6 +44,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/meta_step.py
+
+# docs/results.md's measured blocks, from the product's own commands (pipeline/report.py); after `make demo`
+BENCHMARKS ?= step_cost meta_step body_forward hmr_step train_scaling
+report: $(STAMP)
+	$(PY) -m lsr1.profiles --out docs/profiles
+	$(PY) -m lsr1.iterations --out docs/bfgs_steps
+	$(PY) -m pipeline.report --run-benchmarks $(BENCHMARKS)
 
 # The MLflow UI on the default store (mlflow.db in this folder): http://127.0.0.1:5000
 TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db

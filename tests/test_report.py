@@ -1,0 +1,63 @@
+"""pipeline.report: the measured blocks of docs/results.md are rendered from files and MLflow, never by hand."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.report import ReportError, render_blocks, run_benchmark
+from pipeline.tracking import Run
+
+TEXT = "".join(f"## {name}\n<!-- report:{name} -->\nstale\n<!-- /report:{name} -->\nprose stays\n" for name in ("profiles", "bfgs_steps", "hmr_demo", "benchmarks"))
+
+
+def _sources(root, uri):
+    (root / "docs/profiles").mkdir(parents=True)
+    (root / "docs/profiles/distances.csv").write_text("problem,A,B\np1,1e-3,1e-1\np2,0.5,0.25\n")
+    (root / "docs/bfgs_steps").mkdir(parents=True)
+    methods = ("BFGS-LSTM", "BFGS-Armijo", "BFGS fixed step", "BFGS-HD scalar", "BFGS-HD coord")
+    header = ["family", "N"] + [f"{m} iterations" for m in methods]
+    (root / "docs/bfgs_steps/iterations.csv").write_text(",".join(header) + "\nlogistic,20,20.0,40.0,30.0,31.0,32.0\n")
+    (root / "benchmarks/results").mkdir(parents=True)
+    (root / "benchmarks/results/step_cost.json").write_text(json.dumps({"lsr1_ms": 1.5, "ratio": 0.5}))
+    from lsr1.config import ExperimentConfig
+
+    run = Run.open(uri, "hmr_demo", "evaluate-demo-comparison", ExperimentConfig())
+    curves = root / "curves.json"
+    curves.write_text(json.dumps([{"name": "L-SR1", "pa_mpjpe14_smpl": [150.0, 140.0], "mpjpe14_smpl": [230.0, 220.0]},
+                                  {"name": "LGD", "pa_mpjpe14_smpl": [160.0, 135.0], "mpjpe14_smpl": [240.0, 200.0]}]))  # fmt: skip
+    run.log_artifact(curves, "test")
+    return run
+
+
+def test_every_block_is_rendered_from_its_source_and_the_prose_is_kept(tmp_path, mlflow_store):
+    run = _sources(tmp_path, mlflow_store)
+    out = render_blocks(TEXT, tmp_path, mlflow_store)
+    assert "stale" not in out and out.count("prose stays") == 4
+    # ratios: A 1 and 2, B 100 and 1 -> rho(1) 0.5 each; A's profile reaches 1 at tau = 2, B's at 100
+    assert "| A | 0.964 | 1 | 0.50 | 1.00 |" in out and "| B | 0.750 | 1 | 0.50 | 0.50 |" in out
+    assert "| logistic | 20 | 20 | 30 | 1.50× | 2.00× |" in out
+    assert "| L-SR1 | 140.0 | 220.0 | 150.0 / 230.0 |" in out and run.run_id in out
+    assert "| `benchmarks/step_cost.py` | lsr1_ms 1.5, ratio 0.5 |" in out
+    assert render_blocks(out, tmp_path, mlflow_store) == out  # rendering again changes nothing
+
+
+def test_missing_sources_say_which_command_makes_them(tmp_path, mlflow_store):
+    out = render_blocks(TEXT, tmp_path, mlflow_store)
+    assert "run `python -m lsr1.profiles --out docs/profiles`" in out and "run `make demo`" in out
+
+
+def test_unknown_or_unclosed_blocks_are_errors(tmp_path, mlflow_store):
+    with pytest.raises(ReportError, match="block 'nope' has no renderer"):
+        render_blocks("<!-- report:nope -->\n<!-- /report:nope -->\n", tmp_path, mlflow_store)
+    with pytest.raises(ReportError, match="'profiles' is opened but not closed"):
+        render_blocks("<!-- report:profiles -->\n", tmp_path, mlflow_store)
+
+
+def test_a_benchmark_is_run_and_its_last_line_saved_or_its_failure_named(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks/fine.py").write_text("print('a table')\nprint('{\"x_ms\": 2.5}')\n")
+    (tmp_path / "benchmarks/broken.py").write_text("raise SystemExit('no GPU here')\n")
+    assert json.loads(run_benchmark("fine", tmp_path).read_text()) == {"x_ms": 2.5}
+    with pytest.raises(ReportError, match=r"broken.py failed \(exit 1\): no GPU here"):
+        run_benchmark("broken", tmp_path)
