@@ -47,12 +47,19 @@ def _missing(what: str, command: str) -> str:
     return f"*Not measured yet: {what} is missing; run `{command}`.*"
 
 
+def _csv(path: Path, as_dicts: bool) -> list | None:
+    """The rows of a CSV file (dicts by its header, or lists), None if there is no such file."""
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        return list(csv.DictReader(f) if as_dicts else csv.reader(f))
+
+
 def profiles_block(root: Path, uri: str) -> str:
     path = root / "docs/profiles/distances.csv"
-    if not path.is_file():
+    rows = _csv(path, as_dicts=False)
+    if rows is None:
         return _missing(str(path), "python -m lsr1.profiles --out docs/profiles")
-    with path.open() as f:
-        rows = list(csv.reader(f))
     solvers = rows[0][1:]
     distances = torch.tensor([[float(v) for v in row[1:]] for row in rows[1:]], dtype=torch.float64)
     ratios = performance_ratios(distances)
@@ -68,10 +75,9 @@ def profiles_block(root: Path, uri: str) -> str:
 
 def bfgs_steps_block(root: Path, uri: str) -> str:
     path = root / "docs/bfgs_steps/iterations.csv"
-    if not path.is_file():
+    rows = _csv(path, as_dicts=True)
+    if rows is None:
         return _missing(str(path), "python -m lsr1.iterations --out docs/bfgs_steps")
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
     lines = ["| family | N | BFGS-LSTM iterations | best of fixed step / HD | speed-up | vs BFGS-Armijo |", "|---|---|---|---|---|---|"]
     for r in rows:
         learned = float(r["BFGS-LSTM iterations"])
