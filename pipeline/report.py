@@ -7,6 +7,8 @@ docs/results.md is prose around blocks that only this command writes, between `<
     bfgs_steps   docs/bfgs_steps/iterations.csv   `python -m lsr1.iterations --out docs/bfgs_steps`
     hmr_demo     MLflow: the run `evaluate-demo-comparison` of experiment hmr_demo (`make demo`), its
                  test/curves.json
+    ablation     MLflow: the newest sweep over tune_spaces/ablation.yaml (the command is in that file),
+                 its trials' final validation loss
     benchmarks   benchmarks/results/<name>.json    the last line of `benchmarks/<name>.py`, which
                  `--run-benchmarks NAME ...` runs and saves first
 
@@ -108,6 +110,28 @@ def hmr_demo_block(root: Path, uri: str) -> str:
     return "\n".join(lines) + f"\n\n({len(curves[0][pa]) - 1} inner steps; MLflow run `{runs[0].info.run_id}`, {pa.split('_')[-1].upper()} joints.)"
 
 
+def ablation_block(root: Path, uri: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    sweeps = [r for r in client.search_runs(experiments, "tags.`lsr1.kind` = 'sweep'", order_by=["attributes.start_time DESC"])
+              if r.data.tags.get("lsr1.sweep_space", "").endswith("ablation.yaml")]  # fmt: skip
+    if not sweeps:
+        return _missing(f"a sweep over tune_spaces/ablation.yaml at {uri}", "the command in tune_spaces/ablation.yaml")
+    trials = client.search_runs([sweeps[0].info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweeps[0].info.run_id}'")
+    rows = []
+    for t in trials:
+        if "val_loss" not in t.data.metrics:
+            continue
+        inputs = ", ".join(re.findall(r"[a-z]", t.data.params.get("lsr1.encoder_inputs", "")))
+        step = max(m.step for m in client.get_metric_history(t.info.run_id, "val_loss"))
+        rows.append((int(t.data.params["lsr1.hidden_dim"]), len(inputs), inputs, t.data.metrics["val_loss"], t.data.metrics["val_loss_std"], step))
+    lines = ["| hidden dim | encoder inputs | validation loss | std over problems | meta-iterations |", "|---|---|---|---|---|"]
+    lines += [f"| {h} | ({inputs}) | {loss:.4g} | {std:.3g} | {it:.0f} |" for h, _, inputs, loss, std, it in sorted(rows)]
+    return "\n".join(lines) + f"\n\n(Final validation of each trial; MLflow sweep run `{sweeps[0].info.run_id}`.)"
+
+
 def benchmarks_block(root: Path, uri: str) -> str:
     files = sorted((root / BENCHMARK_DIR).glob("*.json"))
     if not files:
@@ -124,6 +148,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "profiles": profiles_block,
     "bfgs_steps": bfgs_steps_block,
     "hmr_demo": hmr_demo_block,
+    "ablation": ablation_block,
     "benchmarks": benchmarks_block,
 }
 

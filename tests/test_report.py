@@ -61,3 +61,16 @@ def test_a_benchmark_is_run_and_its_last_line_saved_or_its_failure_named(tmp_pat
     assert json.loads(run_benchmark("fine", tmp_path).read_text()) == {"x_ms": 2.5}
     with pytest.raises(ReportError, match=r"broken.py failed \(exit 1\): no GPU here"):
         run_benchmark("broken", tmp_path)
+
+
+def test_the_ablation_block_reads_the_newest_ablation_sweep(tmp_path, mlflow_store):
+    from lsr1.config import load_config
+
+    parent = Run.open(mlflow_store, "quadratic", "ablation", load_config("configs/quadratic.yaml"),
+                      tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/ablation.yaml"})  # fmt: skip
+    for hidden, inputs, loss in ((64, ["x", "g"], 0.5), (128, ["x", "p", "d", "g", "q"], 0.25)):
+        config = load_config("configs/quadratic.yaml", [f"lsr1.hidden_dim={hidden}", f"lsr1.encoder_inputs={inputs}"])
+        child = Run.open(mlflow_store, "quadratic", f"ablation-{hidden}", config, tags={"mlflow.parentRunId": parent.run_id})
+        child.log_metrics([(300, {"val_loss": loss, "val_loss_std": loss / 10})])
+    out = render_blocks("<!-- report:ablation -->\n<!-- /report:ablation -->\n", tmp_path, mlflow_store)
+    assert "| 64 | (x, g) | 0.5 | 0.05 | 300 |" in out and "| 128 | (x, p, d, g, q) | 0.25 | 0.025 | 300 |" in out
