@@ -8,7 +8,7 @@ docs/results.md is prose around blocks that only this command writes, between `<
     hmr_demo     MLflow: the run `evaluate-demo-comparison` of experiment hmr_demo (`make demo`), its
                  test/curves.json
     ablation     MLflow: the newest sweep over tune_spaces/ablation.yaml (the command is in that file),
-                 its trials' final validation loss
+                 its trials' final validation loss; ablation_step the same for tune_spaces/ablation_step.yaml
     benchmarks   benchmarks/results/<name>.json    the last line of `benchmarks/<name>.py`, which
                  `--run-benchmarks NAME ...` runs and saves first
 
@@ -110,26 +110,45 @@ def hmr_demo_block(root: Path, uri: str) -> str:
     return "\n".join(lines) + f"\n\n({len(curves[0][pa]) - 1} inner steps; MLflow run `{runs[0].info.run_id}`, {pa.split('_')[-1].upper()} joints.)"
 
 
-def ablation_block(root: Path, uri: str) -> str:
+def _sweep_trials(uri: str, space: str) -> tuple[str, list] | None:
+    """The newest sweep over tune_spaces/<space> in the store: its run id and its trials' runs."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     sweeps = [r for r in client.search_runs(experiments, "tags.`lsr1.kind` = 'sweep'", order_by=["attributes.start_time DESC"])
-              if r.data.tags.get("lsr1.sweep_space", "").endswith("ablation.yaml")]  # fmt: skip
+              if Path(r.data.tags.get("lsr1.sweep_space", "")).name == space]  # fmt: skip
     if not sweeps:
-        return _missing(f"a sweep over tune_spaces/ablation.yaml at {uri}", "the command in tune_spaces/ablation.yaml")
+        return None
     trials = client.search_runs([sweeps[0].info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweeps[0].info.run_id}'")
-    rows = []
-    for t in trials:
-        if "val_loss" not in t.data.metrics:
-            continue
-        inputs = ", ".join(re.findall(r"[a-z]", t.data.params.get("lsr1.encoder_inputs", "")))
-        step = max(m.step for m in client.get_metric_history(t.info.run_id, "val_loss"))
-        rows.append((int(t.data.params["lsr1.hidden_dim"]), len(inputs), inputs, t.data.metrics["val_loss"], t.data.metrics["val_loss_std"], step))
-    lines = ["| hidden dim | encoder inputs | validation loss | std over problems | meta-iterations |", "|---|---|---|---|---|"]
-    lines += [f"| {h} | ({inputs}) | {loss:.4g} | {std:.3g} | {it:.0f} |" for h, _, inputs, loss, std, it in sorted(rows)]
-    return "\n".join(lines) + f"\n\n(Final validation of each trial; MLflow sweep run `{sweeps[0].info.run_id}`.)"
+    finished = [t for t in trials if "val_loss" in t.data.metrics]
+    for t in finished:  # the meta-iteration of the final validation, beside its value
+        t.data.metrics["_step"] = max(m.step for m in client.get_metric_history(t.info.run_id, "val_loss"))
+    return sweeps[0].info.run_id, finished
+
+
+def _ablation_table(uri: str, space: str, columns: dict[str, Callable[[dict[str, str]], str]]) -> str:
+    """One row per trial of the newest sweep over `space`: the given param columns, the final validation
+    loss, its std over problems and the meta-iteration it was taken at."""
+    found = _sweep_trials(uri, space)
+    if found is None:
+        return _missing(f"a sweep over tune_spaces/{space} at {uri}", f"the command in tune_spaces/{space}")
+    sweep, trials = found
+    rows = [([show(t.data.params) for show in columns.values()], t.data.metrics) for t in trials]
+    rows.sort(key=lambda row: [(len(cell), cell) for cell in row[0]])  # 64 before 128, (x, g) before (x, d, g)
+    lines = ["| " + " | ".join(columns) + " | validation loss | std over problems | meta-iterations |", "|---" * (len(columns) + 3) + "|"]
+    lines += ["| " + " | ".join(cells) + f" | {m['val_loss']:.4g} | {m['val_loss_std']:.3g} | {m['_step']} |" for cells, m in rows]
+    return "\n".join(lines) + f"\n\n(Final validation of each trial; MLflow sweep run `{sweep}`.)"
+
+
+def ablation_block(root: Path, uri: str) -> str:
+    inputs = lambda p: "(" + ", ".join(re.findall(r"[a-z]", p.get("lsr1.encoder_inputs", ""))) + ")"  # noqa: E731
+    return _ablation_table(uri, "ablation.yaml", {"hidden dim": lambda p: p["lsr1.hidden_dim"], "encoder inputs": inputs})
+
+
+def ablation_step_block(root: Path, uri: str) -> str:
+    return _ablation_table(uri, "ablation_step.yaml", {"identity in the step": lambda p: p["lsr1.identity_in_step"],
+                                                       "second-order meta-gradient": lambda p: p["meta.second_order"]})  # fmt: skip
 
 
 def benchmarks_block(root: Path, uri: str) -> str:
@@ -149,6 +168,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "bfgs_steps": bfgs_steps_block,
     "hmr_demo": hmr_demo_block,
     "ablation": ablation_block,
+    "ablation_step": ablation_step_block,
     "benchmarks": benchmarks_block,
 }
 

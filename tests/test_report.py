@@ -74,3 +74,16 @@ def test_the_ablation_block_reads_the_newest_ablation_sweep(tmp_path, mlflow_sto
         child.log_metrics([(300, {"val_loss": loss, "val_loss_std": loss / 10})])
     out = render_blocks("<!-- report:ablation -->\n<!-- /report:ablation -->\n", tmp_path, mlflow_store)
     assert "| 64 | (x, g) | 0.5 | 0.05 | 300 |" in out and "| 128 | (x, p, d, g, q) | 0.25 | 0.025 | 300 |" in out
+
+
+def test_the_second_ablation_lists_the_step_and_meta_gradient_switches(tmp_path, mlflow_store):
+    from lsr1.config import load_config
+
+    parent = Run.open(mlflow_store, "quadratic", "ablation-step", load_config("configs/quadratic.yaml"),
+                      tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/ablation_step.yaml"})  # fmt: skip
+    config = load_config("configs/quadratic.yaml", ["lsr1.identity_in_step=true", "meta.second_order=false"])
+    child = Run.open(mlflow_store, "quadratic", "ablation-step-1", config, tags={"mlflow.parentRunId": parent.run_id})
+    child.log_metrics([(100, {"val_loss": -0.5, "val_loss_std": 0.2})])
+    out = render_blocks("<!-- report:ablation_step -->\n<!-- /report:ablation_step -->\n<!-- report:ablation -->\n<!-- /report:ablation -->\n",
+                        tmp_path, mlflow_store)  # fmt: skip
+    assert "| True | False | -0.5 | 0.2 | 100 |" in out and "Not measured yet: a sweep over tune_spaces/ablation.yaml" in out
