@@ -6,7 +6,7 @@ from torch import Tensor
 
 from lsr1.optim.quasi_newton import DenseMemory, DenseQuasiNewton, curvature_ok, scale_initial
 
-__all__ = ["BFGS", "bfgs_memory_update", "bfgs_update", "identity_memory"]
+__all__ = ["BFGS", "bfgs_memory_update", "bfgs_update"]
 
 
 def _outer(a: Tensor, b: Tensor) -> Tensor:
@@ -20,13 +20,6 @@ def bfgs_update(h: Tensor, s: Tensor, y: Tensor) -> Tensor:
     yhy = (y * hy).sum(-1, keepdim=True)
     coeff = (rho * rho * yhy + rho).unsqueeze(-1)
     return h - rho.unsqueeze(-1) * (_outer(s, hy) + _outer(hy, s)) + coeff * _outer(s, s)
-
-
-def identity_memory(x0: Tensor) -> DenseMemory:
-    """H0 = I for a batch shaped like x0 (B, N), not yet rescaled."""
-    batch, n = x0.shape
-    eye = torch.eye(n, dtype=x0.dtype, device=x0.device).expand(batch, n, n).clone()
-    return DenseMemory(eye, torch.zeros(batch, dtype=torch.bool, device=x0.device))
 
 
 def bfgs_memory_update(memory: DenseMemory, s: Tensor, y: Tensor) -> tuple[DenseMemory, Tensor]:

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from lsr1.optim.base import Info, check_pair
-from lsr1.optim.bfgs import bfgs_memory_update, identity_memory
+from lsr1.optim.bfgs import bfgs_memory_update
 from lsr1.optim.lbfgs import empty_memory, lbfgs_memory_update, two_loop
-from lsr1.optim.quasi_newton import DenseMemory
+from lsr1.optim.quasi_newton import DenseMemory, identity_memory
 
 __all__ = ["BFGSDirection", "DirectionState", "HypergradientBFGS", "HypergradientState"]
 

@@ -15,7 +15,7 @@ from lsr1.optim.base import Info, check_pair
 from lsr1.optim.linesearch import LINE_SEARCHES, line_search
 from lsr1.tasks.base import Problem
 
-__all__ = ["DenseMemory", "DenseQuasiNewton", "QNState", "QuasiNewton", "curvature_ok", "scale_initial"]
+__all__ = ["DenseMemory", "DenseQuasiNewton", "QNState", "QuasiNewton", "curvature_ok", "identity_memory", "scale_initial"]
 
 
 class QNState(NamedTuple):
@@ -93,6 +93,13 @@ class DenseMemory(NamedTuple):
     scaled: Tensor  # (B,) whether H0 = I has been rescaled by s.y / y.y yet
 
 
+def identity_memory(x0: Tensor) -> DenseMemory:
+    """H0 = I for a batch shaped like x0 (B, N), not yet rescaled."""
+    batch, n = x0.shape
+    eye = torch.eye(n, dtype=x0.dtype, device=x0.device).expand(batch, n, n).clone()
+    return DenseMemory(eye, torch.zeros(batch, dtype=torch.bool, device=x0.device))
+
+
 def scale_initial(memory: DenseMemory, s: Tensor, y: Tensor, ok: Tensor) -> DenseMemory:
     """Before the first update, replace H0 = I by (s.y / y.y) I where `ok` (Nocedal & Wright Eq. 6.20)."""
     first = ok & ~memory.scaled
@@ -105,8 +112,6 @@ class DenseQuasiNewton(QuasiNewton):
     """Quasi-Newton methods that keep the whole (B, N, N) inverse Hessian; for small N."""
 
     def init_memory(self, x0: Tensor) -> DenseMemory:
-        from lsr1.optim.bfgs import identity_memory  # bfgs builds on this module
-
         return identity_memory(x0)
 
     def apply(self, memory: DenseMemory, g: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ suboptimality (f(x_k) - f*) / (f(x_0) - f*) of any optimizer can be measured dow
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -59,8 +60,9 @@ class ConvexProblem(Problem):
     def _atv(self, r: Tensor) -> Tensor:
         return torch.bmm(self.a.transpose(1, 2), r.unsqueeze(-1)).squeeze(-1)  # (B, N)
 
+    @abc.abstractmethod
     def hessian(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """x: (B, N) -> the Hessian of f at x: (B, N, N)."""
 
     def hvp(self, x: Tensor, v: Tensor) -> Tensor:
         return torch.bmm(self.hessian(x), v.unsqueeze(-1)).squeeze(-1)
