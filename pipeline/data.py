@@ -1,6 +1,7 @@
 """The HMR data feed (DESIGN §6): prepared AMASS shards -> Ray Data -> projected-keypoint batches on CPU actors.
 
-    training_dataset  read_parquet on the shards that `pipeline.prepare` listed (checksums verified first),
+    training_dataset  read_parquet on the shards that `pipeline.prepare` listed (checksums verified first:
+                      `prepared_files(..., verify=True)`),
                       the data fraction (`lsr1.hmr.formats.in_fraction`), a global shuffle, then
                       map_batches(KeypointBatches) on an actor pool
     KeypointBatches   builds the joint model once per actor and turns frames into `HMRProblem` arrays
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,12 +34,12 @@ from lsr1.config import ExperimentConfig, HMRConfig, config_from_dict, config_to
 from lsr1.hmr.formats import PW3D_COLUMNS, in_fraction, read_frames_parquet
 from lsr1.tasks.base import derive_seed
 from lsr1.tasks.hmr import HMRProblem, amass_problem, load_joint_model, pw3d_problem
-from pipeline.prepare import MANIFEST, PrepareError, prepared_files, sha256
+from pipeline.prepare import PrepareError
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["KeypointBatches", "absolute_paths", "checked_files", "pw3d_problems", "training_dataset", "worker_problems"]
+__all__ = ["KeypointBatches", "absolute_paths", "pw3d_problems", "training_dataset", "worker_problems"]
 
 MIN_EPOCH_BATCHES = 200
 _PATH_KEYS = ("body_dir", "amass_dir", "pw3d_dir", "cache_dir", "prepared_dir", "h36m_regressor")
@@ -50,18 +50,6 @@ def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
     h = config.hmr
     paths = {key: str(Path(getattr(h, key)).resolve()) for key in _PATH_KEYS if getattr(h, key) is not None}
     return dataclasses.replace(config, hmr=dataclasses.replace(h, **paths))
-
-
-def checked_files(prepared_dir: str | Path) -> tuple[list[Path], dict[str, Path]]:
-    """`prepared_files`, each compared with the sha256 that manifest.json records: a shard changed or
-    corrupted since `pipeline.prepare` wrote it is an error naming it, before any Ray task reads it."""
-    shards, splits = prepared_files(prepared_dir)
-    manifest = Path(prepared_dir) / MANIFEST
-    recorded = {Path(prepared_dir) / e["path"]: e["sha256"] for e in json.loads(manifest.read_text())["outputs"].values() if e["path"]}
-    for path in [*shards, *splits.values()]:
-        if sha256(path) != recorded[path]:
-            raise PrepareError(f"{path}: corrupt or changed since it was prepared (sha256 differs from {manifest}); run `python -m pipeline.prepare` again")
-    return shards, splits
 
 
 def _keep_fraction(batch: Any, fraction: float) -> Any:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
 import logging
+import re
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,12 +118,18 @@ def starting_from_initializer(problem: Problem, learner: LearnedOptimizer) -> Pr
     return start
 
 
+def joint_metrics(names: Iterable[str]) -> tuple[str, str]:
+    """Of HMR metric names, those of the 14-joint PA-MPJPE and MPJPE (suffixed with the joints' source,
+    h36m or smpl)."""
+    names = list(names)
+    return next(k for k in names if k.startswith("pa_mpjpe14_")), next(k for k in names if k.startswith("mpjpe14_"))
+
+
 def hmr_summary(all_curves: list[StepCurves]) -> dict[str, float]:
     """The headline test metrics (mm): PA-MPJPE and MPJPE of the 14 evaluation joints of the first
     learner after its last step and of its initializer alone, and of L-BFGS (last curve) after its last."""
     first, lbfgs = all_curves[0].metrics, all_curves[-1].metrics
-    pa = next(k for k in first if k.startswith("pa_mpjpe14_"))
-    mp = next(k for k in first if k.startswith("mpjpe14_"))
+    pa, mp = joint_metrics(first)
     return {
         "test_pa_mpjpe": float(first[pa][-1]),
         "test_mpjpe": float(first[mp][-1]),
@@ -150,9 +157,7 @@ def evaluate_hmr(
     log.info("HMR test split: %d frames, %d inner steps, %d method(s)", problem.batch_size, steps, len(methods))
     everything = step_curves(problem, methods, steps)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = list(everything[0].metrics)
-    pa = next(k for k in metrics if k.startswith("pa_mpjpe14_"))
-    mp = next(k for k in metrics if k.startswith("mpjpe14_"))
+    pa, mp = joint_metrics(everything[0].metrics)
     title = f"3DPW test split: {problem.batch_size} frames"
     for metric, file, ylabel in ((pa, "pa_mpjpe.png", "PA-MPJPE (mm)"), (mp, "mpjpe.png", "MPJPE (mm)"), ("reprojection", "reprojection.png", "reprojection error")):
         plot_curves({title: everything}, metric, out / file, ylabel)
@@ -220,18 +225,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.run:
             path, run = _checkpoint_of_run(args.run, args.out / "checkpoint")
             args.checkpoint = [path]
-        sizes = args.buffer_sizes or ([load_learner(args.checkpoint[0])[0].lsr1.buffer_size] if run else [2, 4, 8])
+        config, _, iteration = load_learner(args.checkpoint[0])
+        sizes = args.buffer_sizes or ([config.lsr1.buffer_size] if run else [2, 4, 8])
         results = evaluate(args.checkpoint, sizes, args.steps, args.out)
     except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    iteration = load_checkpoint(args.checkpoint[0]).get("iteration", 0)
+    iteration = iteration or 0
     if run is not None:
         shutil.rmtree(args.out / "checkpoint")  # already in the run; keep only the results in --out
     elif args.log_experiment:
         from pipeline.tracking import Run, tracking_uri
 
-        config = load_learner(args.checkpoint[0])[0]
         run = Run.open(tracking_uri(), args.log_experiment, f"evaluate-{args.out.name}", config, tags={"lsr1.kind": "evaluation"})
         run.set_tags({"lsr1.checkpoints": " ".join(map(str, args.checkpoint))})
     if run is not None:

@@ -104,9 +104,11 @@ class Manifest:
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def prepared_files(prepared_dir: str | Path) -> tuple[list[Path], dict[str, Path]]:
+def prepared_files(prepared_dir: str | Path, verify: bool = False) -> tuple[list[Path], dict[str, Path]]:
     """The AMASS shards and the 3DPW split files that manifest.json of a prepared folder lists; an error
-    naming the folder or file when it was not prepared or a listed file is missing."""
+    naming the folder or file when it was not prepared or a listed file is missing. verify: also compare
+    each file with the sha256 the manifest records, so that a shard changed or corrupted since it was
+    prepared is named before any Ray task reads it."""
     folder = Path(prepared_dir)
     path = folder / MANIFEST
     if not path.is_file():
@@ -117,9 +119,12 @@ def prepared_files(prepared_dir: str | Path) -> tuple[list[Path], dict[str, Path
         raise PrepareError(f"{path}: unreadable manifest ({err}); run `python -m pipeline.prepare` again") from None
     shards = [folder / e["path"] for _, e in sorted(outputs.items()) if e["kind"] == "amass" and e["path"] is not None]
     splits = {e["split"]: folder / e["path"] for e in outputs.values() if e["kind"] == "3dpw" and e["path"] is not None}
+    recorded = {folder / e["path"]: e["sha256"] for e in outputs.values() if e["path"] is not None}
     for file in [*shards, *splits.values()]:
         if not file.is_file():
             raise PrepareError(f"{file}: listed in {path} but missing; run `python -m pipeline.prepare` again")
+        if verify and sha256(file) != recorded[file]:
+            raise PrepareError(f"{file}: corrupt or changed since it was prepared (sha256 differs from {path}); run `python -m pipeline.prepare` again")
     if not shards:
         raise PrepareError(f"{path} lists no AMASS shard with frames")
     return shards, splits

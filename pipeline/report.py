@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from lsr1.profiles import ProfileResult, performance_ratios, profile
+from pipeline.evaluate import joint_metrics
 
 __all__ = ["RENDERERS", "ReportError", "render_blocks", "main"]
 
@@ -101,8 +102,7 @@ def hmr_demo_block(root: Path, uri: str) -> str:
         return _missing(f"the MLflow run evaluate-demo-comparison at {uri}", "make demo")
     with tempfile.TemporaryDirectory() as tmp:
         curves = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "test/curves.json", tmp)).read_text())
-    pa = next(k for k in curves[0] if k.startswith("pa_mpjpe14_"))
-    mp = next(k for k in curves[0] if k.startswith("mpjpe14_"))
+    pa, mp = joint_metrics(curves[0])
     lines = ["| method | PA-MPJPE (mm) | MPJPE (mm) | its initializer alone: PA-MPJPE / MPJPE |", "|---|---|---|---|"]
     for c in curves:
         start = f"{c[pa][0]:.1f} / {c[mp][0]:.1f}"

@@ -33,7 +33,7 @@ from lsr1.learned import with_buffer_size
 from lsr1.optim import BFGS, LBFGS
 from lsr1.tasks import problem_set
 from pipeline.data import absolute_paths
-from pipeline.evaluate import evaluate_hmr, load_learner
+from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.tracking import Run, tracking_uri
 from pipeline.train import DATA_CPUS, connect_ray, fit_with_ray
@@ -137,8 +137,7 @@ def compare(top: list[dict[str, Any]], steps: int, out: Path, baselines: list[Pa
         names = [f"{entry['trial']} (L-SR1)" for entry in top]
         everything = evaluate_hmr(paths, models, steps, out / "test", names=names)
         shutil.copy(out / "test" / "pa_mpjpe.png", out / "comparison.png")
-        pa = next(k for k in everything[0].metrics if k.startswith("pa_mpjpe14_"))
-        mp = next(k for k in everything[0].metrics if k.startswith("mpjpe14_"))
+        pa, mp = joint_metrics(everything[0].metrics)
         rows = [_row(entry, {"test_pa_mpjpe": float(c.metrics[pa][-1]), "test_mpjpe": float(c.metrics[mp][-1]),
                              "test_pa_mpjpe_init": float(c.metrics[pa][0])})
                 for entry, c in zip(top, everything)]  # fmt: skip

@@ -144,8 +144,8 @@ def fit_with_ray(
 ) -> None:
     """Run `train_loop_per_worker` under a TorchTrainer and copy the final checkpoint directory to `dest`.
 
-    HMR: the workers read a Ray Data dataset of the prepared AMASS shards (`pipeline.data`), and one CPU
-    is left to its tasks and actor. Ray Train keeps the run under storage/name, so calling this again with
+    HMR: the workers read a Ray Data dataset of the prepared AMASS shards (`pipeline.data`), and
+    DATA_CPUS are left to its tasks and actor. Ray Train keeps the run under storage/name, so calling this again with
     the same name resumes it."""
     import ray
     import ray.train
@@ -155,12 +155,13 @@ def fit_with_ray(
     use_gpu = gpu if gpu is not None else resources.get("GPU", 0) >= workers
     datasets = None
     if config.task.name == "hmr":
-        from pipeline.data import absolute_paths, checked_files, training_dataset
+        from pipeline.data import absolute_paths, training_dataset
+        from pipeline.prepare import prepared_files
 
         if config.task.batch_size < workers:
             raise ValueError(f"task.batch_size {config.task.batch_size} is smaller than the {workers} workers that share it")
         config = absolute_paths(config)  # workers and actors do not run in this folder
-        datasets = {"train": training_dataset(config, checked_files(config.hmr.prepared_dir)[0])}
+        datasets = {"train": training_dataset(config, prepared_files(config.hmr.prepared_dir, verify=True)[0])}
     spare = DATA_CPUS if datasets else 0.0
     cpus = cpus_per_worker or max(0.25 if datasets else 0.5, min(4.0, (resources.get("CPU", 1) - spare) / workers))
     trainer = TorchTrainer(

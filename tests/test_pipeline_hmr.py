@@ -16,9 +16,9 @@ from lsr1.hmr.formats import in_fraction
 from lsr1.meta import train
 from lsr1.tasks import problem_set
 from lsr1.tasks.hmr import HMRProblem, load_joint_model
-from pipeline.data import absolute_paths, checked_files, passes_per_epoch, training_dataset
+from pipeline.data import absolute_paths, passes_per_epoch, training_dataset
 from pipeline.evaluate import main as evaluate_main
-from pipeline.prepare import prepare
+from pipeline.prepare import prepare, prepared_files
 from pipeline.sweep import compare
 from pipeline.train import main as train_main
 from tests.hmr_data import hmr_config, hmr_data  # noqa: F401
@@ -38,7 +38,7 @@ def _overrides(config: ExperimentConfig) -> list[str]:
 
 
 def test_feed_turns_frames_into_keypoint_problems_and_keeps_the_data_fraction(ray_local, prepared):
-    shards, _ = checked_files(prepared.hmr.prepared_dir)
+    shards, _ = prepared_files(prepared.hmr.prepared_dir, verify=True)
     batch = training_dataset(prepared, shards).take_batch(16)
     problem = HMRProblem.from_arrays(batch, load_joint_model(prepared.hmr), prepared.hmr)
     assert problem.batch_size == 16 and problem.keypoints.shape == (16, 18, 2) and problem.finite()

@@ -10,7 +10,6 @@ import pytest
 
 from lsr1.hmr.formats import PW3D_COLUMNS, load_amass_frames, read_3dpw_split, read_frames_parquet
 from lsr1.tasks.hmr import pw3d_arrays
-from pipeline.data import checked_files
 from pipeline.prepare import PrepareError, main, prepare, prepared_files
 from tests.hmr_data import hmr_config, hmr_data  # noqa: F401
 
@@ -27,7 +26,7 @@ def setup(hmr_data, tmp_path):  # noqa: F811
 
 def test_shards_hold_every_frame_and_a_rerun_keeps_them(setup):
     first = prepare(setup, per_shard=3, progress=False)
-    shards, splits = checked_files(setup.prepared_dir)
+    shards, splits = prepared_files(setup.prepared_dir, verify=True)
     frames = load_amass_frames(setup.amass_dir)
     rows = [read_frames_parquet(s, {"pose72": (72,), "betas10": (10,)}) for s in shards]
     assert len(shards) > 1 and sum(len(r["pose72"]) for r in rows) == len(frames["pose72"])
@@ -71,10 +70,10 @@ def test_a_shard_changed_after_preparing_is_named_before_training_reads_it(setup
     shard = prepared_files(setup.prepared_dir)[0][0]
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(PrepareError, match=f"{shard.name}: corrupt or changed"):
-        checked_files(setup.prepared_dir)
+        prepared_files(setup.prepared_dir, verify=True)
     result = prepare(setup, per_shard=3, progress=False)  # and preparing again rewrites exactly that shard
     assert result["written"] == [shard.relative_to(setup.prepared_dir).as_posix()]
-    checked_files(setup.prepared_dir)
+    prepared_files(setup.prepared_dir, verify=True)
 
 
 def test_unprepared_folder_is_a_clear_error(tmp_path):
