@@ -1,18 +1,22 @@
-"""Runtime and peak memory per inner HMR iteration at batch 256: initializer + L-SR1 against initializer + LGD
-(paper Table 3: 91 ms and 14.60 GiB against 166 ms and 17.81 GiB on an RTX 3090, ratio 0.55).
+"""Runtime and peak memory per inner HMR iteration: L-SR1 against LGD and Adam, at the paper's batch sizes
+(App. A: inference at batch 32, Fig. 6, and 256, Table 3: 91 ms / 14.60 GiB for L-SR1 against 166 ms /
+17.81 GiB for LGD on an RTX 3090; meta-training at batch 4, Fig. 7).
 
 One inner iteration at inference is what `lsr1.meta.run` does per step: the update module's step, f at the
 new iterate and its gradient through the joints-only body. Its time is (run(K) - run(0)) / K, best of
-repeats, both learners on the same AMASS batch, eval mode, threads pinned. Peak memory is the most tensor
-memory one steady-state iteration allocates on top of what was live before it (CUDA: max_memory_allocated;
-CPU: the running sum of the profiler's allocation records). Also shown: the update step and the gradient
-alone, a meta-training iteration (MetaLoss forward and backward, per unrolled step), and the matmul FLOPs of
-one update step, which decide the CPU ratio.
+repeats, every method on the same AMASS batch, eval mode, threads pinned. Adam (lr 0.01, from the rest
+pose) is the first-order reference: it has no network, so no meta-training figure. Peak memory is the
+most tensor memory one steady-state iteration allocates on top of what was live before it (CUDA:
+max_memory_allocated; CPU: the running sum of the profiler's allocation records); for meta-training, one
+MetaLoss forward and backward over K steps, divided by nothing (it is the peak of the whole unroll).
+Also at the largest inference batch: the update step and the gradient alone, and the matmul FLOPs of one
+update step, which decide the CPU ratio.
 
-    python benchmarks/hmr_step.py [--config configs/hmr.yaml] [--batch 256] [--steps 8] [--threads 1]
+    python benchmarks/hmr_step.py [--config configs/hmr.yaml] [--batches 32 256] [--train-batch 4] [--threads 1]
 
 Architectures come from the preset (paper C.2.3: L-SR1 hidden 128, L = 4; LGD's 1024-wide MLPs); the data
-are the synthetic stand-ins (written to a temporary folder unless --data holds them). Last line: JSON.
+are the synthetic stand-ins (written to a temporary folder unless --data holds them). Last line: JSON, with
+`inference` and `training` keyed by batch size, then method.
 """
 from __future__ import annotations
 
@@ -28,11 +32,15 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from lsr1.config import load_config
+from lsr1.config import ExperimentConfig, load_config
 from lsr1.hmr.synthetic import generate
 from lsr1.learned import make_learner
 from lsr1.meta import MetaLoss, run
+from lsr1.optim import Adam
 from lsr1.tasks import problem_set
+
+ADAM_LR = 0.01
+LEARNERS = {"lsr1": "L-SR1", "lgd": "LGD"}
 
 
 def best_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -72,50 +80,60 @@ def matmul_gflop(learner: nn.Module, rows: int) -> float:
     return sum(2 * rows * m.in_features * m.out_features for m in learner.update.modules() if isinstance(m, nn.Linear)) / 1e9
 
 
-def measure(name: str, args: argparse.Namespace, data: Path, device: torch.device) -> dict[str, float]:
+def setting(args: argparse.Namespace, data: Path, learner: str, batch: int) -> ExperimentConfig:
     paths = [f"hmr.body_dir={data / 'body'}", f"hmr.amass_dir={data / 'amass'}", f"hmr.pw3d_dir={data / '3dpw'}"]
-    config = load_config(args.config, [f"learner={name}", f"task.batch_size={args.batch}", *paths])
+    return load_config(args.config, [f"learner={learner}", f"task.batch_size={batch}", *paths])
+
+
+def inference(method: str, args: argparse.Namespace, data: Path, batch: int, device: torch.device, details: bool) -> dict[str, float]:
+    """ms and peak MiB per inner iteration of `method` (lsr1, lgd or adam) at this batch size."""
+    config = setting(args, data, "lsr1" if method == "adam" else method, batch)
     torch.manual_seed(0)
-    learner = make_learner(config).to(device)
     problem = problem_set(config.task, "train", 0, hmr=config.hmr, device=device)
-    learner.eval()
-    full = best_ms(lambda: run(learner, problem, args.steps), args.repeats, device)
-    start = best_ms(lambda: run(learner, problem, 0), args.repeats, device)
+    optimizer = Adam(lr=ADAM_LR) if method == "adam" else make_learner(config).to(device).eval()
+    full = best_ms(lambda: run(optimizer, problem, args.steps), args.repeats, device)
+    start = best_ms(lambda: run(optimizer, problem, 0), args.repeats, device)
     with torch.no_grad():
-        x = learner.initial_point(problem)
+        initial_point = getattr(optimizer, "initial_point", None)
+        x = problem.x0 if initial_point is None else initial_point(problem)
         g = problem.grad(x)
-        state = learner.init_for(problem, x, g)
+        state = optimizer.init(x, g) if method == "adam" else optimizer.init_for(problem, x, g)
         for _ in range(2):  # a steady state: the buffer holds vectors
-            x, state, _ = learner.step(state, x, g)
+            x, state, _ = optimizer.step(state, x, g)
             g = problem.grad(x)
 
         def iteration() -> object:
-            x_next, _, _ = learner.step(state, x, g)
+            x_next, _, _ = optimizer.step(state, x, g)
             return problem.value(x_next), problem.grad(x_next)
 
-        step_ms = best_ms(lambda: learner.step(state, x, g), args.repeats, device)
-        grad_ms = best_ms(lambda: problem.grad(x), args.repeats, device)
-        peak = peak_mib(iteration, device)
-    learner.train()
+        figures = {"ms": (full - start) / args.steps, "peak_mib": peak_mib(iteration, device)}
+        if details:
+            figures["step_ms"] = best_ms(lambda: optimizer.step(state, x, g), args.repeats, device)
+            figures["grad_ms"] = best_ms(lambda: problem.grad(x), args.repeats, device)
+            if method != "adam":
+                rows = batch * (problem.dim if method == "lsr1" else 1)
+                figures["gflop"] = matmul_gflop(optimizer, rows)
+                figures["params_m"] = sum(p.numel() for p in optimizer.update.parameters()) / 1e6
+    return figures
+
+
+def training(learner_name: str, args: argparse.Namespace, data: Path, batch: int, device: torch.device) -> dict[str, float]:
+    """ms per unrolled step and the peak MiB of one meta-training iteration (MetaLoss forward and backward)."""
+    config = setting(args, data, learner_name, batch)
+    torch.manual_seed(0)
+    problem = problem_set(config.task, "train", 0, hmr=config.hmr, device=device)
+    learner = make_learner(config).to(device).train()
     loss = MetaLoss(learner, config.meta.unroll_steps)
-    train_ms = best_ms(lambda: loss(problem)[0].backward(), max(2, args.repeats // 2), device) / config.meta.unroll_steps
-    rows = args.batch * (problem.dim if name == "lsr1" else 1)
-    return {
-        "ms": (full - start) / args.steps,
-        "step_ms": step_ms,
-        "grad_ms": grad_ms,
-        "peak_mib": peak,
-        "train_ms": train_ms,
-        "gflop": matmul_gflop(learner, rows),
-        "params_m": sum(p.numel() for p in learner.update.parameters()) / 1e6,
-        "dim": problem.dim,
-    }
+    iteration = lambda: loss(problem)[0].backward()  # noqa: E731
+    ms = best_ms(iteration, args.repeats, device) / config.meta.unroll_steps
+    return {"ms": ms, "peak_mib": peak_mib(iteration, device), "unroll_steps": config.meta.unroll_steps}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/hmr.yaml")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 256], help="inference batch sizes (the last one gets the details)")
+    parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -126,34 +144,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data or tmp)
         if not args.data:
-            generate(tmp, amass={"frames": 40})
-        results = {name: measure(name, args, data, device) for name in ("lsr1", "lgd")}
+            generate(tmp, amass={"frames": 64})
+        infer = {b: {m: inference(m, args, data, b, device, b == args.batches[-1]) for m in ("lsr1", "lgd", "adam")} for b in args.batches}
+        train = {name: training(name, args, data, args.train_batch, device) for name in LEARNERS}
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU, {args.threads} thread(s)"
-    a, b = results["lsr1"], results["lgd"]
-    print(f"machine: {machine}, torch {torch.__version__}; batch {args.batch}, N = {a['dim']}, K = {args.steps}")
-    print(f"{'per inner iteration':34}{'L-SR1':>10}{'LGD':>10}{'ratio':>8}")
-    rows = [
-        ("inference (ms)", "ms"),
-        ("  update step alone (ms)", "step_ms"),
-        ("  f gradient alone (ms)", "grad_ms"),
-        ("peak memory (MiB)", "peak_mib"),
-        ("meta-training, per step (ms)", "train_ms"),
-        ("update step matmul GFLOP", "gflop"),
-        ("update module params (M)", "params_m"),
-    ]
-    for label, key in rows:
-        print(f"{label:34}{a[key]:10.2f}{b[key]:10.2f}{a[key] / b[key]:8.2f}")
+    print(f"machine: {machine}, torch {torch.__version__}; K = {args.steps} inference steps")
+    print(f"{'per inner iteration':36}{'L-SR1':>10}{'LGD':>10}{'Adam':>10}{'L-SR1/LGD':>11}")
+    line = lambda label, a, b, c: print(f"{label:36}{a:10.2f}{b:10.2f}{c:>10}{a / b:11.2f}")  # noqa: E731
+    for batch, r in infer.items():
+        line(f"inference, batch {batch} (ms)", r["lsr1"]["ms"], r["lgd"]["ms"], f"{r['adam']['ms']:.2f}")
+        line(f"  peak memory (MiB)", r["lsr1"]["peak_mib"], r["lgd"]["peak_mib"], f"{r['adam']['peak_mib']:.2f}")
+    last = infer[args.batches[-1]]
+    for label, key in (("  update step alone (ms)", "step_ms"), ("  f gradient alone (ms)", "grad_ms")):
+        line(label, last["lsr1"][key], last["lgd"][key], f"{last['adam'][key]:.2f}")
+    for label, key in (("  update step matmul GFLOP", "gflop"), ("  update module params (M)", "params_m")):
+        line(label, last["lsr1"][key], last["lgd"][key], "-")
+    line(f"meta-training, batch {args.train_batch} (ms/step)", train["lsr1"]["ms"], train["lgd"]["ms"], "-")
+    line("  peak memory (MiB)", train["lsr1"]["peak_mib"], train["lgd"]["peak_mib"], "-")
+    rounded = lambda d: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
+    big = infer[args.batches[-1]]
     print(json.dumps({
-        "lsr1_ms": round(a["ms"], 2),
-        "lgd_ms": round(b["ms"], 2),
-        "ratio": round(a["ms"] / b["ms"], 3),
-        "lsr1_peak_mib": round(a["peak_mib"], 2),
-        "lgd_peak_mib": round(b["peak_mib"], 2),
-        "lsr1_train_ms": round(a["train_ms"], 2),
-        "lgd_train_ms": round(b["train_ms"], 2),
-        "lsr1_gflop": round(a["gflop"], 3),
-        "lgd_gflop": round(b["gflop"], 3),
+        "lsr1_ms": round(big["lsr1"]["ms"], 2),
+        "lgd_ms": round(big["lgd"]["ms"], 2),
+        "adam_ms": round(big["adam"]["ms"], 2),
+        "ratio": round(big["lsr1"]["ms"] / big["lgd"]["ms"], 3),
+        "batch": args.batches[-1],
         "machine": machine,
+        "inference": {str(b): {m: rounded(f) for m, f in r.items()} for b, r in infer.items()},
+        "training": {str(args.train_batch): {m: rounded(f) for m, f in train.items()}},
     }))  # fmt: skip
 
 

@@ -15,8 +15,8 @@ Every Ray Train worker reads its own share of each epoch (`get_dataset_shard("tr
 
 An epoch of the feed is one execution of the dataset, with a fixed start-up cost (listing, the shuffle, a
 new actor building the body: ~5 s on 2 cores) that the workers wait for. So a small data set (the
-synthetic stand-ins, a small data fraction) is read several times per epoch, enough for MIN_EPOCH_BATCHES
-global batches; every pass gets its own augmentation. Real AMASS gives far more batches in one pass.
+synthetic stand-ins, a small data fraction) is held in memory and each frame repeated, enough for
+MIN_EPOCH_BATCHES global batches per epoch; every copy gets its own augmentation. Real AMASS gives far more batches in one pass.
 """
 from __future__ import annotations
 
@@ -61,6 +61,13 @@ def _keep_fraction(batch: Any, fraction: float) -> Any:
     return batch.filter(pa.array(in_fraction(sources, frames, fraction)))
 
 
+def _repeat_rows(batch: Any, times: int) -> Any:
+    """A pyarrow batch with its rows `times` times over."""
+    import pyarrow as pa
+
+    return pa.concat_tables([batch] * times)
+
+
 class KeypointBatches:
     """A map_batches callable class: the joint model is built once per actor, then every batch of AMASS
     frames becomes `HMRProblem.to_arrays()` (keypoints, confidences, ground truth) on this CPU.
@@ -102,9 +109,9 @@ def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.
     if config.hmr.data_fraction < 1.0:
         dataset = dataset.map_batches(_keep_fraction, fn_kwargs={"fraction": config.hmr.data_fraction}, batch_format="pyarrow")
     passes = passes_per_epoch(shards, config.task.batch_size, config.hmr.data_fraction)
-    if passes > 1:  # fewer frames than MIN_EPOCH_BATCHES batches (a few MB): held in the object store
-        frames = dataset.materialize()
-        dataset = frames.union(*[frames] * (passes - 1))
+    if passes > 1:  # fewer frames than MIN_EPOCH_BATCHES batches (a few MB): held in the object store, each
+        # row `passes` times (one operator, where a union of `passes` copies would plan `passes` inputs)
+        dataset = dataset.materialize().map_batches(_repeat_rows, fn_kwargs={"times": passes}, batch_format="pyarrow")
     return dataset.random_shuffle().map_batches(
         KeypointBatches,
         fn_constructor_kwargs={"hmr": config_to_dict(config.hmr), "seed": config.task.seed},

@@ -10,7 +10,8 @@ newton_cosine.png, curves.json and results.md into --out, and prints a short tab
 HMR (`task.name: hmr`; e.g. an L-SR1 and an LGD checkpoint): PA-MPJPE, MPJPE and the reprojection error
 per inner step on the 3DPW test split of the first checkpoint's config (real or synthetic), for every
 checkpoint (step 0 is its initializer alone) and for L-BFGS started from the first checkpoint's
-initializer (paper Fig. 4). Writes pa_mpjpe.png, mpjpe.png, reprojection.png, curves.json and results.md.
+initializer (paper Fig. 4). Writes pa_mpjpe.png, mpjpe.png, reprojection.png, curves.json, models.json (checkpoints, iterations,
+parameter counts) and results.md.
 
     python -m pipeline.evaluate --run <mlflow run id>
 
@@ -162,11 +163,16 @@ def evaluate_hmr(
     for metric, file, ylabel in ((pa, "pa_mpjpe.png", "PA-MPJPE (mm)"), (mp, "mpjpe.png", "MPJPE (mm)"), ("reprojection", "reprojection.png", "reprojection error")):
         plot_curves({title: everything}, metric, out / file, ylabel)
     (out / "curves.json").write_text(json.dumps([c.as_dict() for c in everything], indent=1))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    sizes = [{"name": n, "checkpoint": str(p), "iteration": it, "initializer_params": count(m.initializer), "update_params": count(m.update)}
+             for n, p, (_, m, it) in zip(names, checkpoints, models)]  # fmt: skip
+    (out / "models.json").write_text(json.dumps(sizes, indent=1))
     at = sorted({k for k in (0, 1, 2, 5, 10, steps) if k <= steps})
     summary = hmr_summary(everything)
     rows = [f"| initializer only ({names[0]}) | {summary['test_pa_mpjpe_init']:.1f} | {summary['test_mpjpe_init']:.1f} |"]
     rows += [f"| {c.name} | {float(c.metrics[pa][-1]):.1f} | {float(c.metrics[mp][-1]):.1f} |" for c in everything]
-    sources = "\n".join(f"- {n}: `{p}` (iteration {it})" for n, p, (_, _, it) in zip(names, checkpoints, models))
+    sources = "\n".join(f"- {m['name']}: `{m['checkpoint']}` (iteration {m['iteration']}; parameters: initializer "
+                        f"{m['initializer_params']:,}, update module {m['update_params']:,})" for m in sizes)
     joints = "the H36M regressor" if pa.endswith("h36m") else "SMPL joints (no H36M regressor configured)"
     (out / "results.md").write_text(
         f"# HMR test results: {problem.batch_size} 3DPW test frames from `{config.hmr.pw3d_dir}`, {steps} inner steps\n\n"

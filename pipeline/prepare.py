@@ -14,6 +14,7 @@ so an interrupted run continues where it stopped. A file that cannot be read fai
 Readers and checks are lsr1.hmr.formats' (pickles only through its restricted unpickler).
 
     python -m pipeline.prepare --synthetic                          # the synthetic stand-ins, seconds
+    python -m pipeline.prepare --config configs/hmr_data_efficiency.yaml --synthetic --synthetic-sequences 100  # 24 000 frames
     python -m pipeline.prepare --config configs/hmr.yaml --every 2  # real AMASS / 3DPW (datasets/README.md)
 """
 from __future__ import annotations
@@ -271,9 +272,9 @@ def prepare(config: HMRConfig, every: int = 1, per_shard: int = 64, on_error: st
 # the command
 
 
-def _synthetic(config: HMRConfig) -> None:
-    """Write the synthetic body, AMASS and 3DPW (lsr1.hmr.synthetic, seeded: the same bytes every time)
-    into the common parent of the configured folders."""
+def _synthetic(config: HMRConfig, sequences: int) -> None:
+    """Write the synthetic body, AMASS (`sequences` per subject, 60 frames each) and 3DPW
+    (lsr1.hmr.synthetic, seeded: the same bytes every time) into the common parent of the configured folders."""
     from lsr1.hmr.synthetic import generate
 
     root = Path(config.amass_dir).parent
@@ -282,7 +283,7 @@ def _synthetic(config: HMRConfig) -> None:
     wrong = [f"{key}={given[key]} (expected {path})" for key, path in expected.items() if Path(given[key]) != path]
     if wrong:
         raise PrepareError(f"--synthetic writes body/, amass/ and 3dpw/ under {root}; got {', '.join(wrong)}")
-    generate(root)
+    generate(root, amass={"sequences": sequences})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,12 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="a preset (its hmr section); default: the synthetic stand-ins")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. hmr.amass_dir=/data/amass")
     parser.add_argument("--synthetic", action="store_true", help="first write the synthetic body, AMASS and 3DPW (lsr1.hmr.synthetic)")
+    parser.add_argument("--synthetic-sequences", type=int, default=2, metavar="N",
+                        help="with --synthetic: AMASS sequences per subject (2 sub-datasets x 2 subjects x N x 60 frames; default 2)")
     parser.add_argument("--every", type=int, default=1, help="keep every N-th AMASS frame (default 1: all, as LGD)")
     parser.add_argument("--sequences-per-shard", type=int, default=64, help="AMASS sequences per Parquet shard")
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="an unreadable input file fails the run (default) or is left out")
     args = parser.parse_args(argv)
-    if args.every < 1 or args.sequences_per_shard < 1:
-        parser.error("--every and --sequences-per-shard must be >= 1")
+    if min(args.every, args.sequences_per_shard, args.synthetic_sequences) < 1:
+        parser.error("--every, --sequences-per-shard and --synthetic-sequences must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         config = load_config(args.config, args.overrides).hmr
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.synthetic:
-            _synthetic(config)
+            _synthetic(config, args.synthetic_sequences)
         result = prepare(config, args.every, args.sequences_per_shard, args.on_error)
     except (PrepareError, FormatError) as err:
         print(f"error: {err}", file=sys.stderr)

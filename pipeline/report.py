@@ -3,14 +3,24 @@
 docs/results.md is prose around blocks that only this command writes, between `<!-- report:NAME -->` and
 `<!-- /report:NAME -->`, from what the product's own commands left behind:
 
-    profiles     docs/profiles/distances.csv      `python -m lsr1.profiles --out docs/profiles`
-    bfgs_steps   docs/bfgs_steps/iterations.csv   `python -m lsr1.iterations --out docs/bfgs_steps`
-    hmr_demo     MLflow: the run `evaluate-demo-comparison` of experiment hmr_demo (`make demo`), its
-                 test/curves.json
-    ablation     MLflow: the newest sweep over tune_spaces/ablation.yaml (the command is in that file),
-                 its trials' final validation loss; ablation_step the same for tune_spaces/ablation_step.yaml
-    benchmarks   benchmarks/results/<name>.json    the last line of `benchmarks/<name>.py`, which
-                 `--run-benchmarks NAME ...` runs and saves first
+    quadratic        MLflow: the run `evaluate-quadratic-test` (experiment quadratic) of the shipped quadratic
+                     models; its test/curves.json; its files copied to docs/quadratic/
+    quadratic_models the training summaries stored with the shipped models (`lsr1.pretrained.info`)
+    profiles         docs/profiles/distances.csv      `python -m lsr1.profiles --out docs/profiles`
+    bfgs_steps       docs/bfgs_steps/iterations.csv   `python -m lsr1.iterations --out docs/bfgs_steps`
+    hmr_demo         MLflow: the run `evaluate-demo-comparison` of experiment hmr_demo (`make demo`), its
+                     test/curves.json; hmr_table the same for `evaluate-hmr-table` (`make experiments`),
+                     with models.json's parameter counts; its files copied to docs/hmr/
+    ablation         MLflow: the newest sweep over tune_spaces/ablation.yaml (the command is in that file),
+                     its trials' final validation loss; ablation_step and sensitivity the same for
+                     tune_spaces/ablation_step.yaml and tune_spaces/sensitivity.yaml
+    data_efficiency  MLflow: the newest sweep over tune_spaces/data_efficiency.yaml, its test comparison
+    runtime          benchmarks/results/hmr_step.json (nested by batch size and method)
+    benchmark_NAME   benchmarks/results/NAME.json     the last line of `benchmarks/NAME.py`, which
+                     `--run-benchmarks NAME ...` runs and saves first
+
+`make experiments` runs what the MLflow blocks read (minutes to tens of minutes each); `make report` runs
+the profiles, the step-size iterations and the benchmarks, then renders.
 
 A block whose source is missing says so and names the command that makes it; a block without a renderer,
 or one that is opened and not closed, is an error naming it.
@@ -22,6 +32,7 @@ import csv
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,41 +101,124 @@ def bfgs_steps_block(root: Path, uri: str) -> str:
     return "\n".join(lines) + f"\n\n(Median iterations to a relative suboptimality of 1e-6; from `{path.relative_to(root)}`.)"
 
 
-def hmr_demo_block(root: Path, uri: str) -> str:
+def _evaluation(uri: str, experiment: str, run_name: str, files: list[str], into: Path) -> tuple[str, dict[str, Path]] | None:
+    """The newest `pipeline.evaluate --log-experiment` run of that name: its id and the test/ artifacts
+    `files` downloaded into `into` (those it has); None if there is no such run."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("hmr_demo")
-    runs = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id], "tags.`lsr1.run_name` = 'evaluate-demo-comparison'", order_by=["attributes.start_time DESC"], max_results=1
+    found = client.get_experiment_by_name(experiment)
+    runs = [] if found is None else client.search_runs(
+        [found.experiment_id], f"tags.`lsr1.run_name` = '{run_name}'", order_by=["attributes.start_time DESC"], max_results=1
     )
     if not runs:
-        return _missing(f"the MLflow run evaluate-demo-comparison at {uri}", "make demo")
+        return None
+    got = {}
+    for name in files:
+        try:
+            got[name] = Path(client.download_artifacts(runs[0].info.run_id, f"test/{name}", str(into)))
+        except (MlflowException, OSError):
+            continue
+    return runs[0].info.run_id, got
+
+
+def _copy_into(files: dict[str, Path], into: Path) -> None:
+    """The evaluation's files (figures, results.md, curves.json) as the report's copy under docs/."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        shutil.copyfile(path, into / name)
+
+
+def quadratic_block(root: Path, uri: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        curves = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "test/curves.json", tmp)).read_text())
-    pa, mp = joint_metrics(curves[0])
-    lines = ["| method | PA-MPJPE (mm) | MPJPE (mm) | its initializer alone: PA-MPJPE / MPJPE |", "|---|---|---|---|"]
+        found = _evaluation(uri, "quadratic", "evaluate-quadratic-test", ["curves.json", "results.md", "gap.png", "newton_cosine.png", "objective.png"], Path(tmp))
+        if found is None or "curves.json" not in found[1]:
+            return _missing(f"the MLflow run evaluate-quadratic-test at {uri}", "make experiments")
+        run_id, files = found
+        curves = json.loads(files["curves.json"].read_text())
+        _copy_into(files, root / "docs/quadratic")
+    steps = len(curves[0]["gap"]) - 1
+    at = sorted({k for k in (0, 5, 10, steps) if k <= steps})
+    lines = ["| method | " + " | ".join(f"gap k = {k}" for k in at) + f" | cos(step, Newton) k = {steps} |", "|---" * (len(at) + 2) + "|"]
     for c in curves:
-        start = f"{c[pa][0]:.1f} / {c[mp][0]:.1f}"
-        lines.append(f"| {c['name']} | {c[pa][-1]:.1f} | {c[mp][-1]:.1f} | {start} |")
-    return "\n".join(lines) + f"\n\n({len(curves[0][pa]) - 1} inner steps; MLflow run `{runs[0].info.run_id}`, {pa.split('_')[-1].upper()} joints.)"
+        lines.append(f"| {c['name']} | " + " | ".join(f"{c['gap'][k]:.3g}" for k in at) + f" | {c['newton_cosine'][-1]:.2f} |")
+    return "\n".join(lines) + f"\n\n(Mean over the test problems; MLflow run `{run_id}`; figures and every number in `docs/quadratic/`.)"
 
 
-def _sweep_trials(uri: str, space: str) -> tuple[str, list] | None:
-    """The newest sweep over tune_spaces/<space> in the store: its run id and its trials' runs."""
+def quadratic_models_block(root: Path, uri: str) -> str:
+    from lsr1 import pretrained
+
+    lines = ["| shipped model | λ_sec | best validation loss | at meta-iteration | trained |", "|---|---|---|---|---|"]
+    for name in ("quadratic", "quadratic_noproj"):
+        info = pretrained.info(name)
+        lines.append(f"| `{name}` | {info['config']['lsr1']['lambda_sec']:g} | {info['best_val_loss']:.2f} | {info['best_iteration']} | {info.get('trained_with', '')} |")
+    return "\n".join(lines) + "\n\n(From `lsr1.pretrained.info(name)`: the summary stored with each shipped model.)"
+
+
+def _hmr_block(root: Path, uri: str, run_name: str, command: str, figures: Path | None) -> str:
+    """Per-step PA-MPJPE and reprojection error of every method of an HMR evaluation run, with parameter
+    counts where the run has models.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        found = _evaluation(uri, "hmr_demo", run_name, ["curves.json", "models.json", "results.md", "pa_mpjpe.png", "reprojection.png", "mpjpe.png"], Path(tmp))
+        if found is None or "curves.json" not in found[1]:
+            return _missing(f"the MLflow run {run_name} at {uri}", command)
+        run_id, files = found
+        curves = json.loads(files["curves.json"].read_text())
+        models = {m["name"]: m for m in json.loads(files["models.json"].read_text())} if "models.json" in files else {}
+        if figures is not None:
+            _copy_into(files, root / figures)
+    pa, _ = joint_metrics(curves[0])
+    steps = len(curves[0][pa]) - 1
+    at = sorted({k for k in (0, 1, 4, steps) if k <= steps})
+    lines = ["| method | " + " | ".join(f"PA-MPJPE k = {k}" for k in at) + " | lowest (step) | "
+             + " | ".join(f"reprojection k = {k}" for k in at[1:]) + " | parameters: initializer + update |",
+             "|---" * (2 * len(at) + 2) + "|"]  # fmt: skip
+    for c in curves:
+        errors = c[pa]
+        best = min(range(len(errors)), key=errors.__getitem__)
+        m = models.get(c["name"])
+        size = f"{m['initializer_params']:,} + {m['update_params']:,}" if m else "—"
+        lines.append(f"| {c['name']} | " + " | ".join(f"{errors[k]:.1f}" for k in at) + f" | {errors[best]:.1f} ({best}) | "
+                     + " | ".join(f"{c['reprojection'][k]:.4g}" for k in at[1:]) + f" | {size} |")  # fmt: skip
+    where = f"; figures in `{figures}/`" if figures is not None else ""
+    return "\n".join(lines) + f"\n\n(mm; step 0 is the method's initializer alone; MLflow run `{run_id}`, {pa.split('_')[-1].upper()} joints{where}.)"
+
+
+def hmr_demo_block(root: Path, uri: str) -> str:
+    return _hmr_block(root, uri, "evaluate-demo-comparison", "make demo", None)
+
+
+def hmr_table_block(root: Path, uri: str) -> str:
+    return _hmr_block(root, uri, "evaluate-hmr-table", "make experiments", Path("docs/hmr"))
+
+
+def _newest_sweep(uri: str, space: str):
+    """The newest sweep run over tune_spaces/<space> in the store, or None."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     sweeps = [r for r in client.search_runs(experiments, "tags.`lsr1.kind` = 'sweep'", order_by=["attributes.start_time DESC"])
               if Path(r.data.tags.get("lsr1.sweep_space", "")).name == space]  # fmt: skip
-    if not sweeps:
+    return sweeps[0] if sweeps else None
+
+
+def _sweep_trials(uri: str, space: str) -> tuple[str, list] | None:
+    """The newest sweep over tune_spaces/<space> in the store: its run id and its finished trials' runs,
+    each with the meta-iteration of its final validation as the metric `_step`."""
+    from mlflow.tracking import MlflowClient
+
+    sweep = _newest_sweep(uri, space)
+    if sweep is None:
         return None
-    trials = client.search_runs([sweeps[0].info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweeps[0].info.run_id}'")
-    finished = [t for t in trials if "val_loss" in t.data.metrics]
-    for t in finished:  # the meta-iteration of the final validation, beside its value
-        t.data.metrics["_step"] = max(m.step for m in client.get_metric_history(t.info.run_id, "val_loss"))
-    return sweeps[0].info.run_id, finished
+    client = MlflowClient(uri)
+    trials = client.search_runs([sweep.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'")
+    metric = "val_loss" if any("val_loss" in t.data.metrics for t in trials) else "val_pa_mpjpe"
+    finished = [t for t in trials if metric in t.data.metrics]
+    for t in finished:
+        t.data.metrics["_step"] = max(m.step for m in client.get_metric_history(t.info.run_id, metric))
+    return sweep.info.run_id, finished
 
 
 def _ablation_table(uri: str, space: str, columns: dict[str, Callable[[dict[str, str]], str]]) -> str:
@@ -132,7 +226,7 @@ def _ablation_table(uri: str, space: str, columns: dict[str, Callable[[dict[str,
     loss, its std over problems and the meta-iteration it was taken at."""
     found = _sweep_trials(uri, space)
     if found is None:
-        return _missing(f"a sweep over tune_spaces/{space} at {uri}", f"the command in tune_spaces/{space}")
+        return _missing(f"a sweep over tune_spaces/{space} at {uri}", "make experiments")
     sweep, trials = found
     rows = [([show(t.data.params) for show in columns.values()], t.data.metrics) for t in trials]
     rows.sort(key=lambda row: [(len(cell), cell) for cell in row[0]])  # 64 before 128, (x, g) before (x, d, g)
@@ -151,26 +245,87 @@ def ablation_step_block(root: Path, uri: str) -> str:
                                                        "second-order meta-gradient": lambda p: p["meta.second_order"]})  # fmt: skip
 
 
-def benchmarks_block(root: Path, uri: str) -> str:
-    files = sorted((root / BENCHMARK_DIR).glob("*.json"))
-    if not files:
-        return _missing(str(root / BENCHMARK_DIR), "make report")
-    lines = ["| benchmark | figures (the script's last line) |", "|---|---|"]
-    for path in files:
-        figures = json.loads(path.read_text())
-        cells = ", ".join(f"{k} {v}" for k, v in figures.items() if not isinstance(v, (dict, list)))
-        lines.append(f"| `benchmarks/{path.stem}.py` | {cells} |")
-    return "\n".join(lines)
+def sensitivity_block(root: Path, uri: str) -> str:
+    return _ablation_table(uri, "sensitivity.yaml", {"λ_sec": lambda p: p["lsr1.lambda_sec"], "γ1": lambda p: p["lsr1.gamma1"]})
+
+
+def data_efficiency_block(root: Path, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    space = "data_efficiency.yaml"
+    sweep = _newest_sweep(uri, space)
+    if sweep is None:
+        return _missing(f"a sweep over tune_spaces/{space} at {uri}", "make experiments")
+    client = MlflowClient(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            rows = _csv(Path(client.download_artifacts(sweep.info.run_id, "comparison/comparison.csv", tmp)), as_dicts=True)
+        except (MlflowException, OSError):
+            return _missing(f"the test comparison of sweep run {sweep.info.run_id} (it did not finish)", "make experiments")
+    trials = [r for r in rows if r.get("hmr.data_fraction")]
+    trials.sort(key=lambda r: -float(r["hmr.data_fraction"]))
+    lines = ["| fraction of the AMASS frames | validation PA-MPJPE (best) | test PA-MPJPE | its initializer alone | test MPJPE |", "|---|---|---|---|---|"]
+    for r in trials:
+        lines.append(f"| {100 * float(r['hmr.data_fraction']):g} % | {float(r['val_pa_mpjpe']):.1f} | {float(r['test_pa_mpjpe']):.1f} | "
+                     f"{float(r['test_pa_mpjpe_init']):.1f} | {float(r['test_mpjpe']):.1f} |")  # fmt: skip
+    return "\n".join(lines) + f"\n\n(mm; MLflow sweep run `{sweep.info.run_id}`, its comparison/comparison.csv.)"
+
+
+def _benchmark(root: Path, name: str) -> dict | None:
+    path = root / BENCHMARK_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def runtime_block(root: Path, uri: str) -> str:
+    figures = _benchmark(root, "hmr_step")
+    if figures is None or "inference" not in figures:
+        return _missing(str(BENCHMARK_DIR / "hmr_step.json"), "python -m pipeline.report --run-benchmarks hmr_step")
+    paper = {("inference", "256"): "L-SR1 91 ms / 14.60 GiB, LGD 166 ms / 17.81 GiB (RTX 3090)"}
+    lines = ["| per inner iteration | batch | L-SR1 ms | LGD ms | Adam ms | L-SR1 peak MiB | LGD peak MiB | Adam peak MiB | paper (Table 3) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    cell = lambda r, m, key: f"{r[m][key]:.4g}" if m in r else "—"  # noqa: E731
+    for kind in ("inference", "training"):
+        for batch, r in figures[kind].items():
+            label = "inference" if kind == "inference" else "meta-training (per unrolled step)"
+            lines.append(f"| {label} | {batch} | " + " | ".join(cell(r, m, "ms") for m in ("lsr1", "lgd", "adam")) + " | "
+                         + " | ".join(cell(r, m, "peak_mib") for m in ("lsr1", "lgd", "adam")) + f" | {paper.get((kind, batch), '')} |")  # fmt: skip
+    return "\n".join(lines) + f"\n\n(`benchmarks/hmr_step.py` on {figures['machine']}.)"
+
+
+def benchmark_block(name: str) -> Callable[[Path, str], str]:
+    """The renderer of block benchmark_<name>: every scalar of benchmarks/results/<name>.json."""
+
+    def render(root: Path, uri: str) -> str:
+        figures = _benchmark(root, name)
+        if figures is None:
+            return _missing(str(BENCHMARK_DIR / f"{name}.json"), f"python -m pipeline.report --run-benchmarks {name}")
+        rows = [f"| {key} | {value} |" for key, value in figures.items() if not isinstance(value, (dict, list))]
+        return f"| `benchmarks/{name}.py` | last run |\n|---|---|\n" + "\n".join(rows)
+
+    return render
 
 
 RENDERERS: dict[str, Callable[[Path, str], str]] = {
+    "quadratic": quadratic_block,
+    "quadratic_models": quadratic_models_block,
     "profiles": profiles_block,
     "bfgs_steps": bfgs_steps_block,
     "hmr_demo": hmr_demo_block,
+    "hmr_table": hmr_table_block,
     "ablation": ablation_block,
     "ablation_step": ablation_step_block,
-    "benchmarks": benchmarks_block,
+    "sensitivity": sensitivity_block,
+    "data_efficiency": data_efficiency_block,
+    "runtime": runtime_block,
 }
+
+
+def renderer(name: str) -> Callable[[Path, str], str] | None:
+    """The renderer of block `name`: a named one, or benchmark_<script> for any benchmark's figures."""
+    if name.startswith("benchmark_"):
+        return benchmark_block(name.removeprefix("benchmark_"))
+    return RENDERERS.get(name)
 
 
 def render_blocks(text: str, root: Path, uri: str, where: str = "results") -> str:
@@ -178,11 +333,11 @@ def render_blocks(text: str, root: Path, uri: str, where: str = "results") -> st
     opened = re.findall(r"<!-- report:([a-z_]+) -->", text)
     closed = set(re.findall(r"<!-- /report:([a-z_]+) -->", text))
     for name in opened:
-        if name not in RENDERERS:
-            raise ReportError(f"{where}: block {name!r} has no renderer; known: {sorted(RENDERERS)}")
+        if renderer(name) is None:
+            raise ReportError(f"{where}: block {name!r} has no renderer; known: {sorted(RENDERERS)} and benchmark_<script>")
         if name not in closed:
             raise ReportError(f"{where}: block {name!r} is opened but not closed (<!-- /report:{name} -->)")
-    return _BLOCK.sub(lambda m: f"<!-- report:{m['name']} -->\n{RENDERERS[m['name']](root, uri)}\n<!-- /report:{m['name']} -->", text)
+    return _BLOCK.sub(lambda m: f"<!-- report:{m['name']} -->\n{renderer(m['name'])(root, uri)}\n<!-- /report:{m['name']} -->", text)
 
 
 def run_benchmark(name: str, root: Path) -> Path:

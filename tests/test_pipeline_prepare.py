@@ -79,3 +79,13 @@ def test_a_shard_changed_after_preparing_is_named_before_training_reads_it(setup
 def test_unprepared_folder_is_a_clear_error(tmp_path):
     with pytest.raises(PrepareError, match="manifest.json does not exist: run `python -m pipeline.prepare`"):
         prepared_files(tmp_path)
+
+
+def test_the_synthetic_amass_size_is_an_option(tmp_path, capsys):
+    root = tmp_path / "synthetic"
+    folders = {"body_dir": "body", "amass_dir": "amass", "pw3d_dir": "3dpw", "prepared_dir": "prepared"}
+    args = [a for key, folder in folders.items() for a in ("--set", f"hmr.{key}={root / folder}")]
+    assert main(["--synthetic", "--synthetic-sequences", "3", *args]) == 0
+    assert "720 frames" in capsys.readouterr().out  # 2 sub-datasets x 2 subjects x 3 sequences x 60 frames
+    with pytest.raises(SystemExit):
+        main(["--synthetic", "--synthetic-sequences", "0", *args])
