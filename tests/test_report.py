@@ -38,7 +38,8 @@ def test_every_block_is_rendered_from_its_source_and_the_prose_is_kept(tmp_path,
     assert "| A | 0.964 | 1 | 0.50 | 1.00 |" in out and "| B | 0.750 | 1 | 0.50 | 0.50 |" in out
     assert "| logistic | 20 | 20 | 30 | 1.50× | 2.00× |" in out
     # per step: PA-MPJPE at k = 0 and 1, the lowest and its step, reprojection at k = 1, no parameter counts
-    assert "| L-SR1 | 150.0 | 140.0 | 140.0 (1) | 0.25 | — |" in out and "| LGD | 160.0 | 135.0 | 135.0 (1) | 0.125 | — |" in out
+    assert "| L-SR1 | 150.0 | 140.0 | 140.0 (1) | 0.25 | — | 51.58 at step 13 (51.74 at 4); 10.4 M |" in out
+    assert "| LGD | 160.0 | 135.0 | 135.0 (1) | 0.125 | — | 55.90 at step 4; 17.4 M |" in out
     assert run.run_id in out
     assert "| lsr1_ms | 1.5 |" in out and "| ratio | 0.5 |" in out
     assert render_blocks(out, tmp_path, mlflow_store) == out  # rendering again changes nothing
@@ -75,7 +76,7 @@ def test_the_ablation_block_reads_the_newest_ablation_sweep(tmp_path, mlflow_sto
         child = Run.open(mlflow_store, "quadratic", f"ablation-{hidden}", config, tags={"mlflow.parentRunId": parent.run_id})
         child.log_metrics([(300, {"val_loss": loss, "val_loss_std": loss / 10})])
     out = render_blocks("<!-- report:ablation -->\n<!-- /report:ablation -->\n", tmp_path, mlflow_store)
-    assert "| 64 | (x, g) | 0.5 | 0.05 | 300 |" in out and "| 128 | (x, p, d, g, q) | 0.25 | 0.025 | 300 |" in out
+    assert "| 64 | (x, g) | not reported | 0.5 | 0.05 | 300 | 0.5 (300) |" in out and "| 128 | (x, p, d, g, q) | −2.56 ± 2.80 | 0.25 | 0.025 | 300 | 0.25 (300) |" in out
 
 
 def test_the_second_ablation_lists_the_step_and_meta_gradient_switches(tmp_path, mlflow_store):
@@ -88,7 +89,7 @@ def test_the_second_ablation_lists_the_step_and_meta_gradient_switches(tmp_path,
     child.log_metrics([(100, {"val_loss": -0.5, "val_loss_std": 0.2})])
     out = render_blocks("<!-- report:ablation_step -->\n<!-- /report:ablation_step -->\n<!-- report:ablation -->\n<!-- /report:ablation -->\n",
                         tmp_path, mlflow_store)  # fmt: skip
-    assert "| True | False | -0.5 | 0.2 | 100 |" in out and "Not measured yet: a sweep over tune_spaces/ablation.yaml" in out
+    assert "| True | False | -0.5 | 0.2 | 100 | -0.5 (100) |" in out and "Not measured yet: a sweep over tune_spaces/ablation.yaml" in out
 
 
 def test_the_hmr_table_has_parameter_counts_and_copies_its_figures(tmp_path, mlflow_store):
@@ -102,7 +103,7 @@ def test_the_hmr_table_has_parameter_counts_and_copies_its_figures(tmp_path, mlf
     for name in ("curves.json", "models.json", "pa_mpjpe.png"):
         run.log_artifact(tmp_path / name, "test")
     out = render_blocks("<!-- report:hmr_table -->\n<!-- /report:hmr_table -->\n", tmp_path, mlflow_store)
-    assert "| L-SR1 w/o secant term | 150.0 | 120.0 | 130.0 | 120.0 (1) | 0.25 | 0.2 | 1,234,567 + 890 |" in out
+    assert "| L-SR1 w/o secant term | 150.0 | 120.0 | 130.0 | 120.0 (1) | 0.25 | 0.2 | 1,234,567 + 890 | — |" in out
     assert (tmp_path / "docs/hmr/pa_mpjpe.png").read_bytes() == b"png"
 
 
@@ -128,7 +129,7 @@ def test_the_data_efficiency_table_reads_the_sweeps_test_comparison(tmp_path, ml
                                              "1,a,140.0,r1,0.1,150.0,200.0,160.0\n2,b,141.0,r2,0.8,151.0,201.0,161.0\n")  # fmt: skip
     parent.log_artifact(tmp_path / "comparison.csv", "comparison")
     out = render_blocks("<!-- report:data_efficiency -->\n<!-- /report:data_efficiency -->\n", tmp_path, mlflow_store)
-    assert out.index("| 80 % | 141.0 | 151.0 | 161.0 | 201.0 |") < out.index("| 10 % | 140.0 | 150.0 | 160.0 | 200.0 |")
+    assert out.index("| 80 % | 51.67 | 141.0 | 151.0 | 161.0 | 201.0 |") < out.index("| 10 % | 53.03 | 140.0 | 150.0 | 160.0 | 200.0 |")
 
 
 def test_the_quadratic_and_sensitivity_blocks(tmp_path, mlflow_store):
@@ -142,9 +143,9 @@ def test_the_quadratic_and_sensitivity_blocks(tmp_path, mlflow_store):
     for lam, loss in ((100.0, -0.5), (0.0, -2.0)):
         child = Run.open(mlflow_store, "quadratic", f"sensitivity-{lam}", load_config("configs/quadratic.yaml", [f"lsr1.lambda_sec={lam}"]),
                          tags={"mlflow.parentRunId": parent.run_id})  # fmt: skip
-        child.log_metrics([(300, {"val_loss": loss, "val_loss_std": 1.0})])
+        child.log_metrics([(100, {"val_loss": 2 * loss, "val_loss_std": 1.0}), (300, {"val_loss": loss, "val_loss_std": 1.0})])
     out = render_blocks("<!-- report:quadratic -->\n<!-- /report:quadratic -->\n<!-- report:sensitivity -->\n<!-- /report:sensitivity -->\n",
                         tmp_path, mlflow_store)  # fmt: skip
     assert "| L-BFGS (m=2) | 35 | 1 | 0.125 | 0.125 | 0.50 |" in out  # gap at k = 0, 5, 10, 20; cosine at 20
     assert (tmp_path / "docs/quadratic/curves.json").is_file()
-    assert out.index("| 0.0 | 0.4 | -2 | 1 | 300 |") < out.index("| 100.0 | 0.4 | -0.5 | 1 | 300 |")
+    assert out.index("| 0.0 | 0.4 | -2 | 1 | 300 | -4 (100) |") < out.index("| 100.0 | 0.4 | -0.5 | 1 | 300 | -1 (100) |")
