@@ -8,9 +8,8 @@ docs/results.md is prose around blocks that only this command writes, between `<
     quadratic_models the training summaries stored with the shipped models (`lsr1.pretrained.info`)
     profiles         docs/profiles/distances.csv      `python -m lsr1.profiles --out docs/profiles`
     bfgs_steps       docs/bfgs_steps/iterations.csv   `python -m lsr1.iterations --out docs/bfgs_steps`
-    hmr_demo         MLflow: the run `evaluate-demo-comparison` of experiment hmr_demo (`make demo`), its
-                     test/curves.json; hmr_table the same for `evaluate-hmr-table` (`make experiments`),
-                     with models.json's parameter counts; its files copied to docs/hmr/
+    hmr_table        MLflow: the run `evaluate-hmr-table` of experiment hmr_demo (`make experiments`, after
+                     `make demo`), its test/curves.json and models.json; its files copied to docs/hmr/
     ablation         MLflow: the newest sweep over tune_spaces/ablation.yaml (the command is in that file),
                      its trials' final validation loss; ablation_step and sensitivity the same for
                      tune_spaces/ablation_step.yaml and tune_spaces/sensitivity.yaml
@@ -165,18 +164,18 @@ def quadratic_models_block(root: Path, uri: str) -> str:
     return "\n".join(lines) + "\n\n(From `lsr1.pretrained.info(name)`: the summary stored with each shipped model.)"
 
 
-def _hmr_block(root: Path, uri: str, run_name: str, command: str, figures: Path | None) -> str:
-    """Per-step PA-MPJPE and reprojection error of every method of an HMR evaluation run, with parameter
-    counts where the run has models.json."""
+def hmr_table_block(root: Path, uri: str) -> str:
+    """Per-step PA-MPJPE and reprojection error of every method of the HMR evaluation run, with parameter
+    counts where the run has models.json (pipeline.evaluate writes it)."""
+    run_name, figures = "evaluate-hmr-table", Path("docs/hmr")
     with tempfile.TemporaryDirectory() as tmp:
         found = _evaluation(uri, "hmr_demo", run_name, ["curves.json", "models.json", "results.md", "pa_mpjpe.png", "reprojection.png", "mpjpe.png"], Path(tmp))
         if found is None or "curves.json" not in found[1]:
-            return _missing(f"the MLflow run {run_name} at {uri}", command)
+            return _missing(f"the MLflow run {run_name} at {uri}", "make experiments")
         run_id, files = found
         curves = json.loads(files["curves.json"].read_text())
         models = {m["name"]: m for m in json.loads(files["models.json"].read_text())} if "models.json" in files else {}
-        if figures is not None:
-            _copy_into(files, root / figures)
+        _copy_into(files, root / figures)
     pa, _ = joint_metrics(curves[0])
     steps = len(curves[0][pa]) - 1
     at = sorted({k for k in (0, 1, 4, steps) if k <= steps})
@@ -190,16 +189,8 @@ def _hmr_block(root: Path, uri: str, run_name: str, command: str, figures: Path 
         size = f"{m['initializer_params']:,} + {m['update_params']:,}" if m else "—"
         lines.append(f"| {c['name']} | " + " | ".join(f"{errors[k]:.1f}" for k in at) + f" | {errors[best]:.1f} ({best}) | "
                      + " | ".join(f"{c['reprojection'][k]:.4g}" for k in at[1:]) + f" | {size} | {PAPER_TABLE1.get(c['name'], '—')} |")  # fmt: skip
-    where = f"; figures in `{figures}/`" if figures is not None else ""
-    return "\n".join(lines) + f"\n\n(mm; step 0 is the method's initializer alone; MLflow run `{run_id}`, {pa.split('_')[-1].upper()} joints{where}.)"
+    return "\n".join(lines) + f"\n\n(mm; step 0 is the method's initializer alone; MLflow run `{run_id}`, {pa.split('_')[-1].upper()} joints; figures in `{figures}/`.)"
 
-
-def hmr_demo_block(root: Path, uri: str) -> str:
-    return _hmr_block(root, uri, "evaluate-demo-comparison", "make demo", None)
-
-
-def hmr_table_block(root: Path, uri: str) -> str:
-    return _hmr_block(root, uri, "evaluate-hmr-table", "make experiments", Path("docs/hmr"))
 
 
 def _newest_sweep(uri: str, space: str):
@@ -330,7 +321,6 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "quadratic_models": quadratic_models_block,
     "profiles": profiles_block,
     "bfgs_steps": bfgs_steps_block,
-    "hmr_demo": hmr_demo_block,
     "hmr_table": hmr_table_block,
     "ablation": ablation_block,
     "ablation_step": ablation_step_block,

@@ -8,7 +8,7 @@ import pytest
 from pipeline.report import ReportError, render_blocks, run_benchmark
 from pipeline.tracking import Run
 
-TEXT = "".join(f"## {name}\n<!-- report:{name} -->\nstale\n<!-- /report:{name} -->\nprose stays\n" for name in ("profiles", "bfgs_steps", "hmr_demo", "benchmark_step_cost"))
+TEXT = "".join(f"## {name}\n<!-- report:{name} -->\nstale\n<!-- /report:{name} -->\nprose stays\n" for name in ("profiles", "bfgs_steps", "hmr_table", "benchmark_step_cost"))
 
 
 def _sources(root, uri):
@@ -22,7 +22,7 @@ def _sources(root, uri):
     (root / "benchmarks/results/step_cost.json").write_text(json.dumps({"lsr1_ms": 1.5, "ratio": 0.5}))
     from lsr1.config import ExperimentConfig
 
-    run = Run.open(uri, "hmr_demo", "evaluate-demo-comparison", ExperimentConfig())
+    run = Run.open(uri, "hmr_demo", "evaluate-hmr-table", ExperimentConfig())
     curves = root / "curves.json"
     curves.write_text(json.dumps([{"name": "L-SR1", "pa_mpjpe14_smpl": [150.0, 140.0], "mpjpe14_smpl": [230.0, 220.0], "reprojection": [0.5, 0.25]},
                                   {"name": "LGD", "pa_mpjpe14_smpl": [160.0, 135.0], "mpjpe14_smpl": [240.0, 200.0], "reprojection": [0.5, 0.125]}]))  # fmt: skip
@@ -47,7 +47,7 @@ def test_every_block_is_rendered_from_its_source_and_the_prose_is_kept(tmp_path,
 
 def test_missing_sources_say_which_command_makes_them(tmp_path, mlflow_store):
     out = render_blocks(TEXT, tmp_path, mlflow_store)
-    assert "run `python -m lsr1.profiles --out docs/profiles`" in out and "run `make demo`" in out
+    assert "run `python -m lsr1.profiles --out docs/profiles`" in out and "run `make experiments`" in out
 
 
 def test_unknown_or_unclosed_blocks_are_errors(tmp_path, mlflow_store):
