@@ -13,6 +13,7 @@ run per training run (params, per-iteration metrics, test curves, the best check
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -118,14 +119,17 @@ def connect_ray(num_cpus: int | None = None) -> None:
         # the dashboard serves the State API through which Ray Train notices a killed TrainController and frees
         # its placement group; without it every trial that Tune stops leaks its CPUs and a sweep stalls
         # a private instance: its own dashboard port, so that it starts beside another cluster on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=free_port(), log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=free_ports(1)[0], log_to_driver=True)
 
 
-def free_port() -> int:
-    """A TCP port that is free on this machine now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports that are free on this machine now (all held open while choosing, so the
+    OS cannot hand out the same one twice)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def fit_with_ray(

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.sweep import main
-from pipeline.train import free_port
+from pipeline.train import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ["--space", "tune_spaces/smoke.yaml", "--config", "configs/smoke.yaml", "--smoke-test", "--cpus-per-worker", "0.5"]
@@ -70,7 +70,7 @@ def test_mlflow_ui_compare_view_shows_the_sweeps_runs_and_metrics(smoke_sweep, t
     client = MlflowClient(smoke_sweep)
     parent = _parent(client, "smoke", "sw")
     children = _children(client, "smoke", parent.info.run_id)
-    port = free_port()
+    (port,) = free_ports(1)
     ui = subprocess.Popen(["make", "-s", "ui", f"UI_PORT={port}", f"TRACKING_URI={smoke_sweep}"], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

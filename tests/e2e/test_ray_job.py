@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.train import free_port
+from pipeline.train import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -25,8 +25,8 @@ def ray_head(tmp_path_factory):
 
     assert not ray.is_initialized(), "the e2e test must run before any in-process Ray instance"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # jobs run `python` from the head's PATH
-    dashboard = free_port()
-    start = [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard}",
+    gcs, dashboard = free_ports(2)
+    start = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
              "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"]
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
     try:
