@@ -37,7 +37,7 @@ from lsr1.hmr.synthetic import generate
 from lsr1.learned import make_learner
 from lsr1.meta import MetaLoss, run
 from lsr1.optim import Adam
-from lsr1.tasks import problem_set
+from lsr1.tasks import Problem, problem_set
 
 ADAM_LR = 0.01
 LEARNERS = {"lsr1": "L-SR1", "lgd": "LGD"}
@@ -80,16 +80,17 @@ def matmul_gflop(learner: nn.Module, rows: int) -> float:
     return sum(2 * rows * m.in_features * m.out_features for m in learner.update.modules() if isinstance(m, nn.Linear)) / 1e9
 
 
-def setting(args: argparse.Namespace, data: Path, learner: str, batch: int) -> ExperimentConfig:
+def setting(args: argparse.Namespace, data: Path, learner: str, batch: int, device: torch.device) -> tuple[ExperimentConfig, Problem]:
+    """The preset with this learner and batch, and the same AMASS batch of problems for every method."""
     paths = [f"hmr.body_dir={data / 'body'}", f"hmr.amass_dir={data / 'amass'}", f"hmr.pw3d_dir={data / '3dpw'}"]
-    return load_config(args.config, [f"learner={learner}", f"task.batch_size={batch}", *paths])
+    config = load_config(args.config, [f"learner={learner}", f"task.batch_size={batch}", *paths])
+    torch.manual_seed(0)
+    return config, problem_set(config.task, "train", 0, hmr=config.hmr, device=device)
 
 
 def inference(method: str, args: argparse.Namespace, data: Path, batch: int, device: torch.device, details: bool) -> dict[str, float]:
     """ms and peak MiB per inner iteration of `method` (lsr1, lgd or adam) at this batch size."""
-    config = setting(args, data, "lsr1" if method == "adam" else method, batch)
-    torch.manual_seed(0)
-    problem = problem_set(config.task, "train", 0, hmr=config.hmr, device=device)
+    config, problem = setting(args, data, "lsr1" if method == "adam" else method, batch, device)
     optimizer = Adam(lr=ADAM_LR) if method == "adam" else make_learner(config).to(device).eval()
     full = best_ms(lambda: run(optimizer, problem, args.steps), args.repeats, device)
     start = best_ms(lambda: run(optimizer, problem, 0), args.repeats, device)
@@ -119,9 +120,7 @@ def inference(method: str, args: argparse.Namespace, data: Path, batch: int, dev
 
 def training(learner_name: str, args: argparse.Namespace, data: Path, batch: int, device: torch.device) -> dict[str, float]:
     """ms per unrolled step and the peak MiB of one meta-training iteration (MetaLoss forward and backward)."""
-    config = setting(args, data, learner_name, batch)
-    torch.manual_seed(0)
-    problem = problem_set(config.task, "train", 0, hmr=config.hmr, device=device)
+    config, problem = setting(args, data, learner_name, batch, device)
     learner = make_learner(config).to(device).train()
     loss = MetaLoss(learner, config.meta.unroll_steps)
     iteration = lambda: loss(problem)[0].backward()  # noqa: E731
@@ -153,7 +152,7 @@ def main() -> None:
     line = lambda label, a, b, c: print(f"{label:36}{a:10.2f}{b:10.2f}{c:>10}{a / b:11.2f}")  # noqa: E731
     for batch, r in infer.items():
         line(f"inference, batch {batch} (ms)", r["lsr1"]["ms"], r["lgd"]["ms"], f"{r['adam']['ms']:.2f}")
-        line(f"  peak memory (MiB)", r["lsr1"]["peak_mib"], r["lgd"]["peak_mib"], f"{r['adam']['peak_mib']:.2f}")
+        line("  peak memory (MiB)", r["lsr1"]["peak_mib"], r["lgd"]["peak_mib"], f"{r['adam']['peak_mib']:.2f}")
     last = infer[args.batches[-1]]
     for label, key in (("  update step alone (ms)", "step_ms"), ("  f gradient alone (ms)", "grad_ms")):
         line(label, last["lsr1"][key], last["lgd"][key], f"{last['adam'][key]:.2f}")

@@ -16,7 +16,8 @@ Every Ray Train worker reads its own share of each epoch (`get_dataset_shard("tr
 An epoch of the feed is one execution of the dataset, with a fixed start-up cost (listing, the shuffle, a
 new actor building the body: ~5 s on 2 cores) that the workers wait for. So a small data set (the
 synthetic stand-ins, a small data fraction) is held in memory and each frame repeated, enough for
-MIN_EPOCH_BATCHES global batches per epoch; every copy gets its own augmentation. Real AMASS gives far more batches in one pass.
+MIN_EPOCH_BATCHES global batches per epoch; every copy gets its own augmentation. Real AMASS gives far
+more batches in one pass.
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ newton_cosine.png, curves.json and results.md into --out, and prints a short tab
 HMR (`task.name: hmr`; e.g. an L-SR1 and an LGD checkpoint): PA-MPJPE, MPJPE and the reprojection error
 per inner step on the 3DPW test split of the first checkpoint's config (real or synthetic), for every
 checkpoint (step 0 is its initializer alone) and for L-BFGS started from the first checkpoint's
-initializer (paper Fig. 4). Writes pa_mpjpe.png, mpjpe.png, reprojection.png, curves.json, models.json (checkpoints, iterations,
-parameter counts) and results.md.
+initializer (paper Fig. 4). Writes pa_mpjpe.png, mpjpe.png, reprojection.png, curves.json, models.json
+(checkpoints, iterations, parameter counts) and results.md.
 
     python -m pipeline.evaluate --run <mlflow run id>
 

@@ -215,10 +215,9 @@ def _sweep_trials(uri: str, space: str) -> tuple[str, list] | None:
         return None
     client = MlflowClient(uri)
     trials = client.search_runs([sweep.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'")
-    metric = "val_loss" if any("val_loss" in t.data.metrics for t in trials) else "val_pa_mpjpe"
-    finished = [t for t in trials if metric in t.data.metrics]
+    finished = [t for t in trials if "val_loss" in t.data.metrics]
     for t in finished:
-        history = client.get_metric_history(t.info.run_id, metric)
+        history = client.get_metric_history(t.info.run_id, "val_loss")
         best = min(history, key=lambda m: m.value)
         t.data.metrics.update(_step=max(m.step for m in history), _best=best.value, _best_step=best.step)
     return sweep.info.run_id, finished
