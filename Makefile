@@ -84,10 +84,11 @@ cluster-up: $(STAMP)
 cluster-down:
 	$(BIN)/ray stop
 
-# Submit pipeline.train to the head: make submit CONFIG=configs/quadratic.yaml ARGS="--workers 2"
+# Submit pipeline.train to the head: make submit CONFIG=configs/quadratic.yaml ARGS="--workers 2". The job runs in an
+# uploaded copy of this folder without the git-ignored data, MLflow store and runs: the env vars point back here
 submit: $(STAMP)
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . \
-	  --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:///$(CURDIR)/mlflow.db", "LSR1_RUNS_DIR": "$(CURDIR)/runs"}}' \
+	  --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:///$(CURDIR)/mlflow.db", "LSR1_RUNS_DIR": "$(CURDIR)/runs", "LSR1_DATA_DIR": "$(CURDIR)"}}' \
 	  -- python -m pipeline.train --config $(CONFIG) $(ARGS)
 
 clean:

@@ -8,7 +8,8 @@
                       (`lsr1.tasks.hmr.amass_problem`: random global rotation, projection, confidence dropout)
     worker_problems   on a Ray Train worker: its dataset shard as an endless stream of HMRProblems
     pw3d_problems     the prepared 3DPW validation or test split as one HMRProblem (validation, evaluation)
-    absolute_paths    the config with its data paths made absolute: Ray workers run in another folder
+    absolute_paths    the config with its data paths made absolute (`pipeline.prepare.resolve_data_paths`:
+                      relative to LSR1_DATA_DIR, else the working directory): Ray workers run in another folder
 
 Every Ray Train worker reads its own share of each epoch (`get_dataset_shard("train")`), task.batch_size
 // workers frames per iteration, so a global batch has task.batch_size frames on any worker count.
@@ -35,7 +36,7 @@ from lsr1.config import ExperimentConfig, HMRConfig, config_from_dict, config_to
 from lsr1.hmr.formats import PW3D_COLUMNS, in_fraction, read_frames_parquet
 from lsr1.tasks.base import derive_seed
 from lsr1.tasks.hmr import HMRProblem, amass_problem, load_joint_model, pw3d_problem
-from pipeline.prepare import PrepareError
+from pipeline.prepare import PrepareError, resolve_data_paths
 
 if TYPE_CHECKING:
     import ray.data
@@ -43,14 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["KeypointBatches", "absolute_paths", "pw3d_problems", "training_dataset", "worker_problems"]
 
 MIN_EPOCH_BATCHES = 200
-_PATH_KEYS = ("body_dir", "amass_dir", "pw3d_dir", "cache_dir", "prepared_dir", "h36m_regressor")
 
 
 def absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
-    """The config with hmr's paths absolute (relative to this process's folder), for Ray workers and actors."""
-    h = config.hmr
-    paths = {key: str(Path(getattr(h, key)).resolve()) for key in _PATH_KEYS if getattr(h, key) is not None}
-    return dataclasses.replace(config, hmr=dataclasses.replace(h, **paths))
+    """The config with hmr's data paths absolute (relative ones in the data root), for Ray workers and actors."""
+    return dataclasses.replace(config, hmr=resolve_data_paths(config.hmr))
 
 
 def _keep_fraction(batch: Any, fraction: float) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import re
@@ -39,6 +40,7 @@ from lsr1.config import ExperimentConfig
 from lsr1.learned import LearnedOptimizer, make_learner, with_buffer_size
 from lsr1.optim import BFGS, LBFGS, HypergradientBFGS
 from lsr1.tasks import Problem, problem_set
+from pipeline.prepare import PrepareError, resolve_data_paths
 
 if TYPE_CHECKING:
     from pipeline.tracking import Run
@@ -64,6 +66,8 @@ def load_learner(path: Path) -> tuple[ExperimentConfig, LearnedOptimizer, int | 
     the iteration of a checkpoint."""
     payload = load_checkpoint(path)
     config = config_of(payload, path)
+    if config.task.name == "hmr":  # relative data paths (a checkpoint of `lsr1.meta.train`) are in the data root
+        config = dataclasses.replace(config, hmr=resolve_data_paths(config.hmr))
     model = make_learner(config)
     try:
         model.load_state_dict(payload["model"])
@@ -234,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         config, _, iteration = load_learner(args.checkpoint[0])
         sizes = args.buffer_sizes or ([config.lsr1.buffer_size] if run else [2, 4, 8])
         results = evaluate(args.checkpoint, sizes, args.steps, args.out)
-    except (CheckpointError, ValueError, OSError) as err:
+    except (CheckpointError, PrepareError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     iteration = iteration or 0

@@ -16,13 +16,20 @@ Readers and checks are lsr1.hmr.formats' (pickles only through its restricted un
     python -m pipeline.prepare --synthetic                          # the synthetic stand-ins, seconds
     python -m pipeline.prepare --config configs/hmr_data_efficiency.yaml --synthetic --synthetic-sequences 100  # 24 000 frames
     python -m pipeline.prepare --config configs/hmr.yaml --every 2  # real AMASS / 3DPW (datasets/README.md)
+
+Relative data paths (hmr.body_dir, amass_dir, pw3d_dir, cache_dir, prepared_dir, h36m_regressor) point into
+the data root: LSR1_DATA_DIR (an absolute path), else the working directory. `resolve_data_paths` is the one
+place that applies it, for every command (prepare, train, sweep, evaluate). A Ray job runs in an uploaded
+copy of the working directory without the git-ignored data, so it needs LSR1_DATA_DIR.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -45,7 +52,8 @@ from lsr1.hmr.formats import (
 )
 from lsr1.tasks.hmr import pw3d_arrays
 
-__all__ = ["MANIFEST", "PW3D_SPLITS", "PrepareError", "main", "prepare", "prepared_files"]
+__all__ = ["DATA_DIR_ENV", "MANIFEST", "PW3D_SPLITS", "PrepareError", "data_root", "main", "prepare", "prepared_files",
+           "require_folders", "resolve_data_paths"]
 
 log = logging.getLogger("pipeline.prepare")
 
@@ -57,6 +65,61 @@ T = TypeVar("T")
 
 class PrepareError(RuntimeError):
     """An input that cannot be prepared (with --on-error fail), or a prepared folder that cannot be used."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# where the data is
+
+DATA_DIR_ENV = "LSR1_DATA_DIR"
+DATA_PATH_KEYS = ("body_dir", "amass_dir", "pw3d_dir", "cache_dir", "prepared_dir", "h36m_regressor")
+
+
+def data_root() -> Path:
+    """The folder that relative hmr.* data paths are relative to: LSR1_DATA_DIR, else the working directory."""
+    value = os.environ.get(DATA_DIR_ENV)
+    if not value:
+        return Path.cwd()
+    root = Path(value).expanduser()
+    if not root.is_absolute():  # relative to what? In a Ray job the working directory is an uploaded copy
+        raise PrepareError(f"{DATA_DIR_ENV}={value!r} must be an absolute path (the folder that holds datasets/)")
+    return root
+
+
+def resolve_data_paths(hmr: HMRConfig) -> HMRConfig:
+    """hmr with every data path absolute: relative ones joined to `data_root()`. Ray workers, actors and
+    Tune trials run in other folders, so the driver resolves the paths once and hands them on."""
+    root = data_root()
+    paths = {key: str((root / getattr(hmr, key)).resolve()) for key in DATA_PATH_KEYS if getattr(hmr, key) is not None}
+    return dataclasses.replace(hmr, **paths)
+
+
+def _in_uploaded_copy() -> bool:
+    """Whether this is the driver of a `ray job submit --working-dir` job without LSR1_DATA_DIR: it runs in an
+    unpacked copy of the working directory, which has none of the git-ignored data."""
+    if os.environ.get(DATA_DIR_ENV):
+        return False
+    try:  # the job supervisor passes the job's runtime env to its driver in this variable
+        runtime_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    except ValueError:
+        runtime_env = {}
+    return bool(runtime_env.get("working_dir")) or "runtime_resources" in Path.cwd().parts
+
+
+def missing_data_hint() -> str:
+    """What to add to a 'data not found' error: in a Ray job without LSR1_DATA_DIR, why and what to set."""
+    if not _in_uploaded_copy():
+        return ""
+    return (f"\nThis runs as a Ray job in an uploaded copy of the working directory ({Path.cwd()}), which has none "
+            f"of the git-ignored data: set {DATA_DIR_ENV} to the absolute path of the folder that holds datasets/, "
+            f"e.g. ray job submit --runtime-env-json '{{\"env_vars\": {{\"{DATA_DIR_ENV}\": \"'$PWD'\"}}}}' ... (README.md)")
+
+
+def require_folders(hmr: HMRConfig, keys: tuple[str, ...]) -> None:
+    """A PrepareError naming the first of the hmr folders `keys` that does not exist (with the Ray-job hint)."""
+    for key in keys:
+        if not Path(getattr(hmr, key)).is_dir():
+            raise PrepareError(f"hmr.{key} {getattr(hmr, key)} does not exist (data root {data_root()}; datasets/README.md, "
+                               f"or `python -m pipeline.prepare --synthetic` for the stand-ins){missing_data_hint()}")
 
 
 def sha256(path: Path) -> str:
@@ -113,7 +176,8 @@ def prepared_files(prepared_dir: str | Path, verify: bool = False) -> tuple[list
     folder = Path(prepared_dir)
     path = folder / MANIFEST
     if not path.is_file():
-        raise PrepareError(f"{path} does not exist: run `python -m pipeline.prepare` (with --synthetic for the stand-ins)")
+        raise PrepareError(f"{path} does not exist: run `python -m pipeline.prepare` (with --synthetic for the stand-ins)"
+                           f"{missing_data_hint()}")
     try:
         outputs = json.loads(path.read_text())["outputs"]
     except (ValueError, KeyError, TypeError) as err:
@@ -174,7 +238,7 @@ def _amass_plan(root: Path, per_shard: int, manifest: Manifest) -> list[tuple[st
     order; files that are readable but hold no sequence (shape.npz) are listed as ignored, unreadable ones
     stay in the plan so that building the shard reports them."""
     if not root.is_dir():
-        raise PrepareError(f"AMASS folder {root} does not exist; see datasets/README.md")
+        raise PrepareError(f"AMASS folder {root} does not exist; see datasets/README.md{missing_data_hint()}")
     sequences = []
     for path in sorted(root.rglob("*.npz")):
         try:
@@ -230,7 +294,7 @@ def prepare(config: HMRConfig, every: int = 1, per_shard: int = 64, on_error: st
             if split == "train":  # unused by LGD's protocol
                 log.info("no 3DPW train split in %s", folder)
                 continue
-            raise PrepareError(f"no 3DPW sequence files in {folder}; see datasets/README.md")
+            raise PrepareError(f"no 3DPW sequence files in {folder}; see datasets/README.md{missing_data_hint()}")
         name = f"3dpw/{split}.parquet"
         entry = {"kind": "3dpw", "split": split, "inputs": {f.relative_to(pw3d_root).as_posix(): sha256(f) for f in files}, "options": {}, "skipped": {}}
 
@@ -301,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--every, --sequences-per-shard and --synthetic-sequences must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        config = load_config(args.config, args.overrides).hmr
-    except ConfigError as err:
+        config = resolve_data_paths(load_config(args.config, args.overrides).hmr)
+    except (ConfigError, PrepareError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

@@ -1,9 +1,10 @@
 """Hyper-parameter sweeps: `python -m pipeline.sweep --space tune_spaces/<name>.yaml --config configs/<preset>.yaml`.
 
 Ray Tune samples configs from the space; every trial is a `pipeline.train` run (the same TorchTrainer and
-worker loop) reporting after each validation, and ASHA stops poor trials early. Trials never ask for more
-CPUs/GPUs than the cluster has (each trial: its workers, plus a sliver of a CPU for the trial driver), and
---max-concurrent caps them further. An interrupted sweep (Ctrl-C, a killed driver) continues with --resume:
+worker loop) reporting after each validation, and ASHA stops poor trials early. A trial asks for its
+workers, Ray Data's share (HMR) and a sliver of a CPU for the trial driver; a sweep whose trial cannot fit
+the cluster stops before it starts, naming what to lower (`pipeline.train.require_resources`, which also
+waits for an autoscaling cluster: --resource-timeout), and --max-concurrent caps the trials that fit. An interrupted sweep (Ctrl-C, a killed driver) continues with --resume:
 finished trials are kept, unfinished ones continue from their last checkpoint.
 
 MLflow: one parent run per sweep, one child run per trial. At the end the --top-k trials are evaluated on
@@ -36,7 +37,8 @@ from pipeline.data import absolute_paths
 from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.tracking import Run, tracking_uri
-from pipeline.train import DATA_CPUS, connect_ray, fit_with_ray
+from pipeline.prepare import PrepareError
+from pipeline.train import RESOURCE_TIMEOUT_S, ResourceError, connect_ray, fit_with_ray, require_resources, run_request, worker_resources
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -186,6 +188,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny trials, to check the set-up")
+    parser.add_argument("--resource-timeout", type=float, default=None, metavar="SECONDS",
+                        help=f"wait this long for the cluster to fit a trial (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)")
     return parser.parse_args(argv)
 
 
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             base = absolute_paths(base)
         space = load_space(args.space)
         check_values(space, config_to_dict(base), args.space)
-    except (ConfigError, SpaceError) as err:
+    except (ConfigError, SpaceError, PrepareError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from ray import tune
@@ -208,14 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir.resolve()
     storage = runs_dir / "tune"
     uri = tracking_uri()
-    parent = Run.open(uri, base.name, name, base, tags={"lsr1.sweep_space": str(args.space), "lsr1.kind": "sweep"})
     connect_ray(args.num_cpus)
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = args.workers * args.cpus_per_worker + TRIAL_DRIVER_CPU + (DATA_CPUS if base.task.name == "hmr" else 0.0)
-    fits = max(1, int(cpus // per_trial))
+    # a trial's request, as fit_with_ray will make it (trials see the same cluster)
+    cpus, use_gpu = worker_resources(base, args.workers, args.cpus_per_worker, None, ray.cluster_resources())
+    request = run_request(base, args.workers, cpus, use_gpu, driver_cpus=TRIAL_DRIVER_CPU)
+    try:
+        require_resources(request, "a trial", args.resource_timeout)
+    except ResourceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    fits = max(1, int(ray.cluster_resources().get("CPU", 1) // request.cpus))  # >= 1: require_resources passed
     concurrent = min(args.max_concurrent or fits, fits)
+    parent = Run.open(uri, base.name, name, base, tags={"lsr1.sweep_space": str(args.space), "lsr1.kind": "sweep"})
     trainable = tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPU})
     tic = time.time()
     if args.resume:

@@ -7,6 +7,12 @@ restarts from the last one (--max-failures), and running the same --name again r
 run per training run (params, per-iteration metrics, test curves, the best checkpoint, the registered model).
 --local runs the same loop in this process without Ray. Under `ray job submit` it joins that cluster.
 
+Before it starts, the run's request (workers x CPUs/GPUs per worker, plus DATA_CPUS for Ray Data on HMR) is
+compared with what the cluster has: a run that cannot fit stops at once, naming what to lower, instead of
+waiting forever for CPUs. On an autoscaling cluster (one whose autoscaler config can grow it enough) it asks
+the autoscaler for the resources and waits up to --resource-timeout seconds (default RESOURCE_TIMEOUT_S);
+--resource-timeout also makes it wait on a fixed cluster (e.g. for nodes started by hand).
+
     python -m pipeline.train --config configs/quadratic.yaml --workers 2
     python -m pipeline.train --config configs/smoke.yaml --smoke-test       # seconds, for CI
 """
@@ -21,6 +27,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,8 @@ import yaml
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
 from lsr1.meta import TrainHooks, TrainSummary, train
+from pipeline.data import absolute_paths
+from pipeline.prepare import PrepareError, prepared_files, require_folders
 from pipeline.tracking import MetricsBuffer, Run, tracking_uri
 
 log = logging.getLogger("pipeline.train")
@@ -37,6 +46,7 @@ log = logging.getLogger("pipeline.train")
 # CPUs that an HMR run leaves to Ray Data: a read/shuffle task (1 CPU) beside the KeypointBatches actor
 # (0.5); with less the feed waits forever for CPUs that the training workers hold
 DATA_CPUS = 1.5
+RESOURCE_TIMEOUT_S = 900.0  # how long a run waits for an autoscaling cluster to grow (--resource-timeout)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -95,7 +105,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_problems, val_problems = None, None
     if config.task.name == "hmr":  # this worker's Ray Data shard; validation on the prepared 3DPW split
         from pipeline.data import pw3d_problems, worker_problems
-        from pipeline.prepare import prepared_files
 
         shard = ray.train.get_dataset_shard("train")
         train_problems = worker_problems(shard, config.hmr, config.task.batch_size // world, device)
@@ -132,6 +141,133 @@ def free_ports(count: int) -> list[int]:
         return [probe.getsockname()[1] for probe in probes]
 
 
+# --------------------------------------------------------------------------------------------------------
+# what a run asks of the cluster, checked before it starts
+
+
+class ResourceError(RuntimeError):
+    """A run or trial that the Ray cluster cannot fit (it would wait forever for CPUs or GPUs)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """The resources of one training run: its workers, Ray Data's share (HMR) and, in a sweep, its trial driver."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float = 0.0
+    data_cpus: float = 0.0
+    driver_cpus: float = 0.0
+
+    @property
+    def cpus(self) -> float:
+        return self.workers * self.cpus_per_worker + self.data_cpus + self.driver_cpus
+
+    def describe(self) -> str:
+        parts = [f"{self.workers} worker{'s' * (self.workers > 1)} x {self.cpus_per_worker:g} CPU"]
+        if self.gpus_per_worker:
+            parts[0] += f" + {self.gpus_per_worker:g} GPU"
+        if self.data_cpus:
+            parts.append(f"{self.data_cpus:g} CPU for Ray Data")
+        if self.driver_cpus:
+            parts.append(f"{self.driver_cpus:g} CPU for the trial driver")
+        gpus = f" and {self.workers * self.gpus_per_worker:g} GPUs" if self.gpus_per_worker else ""
+        return f"{self.cpus:g} CPUs{gpus} ({' + '.join(parts)})"
+
+    def shortfall(self, total: dict[str, float], largest_node: dict[str, float]) -> str | None:
+        """Why this request does not fit a cluster with `total` resources and that largest node, or None."""
+        if self.cpus > total.get("CPU", 0) + 1e-9:
+            return f"the Ray cluster has {total.get('CPU', 0):g} CPUs"
+        if self.cpus_per_worker > largest_node.get("CPU", 0) + 1e-9:
+            return f"its largest node has {largest_node.get('CPU', 0):g} CPUs, and a worker runs on one node"
+        if self.workers * self.gpus_per_worker > total.get("GPU", 0) + 1e-9:
+            return f"the Ray cluster has {total.get('GPU', 0):g} GPUs"
+        return None
+
+    def lower(self, total: dict[str, float]) -> str:
+        """Flags that would fit `total`, as advice."""
+        if self.workers * self.gpus_per_worker > total.get("GPU", 0):
+            return f"--workers {max(1, int(total.get('GPU', 0)))} (one GPU each) or --no-gpu"
+        room = total.get("CPU", 0) - self.data_cpus - self.driver_cpus
+        for cpus in (4.0, 2.0, 1.0, 0.5, 0.25):
+            if cpus <= self.cpus_per_worker and self.workers * cpus <= room + 1e-9:
+                return f"--workers {self.workers} --cpus-per-worker {cpus:g}"
+        if room >= 0.25:
+            return f"--workers {min(self.workers, int(room / 0.25 + 1e-9))} --cpus-per-worker 0.25"
+        return f"nothing: Ray Data alone needs {self.data_cpus + self.driver_cpus:g} CPUs; use a machine or cluster with more CPUs"
+
+
+def worker_resources(config: ExperimentConfig, workers: int, cpus_per_worker: float | None, gpu: bool | None,
+                     resources: dict[str, float]) -> tuple[float, bool]:  # fmt: skip
+    """(CPUs per worker, whether workers use a GPU): the given values, else what the cluster has room for
+    (HMR leaves DATA_CPUS to Ray Data; a GPU per worker when there are enough)."""
+    use_gpu = gpu if gpu is not None else resources.get("GPU", 0) >= workers
+    if cpus_per_worker:
+        return cpus_per_worker, use_gpu
+    hmr = config.task.name == "hmr"
+    spare = DATA_CPUS if hmr else 0.0
+    return max(0.25 if hmr else 0.5, min(4.0, (resources.get("CPU", 1) - spare) / workers)), use_gpu
+
+
+def run_request(config: ExperimentConfig, workers: int, cpus_per_worker: float, use_gpu: bool, driver_cpus: float = 0.0) -> Request:
+    return Request(workers, cpus_per_worker, 1.0 if use_gpu else 0.0, DATA_CPUS if config.task.name == "hmr" else 0.0, driver_cpus)
+
+
+def _cluster() -> tuple[dict[str, float], dict[str, float]]:
+    """The cluster's total resources and those of its largest alive node (by CPUs)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return ray.cluster_resources(), max(nodes, key=lambda r: r.get("CPU", 0), default={})
+
+
+def _autoscaling_limit() -> dict[str, float] | None:
+    """The most resources the cluster's autoscaler may start (from its cluster config), or None on a cluster
+    that does not autoscale (a local instance, `ray start` by hand)."""
+    try:
+        from ray._private.state import state  # the call Ray Train itself uses for this (worker_group.py)
+
+        return state.get_max_resources_from_cluster_config()
+    except (ImportError, AttributeError):  # moved in another Ray release: treated as a fixed cluster
+        return None
+
+
+def require_resources(request: Request, what: str, timeout: float | None = None) -> None:
+    """Return once the cluster can fit `request`; a ResourceError naming the request, the cluster and what
+    to lower when it cannot. A fixed cluster fails at once (or after waiting `timeout` s, if given); an
+    autoscaling one is asked for the resources and given `timeout` s (default RESOURCE_TIMEOUT_S) to grow."""
+    total, largest = _cluster()
+    why = request.shortfall(total, largest)
+    if why is None:
+        return
+    limit = _autoscaling_limit()
+    if limit is not None and request.shortfall(limit, limit) is not None:  # more than the autoscaler may ever start
+        raise ResourceError(f"{what} asks for {request.describe()}, but even fully scaled up the cluster has "
+                            f"{limit.get('CPU', 0):g} CPUs and {limit.get('GPU', 0):g} GPUs. Lower it: {request.lower(limit)}")
+    if timeout is None:
+        timeout = RESOURCE_TIMEOUT_S if limit is not None else 0.0
+    message = f"{what} asks for {request.describe()}, but {why}; it would wait forever. Lower it: {request.lower(total)}"
+    if timeout <= 0:
+        raise ResourceError(message)
+    log.warning("%s asks for %s, but %s: waiting up to %.0f s for %s (--resource-timeout)", what, request.describe(),
+                why, timeout, "the autoscaler" if limit is not None else "more nodes")  # fmt: skip
+    if limit is not None:
+        from ray.autoscaler.sdk import request_resources
+
+        bundles = [{"CPU": request.cpus_per_worker, "GPU": request.gpus_per_worker} for _ in range(request.workers)]
+        request_resources(bundles=[{k: v for k, v in b.items() if v} for b in bundles] + [{"CPU": request.data_cpus + request.driver_cpus}])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+            if request.shortfall(*_cluster()) is None:
+                return
+    finally:
+        if limit is not None:  # the run's own placement group keeps the new nodes busy from here on
+            request_resources(bundles=[])
+    raise ResourceError(f"{message} (waited {timeout:.0f} s)")
+
+
 def fit_with_ray(
     config: ExperimentConfig,
     run: Run,
@@ -155,19 +291,16 @@ def fit_with_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    resources = ray.cluster_resources()
-    use_gpu = gpu if gpu is not None else resources.get("GPU", 0) >= workers
+    cpus, use_gpu = worker_resources(config, workers, cpus_per_worker, gpu, ray.cluster_resources())
     datasets = None
     if config.task.name == "hmr":
-        from pipeline.data import absolute_paths, training_dataset
-        from pipeline.prepare import prepared_files
+        from pipeline.data import training_dataset
 
         if config.task.batch_size < workers:
             raise ValueError(f"task.batch_size {config.task.batch_size} is smaller than the {workers} workers that share it")
         config = absolute_paths(config)  # workers and actors do not run in this folder
+        require_folders(config.hmr, ("body_dir",))
         datasets = {"train": training_dataset(config, prepared_files(config.hmr.prepared_dir, verify=True)[0])}
-    spare = DATA_CPUS if datasets else 0.0
-    cpus = cpus_per_worker or max(0.25 if datasets else 0.5, min(4.0, (resources.get("CPU", 1) - spare) / workers))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -192,6 +325,14 @@ def fit_with_ray(
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} finished without a checkpoint")
     result.checkpoint.to_directory(str(dest))
+
+
+def check_data(config: ExperimentConfig, local: bool) -> None:
+    """A PrepareError (naming the path, and LSR1_DATA_DIR in a Ray job) unless the data an HMR run reads is
+    there: the body, and the prepared data (Ray) or the AMASS and 3DPW folders (--local)."""
+    require_folders(config.hmr, ("body_dir", "amass_dir", "pw3d_dir") if local else ("body_dir",))
+    if not local:
+        prepared_files(config.hmr.prepared_dir)
 
 
 def _fit_locally(config: ExperimentConfig, run: Run, dest: Path) -> None:
@@ -242,6 +383,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-worker", type=float, default=None)
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None, help="use GPUs (default: if the cluster has one per worker)")
     parser.add_argument("--test-steps", type=int, default=20, help="inner steps of the final test-set evaluation")
+    parser.add_argument("--resource-timeout", type=float, default=None, metavar="SECONDS",
+                        help=f"wait this long for the cluster to fit the run (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)")
     parser.add_argument("--fail-once-at", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -257,22 +400,38 @@ def main(argv: list[str] | None = None) -> int:
         overrides += ["meta.iterations=6", "meta.val_every=3"]
     try:
         config = load_config(args.config, overrides)
-    except ConfigError as err:
+        if config.task.name == "hmr":  # the data paths, absolute in the data root (LSR1_DATA_DIR)
+            config = absolute_paths(config)
+            check_data(config, local=args.local)
+    except (ConfigError, PrepareError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     args.name = args.name or config.name
     runs_dir = args.runs_dir.resolve()
     dest = runs_dir / args.name
+    if not args.local:
+        connect_ray(args.num_cpus)
+        import ray
+
+        cpus, use_gpu = worker_resources(config, args.workers, args.cpus_per_worker, args.gpu, ray.cluster_resources())
+        try:
+            require_resources(run_request(config, args.workers, cpus, use_gpu), f"training run {args.name}", args.resource_timeout)
+        except ResourceError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     run = Run.open(tracking_uri(), config.name, args.name, config, tags={"lsr1.mode": "local" if args.local else f"ray x{args.workers}"})
     tic = time.time()
     try:
         if args.local:
             _fit_locally(config, run, dest)
         else:
-            connect_ray(args.num_cpus)
             fit_with_ray(config, run, args.name, runs_dir / "ray", args.workers, cpus_per_worker=args.cpus_per_worker,
                          gpu=args.gpu, max_failures=args.max_failures, fail_once_at=args.fail_once_at, dest=dest)
         summary = _finalize(config, run, dest, args.test_steps)
+    except PrepareError as err:  # data changed or missing since the check above: the message says which
+        print(f"error: {err}", file=sys.stderr)
+        run.finish(ok=False)
+        return 1
     except Exception:
         log.exception("training run %s failed", args.name)
         run.finish(ok=False)

@@ -89,3 +89,22 @@ def test_the_synthetic_amass_size_is_an_option(tmp_path, capsys):
     assert "720 frames" in capsys.readouterr().out  # 2 sub-datasets x 2 subjects x 3 sequences x 60 frames
     with pytest.raises(SystemExit):
         main(["--synthetic", "--synthetic-sequences", "0", *args])
+
+
+def test_relative_data_paths_are_in_the_data_root(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LSR1_DATA_DIR", str(tmp_path))  # the defaults: datasets/synthetic/... under it
+    assert main(["--synthetic"]) == 0
+    assert (tmp_path / "datasets" / "synthetic" / "prepared" / "manifest.json").is_file()
+    assert str(tmp_path / "datasets" / "synthetic" / "prepared") in capsys.readouterr().out
+    monkeypatch.setenv("LSR1_DATA_DIR", "datasets")
+    assert main([]) == 2 and "LSR1_DATA_DIR='datasets' must be an absolute path" in capsys.readouterr().err
+
+
+def test_missing_data_in_a_ray_job_says_to_set_lsr1_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("LSR1_DATA_DIR", raising=False)
+    with pytest.raises(PrepareError) as plain:
+        prepared_files(tmp_path)
+    assert "LSR1_DATA_DIR" not in str(plain.value)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}}))
+    with pytest.raises(PrepareError, match="uploaded copy of the working directory .* set LSR1_DATA_DIR"):
+        prepared_files(tmp_path)

@@ -32,6 +32,18 @@ def _parent(client: MlflowClient, experiment: str, name: str):
     return run
 
 
+def test_a_sweep_whose_trial_cannot_fit_the_cluster_stops_at_once(ray_local, mlflow_store, capsys):
+    # the README's HMR sweep line without its --workers 1 --cpus-per-worker 0.25: a trial would need 2.51 of 2 CPUs
+    tic = time.monotonic()
+    assert main(["--space", "tune_spaces/smoke.yaml", "--config", "configs/hmr_smoke.yaml", "--num-samples", "4"]) == 2
+    assert time.monotonic() - tic < 10
+    err = capsys.readouterr().err
+    assert ("a trial asks for 2.51 CPUs (1 worker x 1 CPU + 1.5 CPU for Ray Data + 0.01 CPU for the trial driver), "
+            "but the Ray cluster has 2 CPUs") in err
+    assert "Lower it: --workers 1 --cpus-per-worker 0.25" in err
+    assert MlflowClient(mlflow_store).get_experiment_by_name("hmr_smoke") is None  # no parent run left behind
+
+
 @pytest.fixture(scope="module")
 def smoke_sweep(ray_local, tmp_path_factory):
     """One smoke sweep (4 trials, 2 at a time, ASHA) into a fresh MLflow store, shared by the checks below."""

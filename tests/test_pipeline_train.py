@@ -1,12 +1,14 @@
 """pipeline.train: the local loop and Ray Train on the shared local Ray instance, with a real MLflow store."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from lsr1.checkpoint import load_checkpoint
 from pipeline.evaluate import main as evaluate_main
-from pipeline.train import main
+from pipeline.train import Request, main
 
 
 def _run(client: MlflowClient, experiment: str, name: str):
@@ -56,3 +58,34 @@ def test_two_workers_survive_a_killed_worker_without_losing_or_repeating_iterati
     client = MlflowClient(mlflow_store)
     steps = [m.step for m in client.get_metric_history(_run(client, "smoke", "fault").info.run_id, "loss")]
     assert sorted(steps) == list(range(1, 13))
+
+
+@pytest.mark.parametrize(
+    "request_, advice",
+    [
+        (Request(1, 1.0, data_cpus=1.5, driver_cpus=0.01), "--workers 1 --cpus-per-worker 0.25"),  # the HMR sweep trial
+        (Request(3, 1.0), "--workers 3 --cpus-per-worker 0.5"),
+        (Request(4, 0.25, data_cpus=1.5), "--workers 2 --cpus-per-worker 0.25"),
+        (Request(1, 0.25, data_cpus=2.0), "nothing: Ray Data alone needs 2 CPUs"),
+        (Request(2, 1.0, gpus_per_worker=1.0), "--workers 1 (one GPU each) or --no-gpu"),
+    ],
+)
+def test_a_request_that_does_not_fit_says_what_to_lower(request_, advice):
+    two_cpus = {"CPU": 2.0, "GPU": 1.0}
+    assert request_.shortfall(two_cpus, two_cpus) is not None
+    assert request_.lower(two_cpus).startswith(advice)
+    assert Request(2, 0.25, data_cpus=1.5).shortfall(two_cpus, two_cpus) is None  # exactly full fits
+
+
+def test_a_run_larger_than_the_cluster_stops_at_once_naming_what_to_lower(ray_local, mlflow_store, tmp_path, capsys):
+    args = ["--config", "configs/smoke.yaml", "--workers", "3", "--cpus-per-worker", "1", "--runs-dir", str(tmp_path)]
+    tic = time.monotonic()
+    assert main(args) == 2
+    assert time.monotonic() - tic < 10
+    err = capsys.readouterr().err
+    assert "training run smoke asks for 3 CPUs (3 workers x 1 CPU), but the Ray cluster has 2 CPUs" in err
+    assert "Lower it: --workers 3 --cpus-per-worker 0.5" in err
+    assert MlflowClient(mlflow_store).get_experiment_by_name("smoke") is None  # stopped before MLflow and Ray Train
+    tic = time.monotonic()  # --resource-timeout: waits for the cluster to grow, then gives up
+    assert main([*args, "--resource-timeout", "2"]) == 2
+    assert 2 <= time.monotonic() - tic < 12 and "(waited 2 s)" in capsys.readouterr().err
