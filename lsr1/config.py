@@ -39,6 +39,7 @@ TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "lea
 # coordinate-wise step sizes for BFGS (arXiv 2412.00059), analytic tasks only
 LEARNERS = ("lsr1", "lgd", "bfgs_steps")
 ROTATIONS = ("axis_angle", "6d")
+NORMS = ("running", "problem")  # BatchNorm's statistics at evaluation (lsr1.nn)
 
 
 class ConfigError(ValueError):
@@ -58,17 +59,26 @@ class LSR1Config:
     hidden_dim: int = 128  # d_hidden = M
     gamma1: float = 0.4  # alpha = gamma1 * exp(gamma2 * alpha~)
     gamma2: float = 0.001
+    bounded_step_size: bool = False  # alpha = gamma1 * exp(gamma2 * tanh(G)): a gamma2 of real range stays finite
     lambda_sec: float = 100.0  # secant penalty weight; 0 = "without learned projection"
-    identity_in_step: bool = False  # d = (I + sum v v^T) g (Eq. 7) instead of sum v v^T g (Alg. 1)
+    # the secant penalty: "paper" ||p - (I + sum v v^T) q||^2 as Eq. 8 is written, or "applied"
+    # ||p - diag(alpha)(c s I + sum v v^T) q||^2 / ||p||^2, the operator that made the step (DESIGN §3)
+    secant_penalty: str = "paper"
+    identity_in_step: bool = False  # d = (c I + sum v v^T) g with c = 1 (Eq. 7; times s) instead of c = 0 (Alg. 1)
     secant_target: str = "new_step"  # pair of the secant penalty: "new_step" (p_k, q_k) or "last_step" (p_{k-1}, q_{k-1})
-    secant_normalize: bool = False  # divide ||p - B~q||^2 by (||p||^2 + ||B~q||^2) / 2: scale-free, in [0, 4]
+    secant_normalize: bool = False  # "paper" only: divide by (||p||^2 + ||B~q||^2) / 2: scale-free, in [0, 4]
+    input_scaling: str = "none"  # "rms": each encoder input divided by its RMS over the problem's coordinates
+    global_features: bool = False  # add cos(p, q), cos(d, g), log(||q||/||g||), log(1 + k) to every coordinate
+    curvature_scale: str = "none"  # "secant": B scaled by s = |p.q| / q.q of the last step (v by sqrt(s))
     encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
     vector_init_scale: float = 0.1  # P's last layer starts this much smaller than torch's default
     # "sqrt_dim" divides v by sqrt(N): B's added eigenvalues ||v||^2 stop growing with N (docs/results.md §4)
     vector_norm: str = "none"
-    eval_norm: str = "batch"  # BatchNorm at evaluation: "batch" statistics (as in training) or "running"
+    # BatchNorm at evaluation, never coupling problems (DESIGN §3): torch's "running" statistics, or each
+    # "problem"'s own statistics over its coordinates; training uses the batch's (frozen problems left out)
+    eval_norm: str = "problem"
 
     def __post_init__(self) -> None:
         _check(self.buffer_size >= 1, f"lsr1.buffer_size must be >= 1, got {self.buffer_size}")
@@ -84,7 +94,25 @@ class LSR1Config:
             self.secant_target in ("new_step", "last_step"),
             f"lsr1.secant_target must be 'new_step' or 'last_step', got {self.secant_target!r}",
         )
-        _check(self.eval_norm in ("batch", "running"), f"lsr1.eval_norm must be 'batch' or 'running', got {self.eval_norm!r}")
+        _check(
+            self.eval_norm != "batch",
+            "lsr1.eval_norm 'batch' normalised over all problems of a batch, so a problem's steps depended on the "
+            "others (DESIGN §3); use 'problem' (each problem's own statistics) or 'running'",
+        )
+        _check(self.eval_norm in NORMS, f"lsr1.eval_norm must be one of {list(NORMS)}, got {self.eval_norm!r}")
+        _check(
+            self.secant_penalty in ("paper", "applied"),
+            f"lsr1.secant_penalty must be 'paper' or 'applied', got {self.secant_penalty!r}",
+        )
+        _check(
+            not (self.secant_normalize and self.secant_penalty == "applied"),
+            "lsr1.secant_normalize rescales the 'paper' penalty; the 'applied' one is already divided by ||p||^2",
+        )
+        _check(self.input_scaling in ("none", "rms"), f"lsr1.input_scaling must be 'none' or 'rms', got {self.input_scaling!r}")
+        _check(
+            self.curvature_scale in ("none", "secant"),
+            f"lsr1.curvature_scale must be 'none' or 'secant', got {self.curvature_scale!r}",
+        )
         _check(self.vector_init_scale > 0, f"lsr1.vector_init_scale must be > 0, got {self.vector_init_scale}")
         _check(self.vector_norm in ("none", "sqrt_dim"), f"lsr1.vector_norm must be 'none' or 'sqrt_dim', got {self.vector_norm!r}")
         unknown = [n for n in self.encoder_inputs if n not in ENCODER_INPUTS]
@@ -181,20 +209,37 @@ class TaskConfig:
 
     name: str = "quadratic"
     dim: int = 2  # N of training and validation problems
+    train_dims: list[int] | None = None  # meta-train at mixed N: batch i has N = train_dims[i % len] (None: dim)
+    val_dim: int | None = None  # N of the validation problems (None: dim)
     batch_size: int = 128  # problems (or initial points) per meta-iteration
     val_size: int = 32  # fixed validation problems
     test_dim: int = 10
     test_size: int = 32
     max_cond: float | None = 1000.0  # quadratics: validation/test reject cond(H) above this
     cond: float = 100.0  # diagonal_quadratic, least_squares, logistic, logsumexp: condition number of the data
+    # quadratic: the meta-loss term, "value" f(x_k) (Eq. 9) or "log_gap" log10 (f(x_k) - f*) / (f(x_0) - f*)
+    meta_objective: str = "value"
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.name in TASK_NAMES, f"task.name: unknown task {self.name!r}; valid: {list(TASK_NAMES)}")
         for key in ("dim", "batch_size", "val_size", "test_dim", "test_size"):
             _check(getattr(self, key) >= 1, f"task.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.val_dim is None or self.val_dim >= 1, f"task.val_dim must be >= 1, got {self.val_dim}")
+        _check(
+            self.train_dims is None or (len(self.train_dims) > 0 and min(self.train_dims) >= 1),
+            f"task.train_dims must be a non-empty list of dimensions >= 1, got {self.train_dims}",
+        )
         _check(self.max_cond is None or self.max_cond >= 1, f"task.max_cond must be >= 1, got {self.max_cond}")
         _check(self.cond >= 1, f"task.cond must be >= 1, got {self.cond}")
+        _check(
+            self.meta_objective in ("value", "log_gap"),
+            f"task.meta_objective must be 'value' or 'log_gap', got {self.meta_objective!r}",
+        )
+        _check(
+            self.meta_objective == "value" or self.name == "quadratic",
+            f"task.meta_objective 'log_gap' is for task 'quadratic' (the convex tasks always use it), not {self.name!r}",
+        )
 
 
 @dataclass

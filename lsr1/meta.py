@@ -75,10 +75,11 @@ def unroll(
     problem.x0) and `init_for(problem, x0, g0)` (an init that conditions on the problem, e.g. its
     keypoints). meta_objective: also record `problem.meta_objective` at every iterate (for MetaLoss).
 
-    divergence_guard: freeze a problem at its last iterate once f rises above
-    f(x_0) + guard * (|f(x_0)| + 1) (or is not finite). Its later loss terms repeat that last value and its
-    penalties are zero, so one diverging problem neither makes the whole meta-loss infinite nor, through
-    BatchNorm's batch statistics, drags the other problems along. info["diverged"] marks frozen problems.
+    divergence_guard: freeze a problem at its last iterate once f would rise above
+    f(x_0) + guard * (|f(x_0)| + 1) (or is not finite). Its later loss terms repeat its last value and its
+    penalties are zero, so one diverging problem does not make the whole meta-loss infinite, and a learner
+    with `with_active(state, alive)` leaves it out of BatchNorm's batch statistics, so that it does not drag
+    the other problems along either. info["diverged"] marks frozen problems.
     """
     initial_point = getattr(optimizer, "initial_point", None)
     x = problem.x0 if initial_point is None else initial_point(problem)
@@ -86,6 +87,7 @@ def unroll(
     init_for = getattr(optimizer, "init_for", None)
     state = optimizer.init(x, g) if init_for is None else init_for(problem, x, g)
     penalty_of = getattr(optimizer, "meta_penalty", None)
+    with_active = getattr(optimizer, "with_active", None)
     values, penalties, infos, iterates = [problem.value(x)], [], [], [x]
     objectives = [problem.meta_objective(x, values[0])] if meta_objective else []
     alive = torch.ones_like(values[0], dtype=torch.bool)
@@ -94,15 +96,17 @@ def unroll(
         limit = f0 + divergence_guard * (f0.abs() + 1.0)
     for _ in range(steps):
         x_next, state, info = optimizer.step(state, x, g)
+        if divergence_guard is not None:
+            # decided before f(x_next) enters the graph: an Inf there would turn the meta-gradient into NaN
+            with torch.no_grad():
+                trial = problem.value(x_next.detach())
+            alive = alive & torch.isfinite(trial) & (trial <= limit)
+            x_next = torch.where(alive.unsqueeze(-1), x_next, x)
+            info = {**info, "diverged": (~alive).to(trial.dtype)}
+            if with_active is not None:
+                state = with_active(state, alive)
         value = problem.value(x_next)
         objective = problem.meta_objective(x_next, value) if meta_objective else None
-        if divergence_guard is not None:
-            alive = alive & torch.isfinite(value.detach()) & (value.detach() <= limit)
-            x_next = torch.where(alive.unsqueeze(-1), x_next, x)
-            value = torch.where(alive, value, values[-1])
-            if objective is not None:
-                objective = torch.where(alive, objective, objectives[-1])
-            info = {**info, "diverged": (~alive).to(value.dtype)}
         x = x_next
         g = problem.grad(x if second_order else x.detach())
         values.append(value)

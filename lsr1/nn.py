@@ -1,8 +1,10 @@
 """Element-wise MLPs of L-SR1 (paper App. C.1, Tables 5 and 6).
 
 Every module of L-SR1 acts on each coordinate of the problem independently: an input of shape (B, N, d_in)
-is flattened to (B*N, d_in) rows, so one set of weights serves any dimension N. BatchNorm therefore
-normalises over all B*N coordinates of the batch.
+is flattened to (B*N, d_in) rows, so one set of weights serves any dimension N. In training BatchNorm
+normalises over all B*N coordinates of the batch, leaving out rows of weight 0 (problems frozen by the
+divergence guard). At evaluation it must not couple problems (DESIGN §3): `norm="running"` uses the running
+statistics (torch's eval mode), `norm="problem"` the statistics of each problem's own N coordinates.
 
 The layers are plain nn.Linear, nn.BatchNorm1d and nn.PReLU (standard state-dict keys), but each
 Linear -> BatchNorm [-> PReLU] group runs through `linear_bn`: in training one autograd node with a
@@ -20,11 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["BasicBlock", "ElementwiseMLP", "linear_bn"]
+from lsr1.config import NORMS  # BatchNorm at evaluation; training always uses batch statistics
+
+__all__ = ["NORMS", "BasicBlock", "ElementwiseMLP", "linear_bn"]
 
 
 class _LinearBatchNorm(torch.autograd.Function):
-    """act(BN(x W^T + b)) with batch statistics over the rows; act is PReLU(slope) or the identity."""
+    """act(BN(x W^T + b)) with batch statistics over the rows; act is PReLU(slope) or the identity.
+
+    share: None (every row counts 1/R) or (R, 1) row weights summing to 1; the statistics are the weighted
+    mean and variance, so a row of weight 0 is normalised with them but does not move them."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -36,24 +43,30 @@ class _LinearBatchNorm(torch.autograd.Function):
         beta: Tensor,
         slope: Tensor | None,
         eps: float,
+        share: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         rows = x.shape[0]
         centered = torch.addmm(bias, x, weight.t())  # (R, C), centred in place below
-        mean = centered.sum(0).div_(rows)
-        centered.sub_(mean)
-        var = torch.linalg.vecdot(centered, centered, dim=0).div_(rows)
+        if share is None:
+            mean = centered.sum(0).div_(rows)
+            centered.sub_(mean)
+            var = torch.linalg.vecdot(centered, centered, dim=0).div_(rows)
+        else:
+            mean = (centered * share).sum(0)
+            centered.sub_(mean)
+            var = (centered * centered * share).sum(0)
         rstd = (var + eps).rsqrt_()
         scale = rstd * gamma
         normed = torch.addcmul(beta, centered, scale)
         out = normed if slope is None else F.prelu(normed, slope)
-        ctx.save_for_backward(x, weight, centered, rstd, scale, normed if slope is not None else None, slope)
+        ctx.save_for_backward(x, weight, centered, rstd, scale, normed if slope is not None else None, slope, share)
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, centered, rstd, scale, normed, slope = ctx.saved_tensors
+        x, weight, centered, rstd, scale, normed, slope, share = ctx.saved_tensors
         rows = grad_out.shape[0]
         grad_slope = None
         if slope is not None:
@@ -65,36 +78,60 @@ class _LinearBatchNorm(torch.autograd.Function):
         grad_beta = grad_normed.sum(0)
         grad_dot = torch.linalg.vecdot(grad_normed, centered, dim=0)
         grad_gamma = grad_dot * rstd
-        # d/dz of BN: scale * (g - mean(g) - centered * rstd^2 * mean(g * centered))
-        grad_z = torch.addcmul(-(grad_beta / rows) * scale, grad_normed, scale)
-        grad_z.addcmul_(centered, -(grad_dot * rstd * rstd / rows) * scale)
+        # d/dz_j of BN: scale * (g_j - s_j sum_i g_i - s_j centered_j rstd^2 sum_i g_i centered_i), s_j the
+        # row's share of the statistics (1/R without weights)
+        if share is None:
+            grad_z = torch.addcmul(-(grad_beta / rows) * scale, grad_normed, scale)
+            grad_z.addcmul_(centered, -(grad_dot * rstd * rstd / rows) * scale)
+        else:
+            grad_z = grad_normed - share * grad_beta
+            grad_z.sub_(share * centered * (grad_dot * rstd * rstd)).mul_(scale)
         grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
-        return grad_x, grad_z.t() @ x, grad_z.sum(0), grad_gamma, grad_beta, grad_slope, None
+        return grad_x, grad_z.t() @ x, grad_z.sum(0), grad_gamma, grad_beta, grad_slope, None, None
 
 
 def linear_bn(
-    x: Tensor, linear: nn.Linear, bn: nn.BatchNorm1d, prelu: nn.PReLU | None = None, batch_stats: bool | None = None
+    x: Tensor,
+    linear: nn.Linear,
+    bn: nn.BatchNorm1d,
+    prelu: nn.PReLU | None = None,
+    norm: str = "running",
+    weights: Tensor | None = None,
+    problems: int = 1,
 ) -> Tensor:
     """prelu(bn(linear(x))) (or bn(linear(x))) for x: (R, in).
 
-    batch_stats: normalise with the statistics of these rows (default: in training only). Running
-    statistics are updated in training only.
+    In training: batch statistics over the rows, each row weighted by `weights` (R,) (0 leaves a row out;
+    None: all equal), and the running statistics updated. In eval mode: `norm` "running" folds the running
+    statistics into the Linear; "problem" normalises each of `problems` equal consecutive groups of rows
+    (one problem's coordinates) with its own statistics.
     """
-    if not (bn.training if batch_stats is None else batch_stats):
+    if not bn.training and norm == "running":
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         z = torch.addmm((linear.bias - bn.running_mean) * scale + bn.bias, x, (linear.weight * scale.unsqueeze(1)).t())
         return z if prelu is None else F.prelu(z, prelu.weight)
+    if not bn.training:
+        if norm != "problem":
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+        z = linear(x).reshape(problems, -1, linear.out_features)  # (problems, rows per problem, C)
+        var, mean = torch.var_mean(z, dim=1, keepdim=True, correction=0)
+        z = ((z - mean) * torch.rsqrt(var + bn.eps) * bn.weight + bn.bias).reshape(x.shape[0], -1)
+        return z if prelu is None else F.prelu(z, prelu.weight)
     if prelu is not None and prelu.weight.numel() != 1:
         raise ValueError("linear_bn supports a PReLU with one shared slope")
-    out, mean, var = _LinearBatchNorm.apply(x, linear.weight, linear.bias, bn.weight, bn.bias, prelu.weight if prelu else None, bn.eps)
-    if not bn.training:
-        return out
+    share = None
+    if weights is not None:
+        weights = weights.detach().to(x.dtype).reshape(-1, 1)
+        total = weights.sum()
+        share = weights / total.clamp_min(1.0)  # no live row at all: zero statistics, still finite
+    slope = prelu.weight if prelu else None
+    out, mean, var = _LinearBatchNorm.apply(x, linear.weight, linear.bias, bn.weight, bn.bias, slope, bn.eps, share)
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        rows = x.shape[0]
+        rows = float(x.shape[0] if weights is None else total)
         bn.running_mean.lerp_(mean, factor)
-        bn.running_var.lerp_(var * (rows / max(rows - 1, 1)), factor)
+        bn.running_var.lerp_(var * (rows / max(rows - 1.0, 1.0)), factor)
     return out
 
 
@@ -103,15 +140,14 @@ class BasicBlock(nn.Module):
 
     bn_momentum: the running statistics must average over every step of an unroll (a meta-iteration calls
     the block K times), hence 0.01 rather than torch's 0.1, which would keep mostly the last steps.
-    eval_batch_stats: in eval mode, normalise with the statistics of the rows at hand (as in training)
-    instead of the running statistics.
+    norm: BatchNorm's statistics in eval mode (`linear_bn`).
     """
 
-    def __init__(
-        self, features: int, dropout: float = 0.0, bn_momentum: float | None = 0.01, eval_batch_stats: bool = False
-    ) -> None:
+    def __init__(self, features: int, dropout: float = 0.0, bn_momentum: float | None = 0.01, norm: str = "running") -> None:
         super().__init__()
-        self.eval_batch_stats = eval_batch_stats
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+        self.norm = norm
         self.fc1 = nn.Linear(features, features)
         self.bn1 = nn.BatchNorm1d(features, momentum=bn_momentum)
         self.prelu = nn.PReLU()
@@ -120,17 +156,17 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm1d(features, momentum=bn_momentum)
         self.do2 = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (R, features) -> (R, features)."""
-        stats = self.training or self.eval_batch_stats
-        h = self.do1(linear_bn(x, self.fc1, self.bn1, self.prelu, stats))
-        return self.do2(linear_bn(h, self.fc2, self.bn2, None, stats)) + x
+    def forward(self, x: Tensor, weights: Tensor | None = None, problems: int = 1) -> Tensor:
+        """x: (R, features) -> (R, features); weights and problems as in `linear_bn`."""
+        h = self.do1(linear_bn(x, self.fc1, self.bn1, self.prelu, self.norm, weights, problems))
+        return self.do2(linear_bn(h, self.fc2, self.bn2, None, self.norm, weights, problems)) + x
 
 
 class ElementwiseMLP(nn.Module):
     """MLP of Table 5: fc -> BN -> PReLU -> Dropout -> BasicBlock -> BasicBlock -> fc.
 
     Applied to the last axis of any (..., d_in) tensor; all leading axes are treated as one batch of rows.
+    norm "problem" (eval mode) takes the first axis as the problems and the others as their coordinates.
     """
 
     def __init__(
@@ -140,10 +176,12 @@ class ElementwiseMLP(nn.Module):
         hidden: int = 128,
         dropout: float = 0.0,
         bn_momentum: float | None = 0.01,
-        eval_batch_stats: bool = False,
+        norm: str = "running",
     ) -> None:
         super().__init__()
-        self.eval_batch_stats = eval_batch_stats
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+        self.norm = norm
         if d_in < 1 or d_out < 1 or hidden < 1:
             raise ValueError(f"ElementwiseMLP sizes must be positive, got d_in={d_in}, d_out={d_out}, hidden={hidden}")
         if not 0.0 <= dropout < 1.0:
@@ -152,13 +190,19 @@ class ElementwiseMLP(nn.Module):
         self.bn1 = nn.BatchNorm1d(hidden, momentum=bn_momentum)
         self.prelu = nn.PReLU()
         self.do1 = nn.Dropout(dropout)
-        self.mlp1 = BasicBlock(hidden, dropout, bn_momentum, eval_batch_stats)
-        self.mlp2 = BasicBlock(hidden, dropout, bn_momentum, eval_batch_stats)
+        self.mlp1 = BasicBlock(hidden, dropout, bn_momentum, norm)
+        self.mlp2 = BasicBlock(hidden, dropout, bn_momentum, norm)
         self.fc2 = nn.Linear(hidden, d_out)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (..., d_in) -> (..., d_out)."""
+    def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        """x: (..., d_in) -> (..., d_out). weights: broadcastable to x.shape[:-1], each row's weight in the
+        training statistics (0: left out, e.g. a frozen problem); None: all rows count."""
         rows = x.reshape(-1, x.shape[-1])  # (R, d_in), R = product of the leading axes
-        h = self.do1(linear_bn(rows, self.fc1, self.bn1, self.prelu, self.training or self.eval_batch_stats))
-        h = self.mlp2(self.mlp1(h))
+        if weights is not None:
+            weights = weights.expand(x.shape[:-1]).reshape(-1)
+        if not self.training and self.norm == "problem" and x.dim() < 3:
+            raise ValueError(f"norm 'problem' needs (problems, coordinates, features) inputs, got {tuple(x.shape)}")
+        problems = x.shape[0] if x.dim() > 2 else 1
+        h = self.do1(linear_bn(rows, self.fc1, self.bn1, self.prelu, self.norm, weights, problems))
+        h = self.mlp2(self.mlp1(h, weights, problems), weights, problems)
         return self.fc2(h).reshape(*x.shape[:-1], -1)

@@ -165,3 +165,19 @@ def test_h36m_evaluation_regressor_is_used_when_configured(hmr_data, setup, tmp_
     np.save(tmp_path / "bad.npy", np.zeros((14, 6890)))
     with pytest.raises(FormatError, match=r"bad\.npy: expected the H36M regressor's shape"):
         load_joint_model(hmr_config(hmr_data, f"hmr.h36m_regressor={tmp_path / 'bad.npy'}").hmr)
+
+
+@pytest.mark.parametrize("learner", ["lsr1", "lgd"])
+def test_hmr_evaluation_of_a_frame_does_not_depend_on_the_other_frames(hmr_data, learner):  # noqa: F811
+    """A 3DPW frame gets the same trajectory alone and inside any evaluation chunk (DESIGN §3)."""
+    config = hmr_config(hmr_data, f"learner={learner}", "lgd.hidden_dim=32", "hmr.init_hidden_dim=32", "task.batch_size=16")
+    torch.manual_seed(0)
+    model = make_learner(config)
+    model.train()
+    for i in range(2):  # training moves the running statistics away from their initial values
+        unroll(model, problem_set(config.task, "train", i, hmr=config.hmr), 2)
+    test = problem_set(config.task, "test", hmr=config.hmr).select(slice(0, 6))
+    together = run(model, test, 3).iterates
+    for i in (0, 3, 5):
+        alone = run(model, test.select(slice(i, i + 1)), 3).iterates
+        assert torch.allclose(alone[:, 0], together[:, i], rtol=1e-4, atol=1e-5)

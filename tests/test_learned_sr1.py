@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from lsr1.config import LSR1Config
-from lsr1.learned import LSR1, precondition, secant_residual, with_buffer_size
+from lsr1.learned import LSR1, applied_secant_residual, precondition, secant_residual, with_buffer_size
 from lsr1.optim.base import fifo_push
-from lsr1.tasks import random_quadratics
+from lsr1.tasks import Quadratic, random_quadratics
 from tests.helpers import assert_close, smoketest_meta_step, smoketest_optimizer
 
 
@@ -145,3 +145,143 @@ def test_last_step_secant_pairs_the_new_buffer_with_the_previous_step():
     penalty, info = model.meta_penalty(state, x2, problem.grad(x2))
     assert_close(info["secant_residual"], secant_residual(state.buffer, x1 - x0, g1 - g0))
     assert_close(penalty, 2.0 * info["secant_residual"])
+
+
+# --- the secant penalty that agrees with the objective, and batch-independent evaluation (DESIGN §3) ---
+
+
+def _newton_buffer(h: torch.Tensor) -> torch.Tensor:
+    """v_i = u_i / sqrt(lambda_i) over H's eigenvectors, so that sum v v^T = H^-1: (1, N, N)."""
+    eig, vec = torch.linalg.eigh(h[0])
+    return (vec / eig.sqrt()).t().unsqueeze(0)
+
+
+def test_applied_penalty_is_zero_at_the_newton_step_and_positive_at_a_short_step():
+    problem = random_quadratics(1, 4, seed=11, max_cond=100.0, dtype=torch.float64)
+    x = problem.x0
+    g = problem.grad(x)
+    alpha = torch.ones_like(x)
+    newton = _newton_buffer(problem.h)  # M = diag(1) (0 I + H^-1)
+    p = -alpha * precondition(newton, g, 0.0)
+    q = problem.grad(x + p) - g
+    assert_close(p, problem.newton_direction(g))
+    assert float(applied_secant_residual(newton, alpha, 0.0, p, q)) < 1e-20
+    # the paper's form charges the same Newton step: B~ = I + H^-1 gives ||p - (I + H^-1) H p||^2 = ||q||^2
+    assert_close(secant_residual(newton, p, q), q.pow(2).sum(-1), rtol=1e-7)
+    assert float(q.pow(2).sum()) > 0.1
+    # a short gradient step, M = 0.01 I: the applied penalty does not reward not moving
+    empty, short = torch.zeros(1, 2, 4, dtype=torch.float64), torch.full_like(x, 0.01)
+    p = -short * precondition(empty, g, 1.0)
+    q = problem.grad(x + p) - g
+    assert float(applied_secant_residual(empty, short, 1.0, p, q)) > 0.5
+    assert float(secant_residual(empty, 1e-6 * p, 1e-6 * q)) < 1e-10  # while the paper's form vanishes with p
+
+
+def test_applied_penalty_measures_the_operator_of_the_step():
+    """meta_penalty with secant_penalty 'applied' is ||p - alpha (c s q + sum v v^T q)||^2 / ||p||^2 of the
+    step it follows, with the state's own alpha, s and buffer, in dense form."""
+    model = _small(secant_penalty="applied", identity_in_step=True, curvature_scale="secant", lambda_sec=3.0).double()
+    problem = random_quadratics(3, 5, seed=4, dtype=torch.float64)
+    x0 = problem.x0
+    g0 = problem.grad(x0)
+    x1, state, _ = model.step(model.init(x0, g0), x0, g0)
+    x2, state, _ = model.step(state, x1, problem.grad(x1))
+    g2 = problem.grad(x2)
+    penalty, info = model.meta_penalty(state, x2, g2)
+    p, q = x2 - x1, g2 - problem.grad(x1)
+    dense = torch.einsum("bli,blj->bij", state.buffer, state.buffer) + state.scale.unsqueeze(-1) * torch.eye(5, dtype=torch.float64)
+    mq = state.alpha * torch.einsum("bij,bj->bi", dense, q)
+    expected = (p - mq).pow(2).sum(-1) / p.pow(2).sum(-1)
+    assert_close(info["secant_residual"], expected)
+    assert_close(penalty, 3.0 * expected)
+    assert_close(x2, x1 - state.alpha * torch.einsum("bij,bj->bi", dense, problem.grad(x1)))  # the same operator
+
+
+def test_paper_penalty_is_equation_8_as_written():
+    model = _small(secant_penalty="paper", identity_in_step=True, curvature_scale="secant", lambda_sec=2.0).double()
+    problem = random_quadratics(2, 4, seed=8, dtype=torch.float64)
+    x0 = problem.x0
+    g0 = problem.grad(x0)
+    x1, state, _ = model.step(model.init(x0, g0), x0, g0)
+    g1 = problem.grad(x1)
+    penalty, _ = model.meta_penalty(state, x1, g1)
+    b_tilde = torch.eye(4, dtype=torch.float64) + torch.einsum("bli,blj->bij", state.buffer, state.buffer)
+    expected = (x1 - x0 - torch.einsum("bij,bj->bi", b_tilde, g1 - g0)).pow(2).sum(-1)
+    assert_close(penalty, 2.0 * expected)
+
+
+FORMULATIONS = [
+    dict(),  # the paper's
+    dict(eval_norm="problem"),
+    dict(secant_penalty="applied", identity_in_step=True, input_scaling="rms", curvature_scale="secant",
+         vector_norm="sqrt_dim", global_features=True, gamma2=1.0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("options", FORMULATIONS)
+def test_a_problem_takes_the_same_steps_alone_and_inside_any_batch(options):
+    """Evaluation never couples problems: each problem's trajectory in a batch of mixed problems equals its
+    trajectory alone, to float rounding."""
+    from lsr1.meta import run
+
+    torch.manual_seed(0)
+    model = _small(**options).double()
+    model.train()  # move the running statistics away from their initial values first
+    for seed in range(3):
+        run_problem = random_quadratics(16, 6, seed=seed, dtype=torch.float64)
+        model.step(model.init(run_problem.x0, run_problem.grad(run_problem.x0)), run_problem.x0, run_problem.grad(run_problem.x0))
+    batch = random_quadratics(6, 6, seed=21, dtype=torch.float64)
+    h = batch.h.clone()
+    h[::2] *= 5.0  # mixed scales: a batch statistic would differ from each problem's own
+    mixed = Quadratic(h, batch.b, 3.0 * batch.x0)
+    together = run(model, mixed, 8).iterates
+    assert torch.isfinite(together).all()
+    for i in range(mixed.batch_size):
+        alone = run(model, mixed.select(slice(i, i + 1)), 8).iterates
+        assert_close(alone[:, 0], together[:, i], rtol=1e-9, atol=1e-12)
+
+
+def test_frozen_problems_are_left_out_of_the_training_statistics():
+    """In training, a problem the divergence guard froze (active 0) does not move BatchNorm's statistics:
+    the live problems step exactly as they would without it, whatever its state holds."""
+    torch.manual_seed(1)
+    model = _small(input_scaling="rms", global_features=True).double().train()
+    problem = random_quadratics(4, 5, seed=3, dtype=torch.float64)
+    x, g = problem.x0, problem.grad(problem.x0)
+    state = model.with_active(model.init(x, g), torch.tensor([True, False, True, True]))
+    x_wild = x.clone()
+    x_wild[1] = 1e30
+    ours, _, _ = model.step(state, x_wild, g)
+    live = [0, 2, 3]
+    reference, _, _ = model.step(model.init(x[live], g[live]), x[live], g[live])
+    assert_close(ours[live], reference)
+
+
+def test_unroll_marks_frozen_problems_inactive_in_the_state():
+    from lsr1.meta import unroll
+
+    problem = random_quadratics(3, 4, seed=2, dtype=torch.float64)
+    h = problem.h.clone()
+    h[2] *= 1e6  # diverges at once under a step of gamma1 = 0.4 and unit curvature scale
+    model = _small(identity_in_step=True).double()
+    result = unroll(model, Quadratic(h, problem.b, problem.x0), 4, divergence_guard=10.0)
+    assert result.info["diverged"][-1].tolist() == [0.0, 0.0, 1.0]
+    assert result.state.active.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_mixed_dimension_training_batches_and_validation_dimension():
+    from lsr1.config import TaskConfig
+    from lsr1.tasks import problem_set
+
+    task = TaskConfig(dim=2, train_dims=[2, 5, 9], val_dim=7)
+    assert [problem_set(task, "train", i).dim for i in range(4)] == [2, 5, 9, 2]
+    assert problem_set(task, "val").dim == 7 and problem_set(task, "test").dim == task.test_dim
+
+
+def test_old_batch_wide_evaluation_is_refused_with_the_reason():
+    from lsr1.config import ConfigError
+
+    with pytest.raises(ConfigError, match="problem.*running"):
+        LSR1Config(eval_norm="batch")
+    with pytest.raises(ConfigError, match="already divided"):
+        LSR1Config(secant_penalty="applied", secant_normalize=True)

@@ -46,13 +46,43 @@ def test_linear_bn_eval_folds_running_statistics(with_prelu):
     assert_close(linear_bn(x, linear, bn, prelu if with_prelu else None), _reference(x, linear, bn, prelu if with_prelu else None))
 
 
-def test_linear_bn_batch_statistics_in_eval_do_not_touch_running_statistics():
+def test_linear_bn_problem_statistics_in_eval_normalise_each_problem_alone():
     linear, bn = nn.Linear(3, 4).double(), nn.BatchNorm1d(4).double()
     bn.eval()
-    x = torch.randn(9, 3, dtype=torch.float64)
-    out = linear_bn(x, linear, bn, None, batch_stats=True)
-    assert_close(out.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+    x = torch.randn(2 * 9, 3, dtype=torch.float64)
+    out = linear_bn(x, linear, bn, None, norm="problem", problems=2)
+    assert_close(out.reshape(2, 9, 4).mean(1), torch.zeros(2, 4, dtype=torch.float64), atol=1e-12)
+    assert_close(out[9:], linear_bn(x[9:], linear, bn, None, norm="problem", problems=1))  # alone = in the batch
     assert bn.num_batches_tracked.item() == 0 and torch.equal(bn.running_mean, torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("with_prelu", [True, False])
+def test_weighted_batch_statistics_leave_out_rows_of_weight_zero(with_prelu):
+    """Rows of weight 0 (frozen problems) are normalised with the others' statistics but do not move them:
+    the live rows' outputs and gradients equal those of the live rows alone, and the running statistics
+    are those of the live rows."""
+    x = torch.randn(12, 6, dtype=torch.float64, requires_grad=True)
+    linear, bn, prelu = nn.Linear(6, 5).double(), nn.BatchNorm1d(5, momentum=0.1).double(), nn.PReLU(init=0.3).double()
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+    ref = copy.deepcopy((linear, bn, prelu))
+    live = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], dtype=torch.float64)
+    with torch.no_grad():
+        x[live == 0] *= 1e6  # a frozen problem's huge state must not matter
+    mask = live.bool()
+    out = linear_bn(x, linear, bn, prelu if with_prelu else None, weights=live)
+    alone = linear_bn(x[mask], ref[0], ref[1], ref[2] if with_prelu else None)
+    assert_close(out[mask], alone, what="forward")
+    weight = torch.randn(int(mask.sum()), 5, dtype=torch.float64)
+    grads = torch.autograd.grad((out[mask] * weight).sum(), [x, linear.weight, bn.weight])
+    want = torch.autograd.grad((alone * weight).sum(), [x, ref[0].weight, ref[1].weight])
+    assert_close(grads[0][mask], want[0][mask], what="input gradient")
+    assert torch.count_nonzero(grads[0][~mask]) == 0
+    for got, expected in zip(grads[1:], want[1:]):
+        assert_close(got, expected, what="parameter gradient")
+    assert_close(bn.running_mean, ref[1].running_mean, what="running mean")
+    assert_close(bn.running_var, ref[1].running_var, what="running var")
 
 
 def test_elementwise_mlp_is_table5_and_acts_per_coordinate():

@@ -3,7 +3,7 @@ from lsr1.config import ExperimentConfig
 from lsr1.learned.base import LearnedOptimizer
 from lsr1.learned.bfgs_steps import BFGSSteps, BFGSStepsState
 from lsr1.learned.lgd import LGD, LGDState
-from lsr1.learned.sr1 import LSR1, LSR1State, precondition, secant_residual, with_buffer_size
+from lsr1.learned.sr1 import LSR1, LSR1State, applied_secant_residual, precondition, secant_residual, with_buffer_size
 
 __all__ = [
     "BFGSSteps",
@@ -13,6 +13,7 @@ __all__ = [
     "LSR1",
     "LSR1State",
     "LearnedOptimizer",
+    "applied_secant_residual",
     "make_learner",
     "precondition",
     "secant_residual",

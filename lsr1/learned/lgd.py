@@ -29,6 +29,7 @@ __all__ = ["LGD", "LGDState"]
 
 class LGDState(NamedTuple):
     context: Tensor  # (B, C) what the problem shows the update (LGD: the 36 normalised keypoint coordinates)
+    active: Tensor  # (B,) 1 for a live problem, 0 for one the divergence guard froze (out of BN's statistics)
 
 
 class LGD(LearnedOptimizer):
@@ -55,7 +56,11 @@ class LGD(LearnedOptimizer):
             context = x0.new_zeros(x0.shape[0], 0)
         if context.shape != (x0.shape[0], self.context_dim):
             raise ValueError(f"LGD.init: context must have shape {(x0.shape[0], self.context_dim)}, got {tuple(context.shape)}")
-        return LGDState(context=context)
+        return LGDState(context=context, active=x0.new_ones(x0.shape[0]))
+
+    def with_active(self, state: LGDState, active: Tensor) -> LGDState:
+        """The state with problems marked live (True) or frozen (False, left out of BatchNorm's statistics)."""
+        return state._replace(active=active.to(state.active.dtype))
 
     def init_for(self, problem: "Problem", x0: Tensor, g0: Tensor) -> LGDState:
         """`init` with the problem's context (its keypoints); what `lsr1.meta.unroll` calls."""
@@ -63,8 +68,8 @@ class LGD(LearnedOptimizer):
 
     def step(self, state: LGDState, x: Tensor, g: Tensor) -> tuple[Tensor, LGDState, Info]:
         features = torch.cat([state.context, x[:, : self.pose_dim], g[:, : self.pose_dim]], dim=1)
-        delta = self.pose_update(features)
+        delta = self.pose_update(features, state.active)
         if self.shape_update is not None:
-            delta = torch.cat([delta, self.shape_update(features)], dim=1)
+            delta = torch.cat([delta, self.shape_update(features, state.active)], dim=1)
         step = self.step_scale * delta
         return x + step, state, {"step_norm": step.norm(dim=-1)}

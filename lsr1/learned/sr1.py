@@ -1,13 +1,24 @@
 """L-SR1: learned symmetric-rank-one preconditioning (paper Sec. 4, Alg. 1, Eqs. 7-9; DESIGN §3).
 
 Each step, three element-wise MLPs read the optimisation state coordinate by coordinate:
-    f_k     = E([x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1}])     (B, N, M)
-    v_k     = P(f_k)                                              (B, N)   pushed into a FIFO buffer of L
-    alpha_k = gamma1 * exp(gamma2 * G(f_k))                       (B, N)   element-wise step sizes
-    d_k     = (c I + sum_i v_i v_i^T) g_{k-1}                     c = 1 with `identity_in_step` (Eq. 7), else 0 (Alg. 1)
+    f_k     = E([x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1}] (+ global features))     (B, N, M)
+    v_k     = sqrt(s_k / n) P(f_k)                                        (B, N)   pushed into a FIFO buffer of L
+    alpha_k = gamma1 * exp(gamma2 * G(f_k))                               (B, N)   element-wise step sizes
+              (G(f_k) through tanh with `bounded_step_size`, so that a gamma2 with real range cannot overflow)
+    d_k     = (c s_k I + sum_i v_i v_i^T) g_{k-1}        c = 1 with `identity_in_step` (Eq. 7), else 0 (Alg. 1)
     x_k     = x_{k-1} - alpha_k * d_k
-The preconditioner is PSD by construction; the secant penalty ||p_k - B~_k q_k||^2 with B~ = I + sum v v^T
-(Eq. 8) is added to the meta-loss with weight lambda_sec to pull it toward the inverse Hessian.
+The preconditioner is PSD by construction. s_k = |p_{k-1}.q_{k-1}| / ||q_{k-1}||^2 (`curvature_scale: secant`, the
+inverse curvature along the last step) or 1 (the paper); n = N (`vector_norm: sqrt_dim`) or 1 (the paper).
+With `input_scaling: rms` each encoder input is divided by its RMS over the problem's coordinates, so that
+E sees the same numbers whatever the scale of the problem; `global_features` adds per-problem scalars
+(cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate.
+
+The secant penalty of the meta-loss (weight lambda_sec) pulls the preconditioner toward the inverse Hessian:
+    "paper"    ||p - B~ q||^2 with B~ = I + sum v v^T, as Eq. 8 is written;
+    "applied"  ||p - M q||^2 / ||p||^2 with M = diag(alpha_k) (c s_k I + sum v v^T), the operator that made
+               the step p: zero exactly where the step is Newton's along p (on a quadratic q = H p), and not
+               lowered by a short step. The paper form is zero at p = 0 and charges the Newton step, so it
+               trains short steps (DESIGN §3 correction).
 No N x N matrix is ever formed: B g costs O(L N).
 """
 from __future__ import annotations
@@ -24,7 +35,9 @@ from lsr1.learned.base import LearnedOptimizer
 from lsr1.nn import ElementwiseMLP
 from lsr1.optim.base import Info, check_pair, fifo_push
 
-__all__ = ["LSR1", "LSR1State", "precondition", "secant_residual", "with_buffer_size"]
+__all__ = ["GLOBAL_FEATURES", "LSR1", "LSR1State", "applied_secant_residual", "precondition", "secant_residual", "with_buffer_size"]
+
+GLOBAL_FEATURES = 4  # cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)
 
 
 class LSR1State(NamedTuple):
@@ -34,20 +47,26 @@ class LSR1State(NamedTuple):
     buffer: Tensor  # (B, L, N) the last L vectors v, oldest first; never-filled slots are zero
     residual: Tensor  # (B,) secant residual of the last pair (secant_target "last_step"); zero otherwise
     count: int  # steps taken
+    alpha: Tensor  # (B, N) the step sizes of the last step (the applied operator's diagonal)
+    scale: Tensor  # (B, 1) s of the last step
+    active: Tensor  # (B,) 1 for a live problem, 0 for one the divergence guard froze (out of BN's statistics)
 
 
-def precondition(buffer: Tensor, g: Tensor, identity_weight: float) -> Tensor:
+def precondition(buffer: Tensor, g: Tensor, identity_weight: float | Tensor) -> Tensor:
     """(c I + sum_i v_i v_i^T) g without forming the matrix.
 
-    buffer: (B, L, N); g: (B, N); identity_weight: c. Returns (B, N).
+    buffer: (B, L, N); g: (B, N); identity_weight: c, a number or (B, 1). Returns (B, N).
     """
     coeff = torch.bmm(buffer, g.unsqueeze(-1))  # (B, L, 1): v_i . g
     low_rank = torch.bmm(buffer.transpose(1, 2), coeff).squeeze(-1)  # (B, N): sum_i v_i (v_i . g)
+    if isinstance(identity_weight, Tensor):
+        return low_rank + identity_weight * g
     return low_rank + identity_weight * g if identity_weight else low_rank
 
 
 def secant_residual(buffer: Tensor, p: Tensor, q: Tensor, normalize: bool = False) -> Tensor:
-    """||p - B~ q||^2 with B~ = I + sum_i v_i v_i^T (Eq. 8). buffer: (B, L, N); p, q: (B, N) -> (B,).
+    """||p - B~ q||^2 with B~ = I + sum_i v_i v_i^T (Eq. 8, the `paper` penalty). buffer: (B, L, N); p, q:
+    (B, N) -> (B,).
 
     normalize: divide by (||p||^2 + ||B~ q||^2) / 2, which makes the penalty independent of the step length
     (so it cannot be lowered by not moving) and bounded by 4."""
@@ -57,6 +76,22 @@ def secant_residual(buffer: Tensor, p: Tensor, q: Tensor, normalize: bool = Fals
         return residual
     scale = 0.5 * (p.pow(2).sum(-1) + bq.pow(2).sum(-1))
     return residual / scale.clamp_min(torch.finfo(p.dtype).tiny)
+
+
+def applied_secant_residual(buffer: Tensor, alpha: Tensor, identity: Tensor | float, p: Tensor, q: Tensor) -> Tensor:
+    """||p - M q||^2 / ||p||^2 with M = diag(alpha) (identity I + sum_i v_i v_i^T), the operator the step
+    applied (the `applied` penalty). alpha, p, q: (B, N); identity: c s, a number or (B, 1) -> (B,)."""
+    mq = alpha * precondition(buffer, q, identity)
+    return (p - mq).pow(2).sum(-1) / p.pow(2).sum(-1).clamp_min(torch.finfo(p.dtype).tiny)
+
+
+def _cosine(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(torch.finfo(a.dtype).tiny)
+
+
+def _log_ratio(a: Tensor, b: Tensor, limit: float = 10.0) -> Tensor:
+    tiny = torch.finfo(a.dtype).tiny
+    return (torch.log(a.norm(dim=-1).clamp_min(tiny)) - torch.log(b.norm(dim=-1).clamp_min(tiny))).clamp(-limit, limit)
 
 
 class LSR1(LearnedOptimizer):
@@ -71,14 +106,13 @@ class LSR1(LearnedOptimizer):
         self.lambda_sec = config.lambda_sec
         self.identity_weight = 1.0 if config.identity_in_step else 0.0
         self.last_step_secant = config.secant_target == "last_step"
-        self.normalize_secant = config.secant_normalize
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
-        # eval_norm "batch": at evaluation BatchNorm keeps normalising over the coordinates being optimised,
-        # as in training; with running statistics, states far from the training distribution (large x or g)
-        # give large v and the step diverges (docs/results.md).
-        mlp = dict(hidden=config.hidden_dim, dropout=config.dropout, bn_momentum=config.bn_momentum, eval_batch_stats=config.eval_norm == "batch")
+        # eval_norm: BatchNorm at evaluation never mixes problems (DESIGN §3): running statistics, or each
+        # problem's own statistics over its coordinates
+        mlp = dict(hidden=config.hidden_dim, dropout=config.dropout, bn_momentum=config.bn_momentum, norm=config.eval_norm)
         h = config.hidden_dim
-        self.encoder = ElementwiseMLP(len(self._inputs), h, **mlp)  # E: state -> features
+        width = len(self._inputs) + (GLOBAL_FEATURES if config.global_features else 0)
+        self.encoder = ElementwiseMLP(width, h, **mlp)  # E: state -> features
         self.vector_generator = ElementwiseMLP(h, 1, **mlp)  # P: features -> v
         self.lr_generator = ElementwiseMLP(h, 1, **mlp)  # G: features -> log step size
         # A small untrained preconditioner keeps the first unrolls finite: with torch's default scale,
@@ -90,35 +124,83 @@ class LSR1(LearnedOptimizer):
     def init(self, x0: Tensor, g0: Tensor) -> LSR1State:
         check_pair(x0, g0, "LSR1")
         zeros = torch.zeros_like(x0)
-        buffer = x0.new_zeros(x0.shape[0], self.buffer_size, x0.shape[1])
-        return LSR1State(x_prev=zeros, g_prev=zeros, d=g0, buffer=buffer, residual=x0.new_zeros(x0.shape[0]), count=0)
+        batch = x0.shape[0]
+        buffer = x0.new_zeros(batch, self.buffer_size, x0.shape[1])
+        return LSR1State(
+            x_prev=zeros, g_prev=zeros, d=g0, buffer=buffer, residual=x0.new_zeros(batch), count=0,
+            alpha=zeros, scale=x0.new_ones(batch, 1), active=x0.new_ones(batch),
+        )  # fmt: skip
+
+    def with_active(self, state: LSR1State, active: Tensor) -> LSR1State:
+        """The state with problems marked live (True) or frozen (False, left out of BatchNorm's statistics)."""
+        return state._replace(active=active.to(state.active.dtype))
+
+    def _features(self, state: LSR1State, x: Tensor, g: Tensor, p: Tensor, q: Tensor) -> Tensor:
+        """The encoder's input (B, N, I [+ 4]). Scales and global features are statistics of the state, held
+        constant in the meta-gradient (their gradients are 0/0 where a frozen problem has p = 0)."""
+        candidates = (x, p, state.d, g, q)  # the order of ENCODER_INPUTS
+        inputs = torch.stack([candidates[i] for i in self._inputs], dim=-1)  # (B, N, I)
+        if self.config.input_scaling == "rms":
+            rms = inputs.detach().pow(2).mean(1, keepdim=True).sqrt()
+            inputs = inputs / rms.clamp_min(torch.finfo(x.dtype).tiny)
+        if self.config.global_features:
+            with torch.no_grad():
+                count = x.new_full((x.shape[0],), math.log1p(state.count))
+                scalars = torch.stack([_cosine(p, q), _cosine(state.d, g), _log_ratio(q, g), count], dim=-1)  # (B, 4)
+            inputs = torch.cat([inputs, scalars.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)
+        return inputs
+
+    @torch.no_grad()
+    def _scale(self, p: Tensor, q: Tensor) -> Tensor:
+        """s = |p.q| / q.q per problem (B, 1) for `curvature_scale: secant` (the Barzilai-Borwein step that
+        L-BFGS starts from: 1 / the curvature along p), where it is positive and finite (else 1); 1 for
+        "none". A statistic, held constant in the meta-gradient."""
+        if self.config.curvature_scale == "none":
+            return p.new_ones(p.shape[0], 1)
+        s = (p * q).sum(-1, keepdim=True).abs() / q.pow(2).sum(-1, keepdim=True)
+        return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
 
     def step(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, LSR1State, Info]:
         p = x - state.x_prev  # p_{k-1}
         q = g - state.g_prev  # q_{k-1}
-        candidates = (x, p, state.d, g, q)  # the order of ENCODER_INPUTS
-        features = self.encoder(torch.stack([candidates[i] for i in self._inputs], dim=-1))  # (B, N, M)
-        v = self.vector_generator(features).squeeze(-1)  # (B, N)
-        if self.config.vector_norm == "sqrt_dim":
-            v = v / math.sqrt(v.shape[-1])
-        alpha = self.gamma1 * torch.exp(self.gamma2 * self.lr_generator(features).squeeze(-1))  # (B, N)
+        weights = state.active.unsqueeze(-1)  # (B, 1): each coordinate's weight in BN's training statistics
+        inputs = self._features(state, x, g, p, q)
+        if not bool(state.active.all()):  # a frozen problem's state may hold the Inf it diverged to
+            inputs = torch.where(weights.unsqueeze(-1) > 0, inputs, torch.zeros_like(inputs))
+        features = self.encoder(inputs, weights)  # (B, N, M)
+        scale = self._scale(p, q)  # (B, 1)
+        v = self.vector_generator(features, weights).squeeze(-1)  # (B, N)
+        vector_scale = scale / x.shape[-1] if self.config.vector_norm == "sqrt_dim" else scale
+        v = v * vector_scale.sqrt()
+        log_step = self.lr_generator(features, weights).squeeze(-1)  # (B, N)
+        if self.config.bounded_step_size:  # alpha within gamma1 * [e^-gamma2, e^gamma2]
+            log_step = torch.tanh(log_step)
+        alpha = self.gamma1 * torch.exp(self.gamma2 * log_step)
         buffer = fifo_push(state.buffer, v)
-        d = precondition(buffer, g, self.identity_weight)
+        identity = self.identity_weight * scale
+        d = precondition(buffer, g, identity)
         x_next = x - alpha * d
         residual = state.residual  # the first step has no previous pair: (p_0, q_0) = (x_0, g_0) only seeds E
         if self.last_step_secant and state.count > 0:
-            residual = secant_residual(buffer, p, q, self.normalize_secant)
-        info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1)}
-        return x_next, LSR1State(x, g, d, buffer, residual, state.count + 1), info
+            residual = self._residual(buffer, alpha, identity, p, q)
+        info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1), "curvature_scale": scale.squeeze(-1)}
+        new_state = LSR1State(x, g, d, buffer, residual, state.count + 1, alpha, scale, state.active)
+        return x_next, new_state, info
+
+    def _residual(self, buffer: Tensor, alpha: Tensor, identity: Tensor, p: Tensor, q: Tensor) -> Tensor:
+        if self.config.secant_penalty == "applied":
+            return applied_secant_residual(buffer, alpha, identity, p, q)
+        return secant_residual(buffer, p, q, self.config.secant_normalize)
 
     def meta_penalty(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
-        """lambda_sec * ||p - B~_k q||^2 (Eq. 9), B~_k the buffer after pushing v_k, and (p, q) either the
-        step B~_k produced (secant_target "new_step", DESIGN §3) or the pair v_k was generated from
-        ("last_step", the quasi-Newton convention B_k q_{k-1} = p_{k-1})."""
+        """lambda_sec * the secant residual (Eq. 9) of the operator of step k, and (p, q) either the step it
+        produced (secant_target "new_step", DESIGN §3) or the pair v_k was generated from ("last_step", the
+        quasi-Newton convention B_k q_{k-1} = p_{k-1})."""
         if self.last_step_secant:
             residual = state.residual
         else:
-            residual = secant_residual(state.buffer, x - state.x_prev, g - state.g_prev, self.normalize_secant)
+            identity = self.identity_weight * state.scale
+            residual = self._residual(state.buffer, state.alpha, identity, x - state.x_prev, g - state.g_prev)
         return self.lambda_sec * residual, {"secant_residual": residual}
 
 

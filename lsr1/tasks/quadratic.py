@@ -16,9 +16,15 @@ __all__ = ["Quadratic", "diagonal_quadratics", "random_quadratics"]
 
 
 class Quadratic(Problem):
-    """A batch of quadratics; h is dense (B, N, N) or diagonal (B, N); b: (B, N)."""
+    """A batch of quadratics; h is dense (B, N, N) or diagonal (B, N); b: (B, N).
 
-    def __init__(self, h: Tensor, b: Tensor, x0: Tensor) -> None:
+    log_gap: the meta-loss term is log10 of the relative gap (f(x) - f*) / (f(x0) - f*), floored at 1e-7,
+    instead of f itself (Eq. 9). Raw f lets the few ill-conditioned problems of a training batch, whose f*
+    is far below the others', decide the meta-gradient; the log gap weighs every problem and every decade of
+    progress the same.
+    """
+
+    def __init__(self, h: Tensor, b: Tensor, x0: Tensor, log_gap: bool = False) -> None:
         super().__init__(x0)
         batch, n = x0.shape
         if h.shape not in ((batch, n, n), (batch, n)):
@@ -26,6 +32,15 @@ class Quadratic(Problem):
         if b.shape != x0.shape:
             raise ValueError(f"Quadratic: b must be {tuple(x0.shape)}, got {tuple(b.shape)}")
         self.h, self.b = h, b
+        self.log_gap = log_gap
+        if log_gap:
+            self.f_star = self.value(self.x_star)
+            self.initial_gap = (self.value(x0) - self.f_star).clamp_min(torch.finfo(x0.dtype).tiny)
+
+    def meta_objective(self, x: Tensor, value: Tensor) -> Tensor:
+        if not self.log_gap:
+            return value
+        return torch.log10(((value - self.f_star) / self.initial_gap).clamp_min(1e-7))
 
     @property
     def diagonal(self) -> bool:
@@ -74,10 +89,12 @@ def random_quadratics(
     max_cond: float | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    log_gap: bool = False,
 ) -> Quadratic:
     """B random quadratics of paper Eq. 14 with standard normal starting points.
 
     max_cond: reject (and redraw) matrices with a larger condition number, as for validation and test sets.
+    log_gap: the meta-loss term (`Quadratic`).
     """
     gen = make_generator(seed)
     hs, bs, kept, drawn = [], [], 0, 0
@@ -95,7 +112,7 @@ def random_quadratics(
         kept += h.shape[0]
     h, b = torch.cat(hs)[:batch], torch.cat(bs)[:batch]
     x0 = torch.randn(batch, n, generator=gen, dtype=torch.float64)
-    return Quadratic(h, b, x0).to(device, dtype)
+    return Quadratic(h, b, x0, log_gap).to(device, dtype)  # f* in float64, then cast
 
 
 def diagonal_quadratics(
