@@ -58,3 +58,31 @@ def export(checkpoint: str | Path, name: str, summary: dict[str, Any] | None = N
     config_of(payload, checkpoint)  # refuse a checkpoint whose config does not load
     keep = {key: payload[key] for key in ("iteration", "best_val_loss", "best_iteration", "skipped") if key in payload}
     return save_checkpoint(directory / f"{name}.pt", {"config": payload["config"], "model": payload["model"], "summary": {**keep, **(summary or {})}})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lsr1.pretrained`: the shipped models and how each was trained; `export CHECKPOINT NAME`
+    ships a training checkpoint (its best.pt) under NAME with a note of how it was trained."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m lsr1.pretrained", description=main.__doc__)
+    sub = parser.add_subparsers(dest="action")
+    out = sub.add_parser("export", help="write a checkpoint's config and weights as a shipped model")
+    out.add_argument("checkpoint", type=Path)
+    out.add_argument("name")
+    out.add_argument("--trained-with", required=True, help="how it was trained (preset, iterations, selection)")
+    out.add_argument("--command", required=True, help="the command that trained it")
+    args = parser.parse_args(argv)
+    if args.action == "export":
+        path = export(args.checkpoint, args.name, {"trained_with": args.trained_with, "command": args.command})
+        print(f"wrote {path}")
+        return 0
+    for name in available():
+        summary = {k: v for k, v in info(name).items() if k != "config"}
+        print(f"{name}: {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

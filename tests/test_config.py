@@ -14,11 +14,19 @@ def test_every_preset_loads(path):
     assert config_from_dict(ExperimentConfig, config_to_dict(config)) == config  # round trip
 
 
-def test_quadratic_preset_has_the_papers_settings():
-    c = load_config("configs/quadratic.yaml")
+def test_quadratic_paper_preset_has_the_papers_settings():
+    c = load_config("configs/quadratic_paper.yaml")
     assert (c.lsr1.buffer_size, c.meta.unroll_steps, c.lsr1.gamma1, c.lsr1.gamma2, c.lsr1.lambda_sec) == (8, 16, 0.4, 0.001, 100.0)
+    assert (c.lsr1.secant_penalty, c.lsr1.identity_in_step, c.lsr1.input_scaling, c.lsr1.curvature_scale) == ("paper", False, "none", "none")
     assert (c.task.dim, c.task.batch_size, c.task.val_size, c.task.test_dim, c.task.test_size) == (2, 128, 32, 10, 32)
-    assert (c.meta.iterations, c.meta.lr, c.meta.betas, c.meta.weight_decay) == (10000, 1e-4, (0.9, 0.999), 0.01)
+    assert (c.meta.lr, c.meta.betas, c.meta.weight_decay, c.task.meta_objective) == (1e-4, (0.9, 0.999), 0.01, "value")
+
+
+def test_quadratic_preset_is_the_paper_problem_with_the_projects_formulation():
+    ours, paper = load_config("configs/quadratic.yaml"), load_config("configs/quadratic_paper.yaml")
+    assert (ours.task.dim, ours.task.test_dim, ours.task.batch_size, ours.meta.unroll_steps, ours.lsr1.buffer_size) == (2, 10, 128, 16, 8)
+    assert ours.lsr1.secant_penalty == "applied" and ours.lsr1.identity_in_step and ours.lsr1.curvature_scale == "secant"
+    assert ours.meta.iterations == paper.meta.iterations  # trained the same way
 
 
 def test_overrides_are_typed():
