@@ -285,3 +285,17 @@ def test_old_batch_wide_evaluation_is_refused_with_the_reason():
         LSR1Config(eval_norm="batch")
     with pytest.raises(ConfigError, match="already divided"):
         LSR1Config(secant_penalty="applied", secant_normalize=True)
+
+
+@pytest.mark.parametrize("name", ["quadratic", "quadratic_paper", "quadratic_noproj"])
+def test_shipped_quadratic_models_load_and_step_finitely_on_their_test_problems(name):
+    from lsr1 import pretrained
+    from lsr1.checkpoint import config_of, load_checkpoint
+    from lsr1.meta import run
+    from lsr1.tasks import problem_set
+
+    config = config_of(load_checkpoint(pretrained.WEIGHTS_DIR / f"{name}.pt"))
+    test = problem_set(config.task, "test", dtype=torch.float64)
+    result = run(pretrained.load(name, dtype=torch.float64), test, 5)
+    assert torch.isfinite(result.values).all()
+    assert "trained_with" in pretrained.info(name) and "command" in pretrained.info(name)
