@@ -13,14 +13,19 @@ def _reference(x, linear, bn, prelu):
     return prelu(z) if prelu is not None else z
 
 
-@pytest.mark.parametrize("with_prelu", [True, False])
-def test_linear_bn_matches_torch_modules_in_training(with_prelu):
-    x = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
+def _trained_modules():
+    """Linear(6, 5), BatchNorm1d(5) with non-trivial affine weights, PReLU; and an independent copy."""
     linear, bn, prelu = nn.Linear(6, 5).double(), nn.BatchNorm1d(5, momentum=0.1).double(), nn.PReLU(init=0.3).double()
     with torch.no_grad():
         bn.weight.normal_()
         bn.bias.normal_()
-    ref = copy.deepcopy((linear, bn, prelu))
+    return (linear, bn, prelu), copy.deepcopy((linear, bn, prelu))
+
+
+@pytest.mark.parametrize("with_prelu", [True, False])
+def test_linear_bn_matches_torch_modules_in_training(with_prelu):
+    x = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
+    (linear, bn, prelu), ref = _trained_modules()
     weight = torch.randn(40, 5, dtype=torch.float64)
     mods = [linear, bn] + ([prelu] if with_prelu else [])
     ref_mods = list(ref[:2]) + ([ref[2]] if with_prelu else [])
@@ -62,11 +67,7 @@ def test_weighted_batch_statistics_leave_out_rows_of_weight_zero(with_prelu):
     the live rows' outputs and gradients equal those of the live rows alone, and the running statistics
     are those of the live rows."""
     x = torch.randn(12, 6, dtype=torch.float64, requires_grad=True)
-    linear, bn, prelu = nn.Linear(6, 5).double(), nn.BatchNorm1d(5, momentum=0.1).double(), nn.PReLU(init=0.3).double()
-    with torch.no_grad():
-        bn.weight.normal_()
-        bn.bias.normal_()
-    ref = copy.deepcopy((linear, bn, prelu))
+    (linear, bn, prelu), ref = _trained_modules()
     live = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], dtype=torch.float64)
     with torch.no_grad():
         x[live == 0] *= 1e6  # a frozen problem's huge state must not matter

@@ -66,7 +66,3 @@ class WithInitializer(LearnedOptimizer):
 
     def meta_penalty(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
         return self.update.meta_penalty(state, x, g)
-
-    def with_active(self, state: Any, active: Tensor) -> Any:
-        with_active = getattr(self.update, "with_active", None)
-        return state if with_active is None else with_active(state, active)

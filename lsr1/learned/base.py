@@ -27,3 +27,10 @@ class LearnedOptimizer(nn.Module):
         state: the state `step` returned with x. Returns a (B,) penalty and diagnostics. Default: none.
         """
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), {}
+
+    def with_active(self, state: Any, active: Tensor) -> Any:
+        """The state with problems marked live (True) or frozen by the divergence guard (False), for a state
+        with an `active` field (B,): its BatchNorm statistics leave frozen problems out. Others: unchanged."""
+        if not hasattr(state, "active"):
+            return state
+        return state._replace(active=active.to(state.active.dtype))

@@ -58,10 +58,6 @@ class LGD(LearnedOptimizer):
             raise ValueError(f"LGD.init: context must have shape {(x0.shape[0], self.context_dim)}, got {tuple(context.shape)}")
         return LGDState(context=context, active=x0.new_ones(x0.shape[0]))
 
-    def with_active(self, state: LGDState, active: Tensor) -> LGDState:
-        """The state with problems marked live (True) or frozen (False, left out of BatchNorm's statistics)."""
-        return state._replace(active=active.to(state.active.dtype))
-
     def init_for(self, problem: "Problem", x0: Tensor, g0: Tensor) -> LGDState:
         """`init` with the problem's context (its keypoints); what `lsr1.meta.unroll` calls."""
         return self.init(x0, g0, getattr(problem, "context", None))

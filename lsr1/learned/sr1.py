@@ -28,6 +28,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lsr1.config import ENCODER_INPUTS, LSR1Config
@@ -59,9 +60,7 @@ def precondition(buffer: Tensor, g: Tensor, identity_weight: float | Tensor) -> 
     """
     coeff = torch.bmm(buffer, g.unsqueeze(-1))  # (B, L, 1): v_i . g
     low_rank = torch.bmm(buffer.transpose(1, 2), coeff).squeeze(-1)  # (B, N): sum_i v_i (v_i . g)
-    if isinstance(identity_weight, Tensor):
-        return low_rank + identity_weight * g
-    return low_rank + identity_weight * g if identity_weight else low_rank
+    return low_rank + identity_weight * g if isinstance(identity_weight, Tensor) or identity_weight else low_rank
 
 
 def secant_residual(buffer: Tensor, p: Tensor, q: Tensor, normalize: bool = False) -> Tensor:
@@ -83,10 +82,6 @@ def applied_secant_residual(buffer: Tensor, alpha: Tensor, identity: Tensor | fl
     applied (the `applied` penalty). alpha, p, q: (B, N); identity: c s, a number or (B, 1) -> (B,)."""
     mq = alpha * precondition(buffer, q, identity)
     return (p - mq).pow(2).sum(-1) / p.pow(2).sum(-1).clamp_min(torch.finfo(p.dtype).tiny)
-
-
-def _cosine(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(torch.finfo(a.dtype).tiny)
 
 
 def _log_ratio(a: Tensor, b: Tensor, limit: float = 10.0) -> Tensor:
@@ -131,10 +126,6 @@ class LSR1(LearnedOptimizer):
             alpha=zeros, scale=x0.new_ones(batch, 1), active=x0.new_ones(batch),
         )  # fmt: skip
 
-    def with_active(self, state: LSR1State, active: Tensor) -> LSR1State:
-        """The state with problems marked live (True) or frozen (False, left out of BatchNorm's statistics)."""
-        return state._replace(active=active.to(state.active.dtype))
-
     def _features(self, state: LSR1State, x: Tensor, g: Tensor, p: Tensor, q: Tensor) -> Tensor:
         """The encoder's input (B, N, I [+ 4]). Scales and global features are statistics of the state, held
         constant in the meta-gradient (their gradients are 0/0 where a frozen problem has p = 0)."""
@@ -146,7 +137,8 @@ class LSR1(LearnedOptimizer):
         if self.config.global_features:
             with torch.no_grad():
                 count = x.new_full((x.shape[0],), math.log1p(state.count))
-                scalars = torch.stack([_cosine(p, q), _cosine(state.d, g), _log_ratio(q, g), count], dim=-1)  # (B, 4)
+                cosines = [F.cosine_similarity(a, b, dim=-1, eps=torch.finfo(x.dtype).tiny) for a, b in ((p, q), (state.d, g))]
+                scalars = torch.stack([*cosines, _log_ratio(q, g), count], dim=-1)  # (B, 4)
             inputs = torch.cat([inputs, scalars.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)
         return inputs
 
@@ -177,7 +169,7 @@ class LSR1(LearnedOptimizer):
             log_step = torch.tanh(log_step)
         alpha = self.gamma1 * torch.exp(self.gamma2 * log_step)
         buffer = fifo_push(state.buffer, v)
-        identity = self.identity_weight * scale
+        identity = self._identity(scale)
         d = precondition(buffer, g, identity)
         x_next = x - alpha * d
         residual = state.residual  # the first step has no previous pair: (p_0, q_0) = (x_0, g_0) only seeds E
@@ -187,7 +179,11 @@ class LSR1(LearnedOptimizer):
         new_state = LSR1State(x, g, d, buffer, residual, state.count + 1, alpha, scale, state.active)
         return x_next, new_state, info
 
-    def _residual(self, buffer: Tensor, alpha: Tensor, identity: Tensor, p: Tensor, q: Tensor) -> Tensor:
+    def _identity(self, scale: Tensor) -> Tensor | float:
+        """c s: the identity's weight in B, (B, 1); 0 without `identity_in_step` (Alg. 1)."""
+        return self.identity_weight * scale if self.identity_weight else 0.0
+
+    def _residual(self, buffer: Tensor, alpha: Tensor, identity: Tensor | float, p: Tensor, q: Tensor) -> Tensor:
         if self.config.secant_penalty == "applied":
             return applied_secant_residual(buffer, alpha, identity, p, q)
         return secant_residual(buffer, p, q, self.config.secant_normalize)
@@ -199,8 +195,7 @@ class LSR1(LearnedOptimizer):
         if self.last_step_secant:
             residual = state.residual
         else:
-            identity = self.identity_weight * state.scale
-            residual = self._residual(state.buffer, state.alpha, identity, x - state.x_prev, g - state.g_prev)
+            residual = self._residual(state.buffer, state.alpha, self._identity(state.scale), x - state.x_prev, g - state.g_prev)
         return self.lambda_sec * residual, {"secant_residual": residual}
 
 
