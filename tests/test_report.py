@@ -141,7 +141,7 @@ def test_the_quadratic_and_sensitivity_blocks(tmp_path, mlflow_store):
     run.log_artifact(tmp_path / "curves.json", "test")
     parent = Run.open(mlflow_store, "quadratic", "sensitivity", config, tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/sensitivity.yaml"})
     for lam, loss in ((100.0, -0.5), (0.0, -2.0)):
-        child = Run.open(mlflow_store, "quadratic", f"sensitivity-{lam}", load_config("configs/quadratic.yaml", [f"lsr1.lambda_sec={lam}"]),
+        child = Run.open(mlflow_store, "quadratic", f"sensitivity-{lam}", load_config("configs/quadratic.yaml", [f"lsr1.lambda_sec={lam}", "lsr1.gamma1=0.4"]),
                          tags={"mlflow.parentRunId": parent.run_id})  # fmt: skip
         child.log_metrics([(100, {"val_loss": 2 * loss, "val_loss_std": 1.0}), (300, {"val_loss": loss, "val_loss_std": 1.0})])
     out = render_blocks("<!-- report:quadratic -->\n<!-- /report:quadratic -->\n<!-- report:sensitivity -->\n<!-- /report:sensitivity -->\n",
