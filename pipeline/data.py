@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,14 +112,21 @@ def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.
     if passes > 1:  # fewer frames than MIN_EPOCH_BATCHES batches (a few MB): held in the object store, each
         # row `passes` times (one operator, where a union of `passes` copies would plan `passes` inputs)
         dataset = dataset.materialize().map_batches(_repeat_rows, fn_kwargs={"times": passes}, batch_format="pyarrow")
-    return dataset.random_shuffle().map_batches(
-        KeypointBatches,
-        fn_constructor_kwargs={"hmr": config_to_dict(config.hmr), "seed": config.task.seed},
-        batch_size=config.task.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0.5,  # on 2 cores a whole CPU for the actor starves the read tasks (notes/ray-mlflow.md)
-    )
+    with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (pinned <2.61) yet
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=Warning)
+        return dataset.random_shuffle().map_batches(
+            KeypointBatches,
+            fn_constructor_kwargs={"hmr": config_to_dict(config.hmr), "seed": config.task.seed},
+            batch_size=config.task.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0.5,  # on 2 cores a whole CPU for the actor starves the read tasks (notes/ray-mlflow.md)
+            # Ray Data hands every pool actor its DataContext and this operator's transform as object-store refs
+            # (whatever our constructor arguments: a config dict and a seed), and Ray logs an ERROR line for an
+            # actor with such arguments and restarts allowed. Not restarting it: a dead actor fails the epoch,
+            # and Ray Train restarts the worker group from its last checkpoint (--max-failures)
+            max_restarts=0,
+        )
 
 
 def worker_problems(shard: Any, config: HMRConfig, batch_size: int, device: torch.device | str = "cpu") -> Iterator[HMRProblem]:

@@ -228,15 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/eval"))
     parser.add_argument("--log-experiment", metavar="NAME", help="with --checkpoint: also log the results as a new MLflow run of experiment NAME")
+    parser.add_argument("--verbose", action="store_true", help="also show the libraries' INFO lines")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from pipeline.console import setup
+
+    console = setup(args.out / "console.log", args.verbose)
     run = None
     try:
         if args.run:
+            console.phase(f"MLflow: the best checkpoint of run {args.run}")
             path, run = _checkpoint_of_run(args.run, args.out / "checkpoint")
             args.checkpoint = [path]
         config, _, iteration = load_learner(args.checkpoint[0])
         sizes = args.buffer_sizes or ([config.lsr1.buffer_size] if run else [2, 4, 8])
+        what = f"buffer sizes {' '.join(map(str, sizes))}" if config.task.name != "hmr" else "3DPW test split"
+        console.phase(f"evaluating {len(args.checkpoint)} checkpoint(s) on the {config.task.name} test set ({what}), {args.steps} steps")
         results = evaluate(args.checkpoint, sizes, args.steps, args.out)
     except (CheckpointError, PrepareError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -253,17 +259,21 @@ def main(argv: list[str] | None = None) -> int:
         log_evaluation(run, results, args.out, iteration)
         if args.log_experiment:
             run.finish(ok=True)
-        print(f"logged to MLflow run {run.run_id} at {run.uri} (test/ artifacts, test_* metrics)")
+        console.phase(f"MLflow: logged to run {run.run_id} (test/ artifacts, test_* metrics)")
+    console.result()
     if isinstance(results, list):
-        print((args.out / "results.md").read_text().split("\n## ")[0])
+        console.result((args.out / "results.md").read_text().split("\n## ")[0].strip())
     else:
-        print(f"{'optimizer':34}{'f(x_0)':>12}{'f(x_K)':>12}{'gap(x_K)':>12}{'cos(K)':>8}")
+        console.result(f"{'optimizer':34}{'f(x_0)':>12}{'f(x_K)':>12}{'gap(x_K)':>12}{'cos(K)':>8}")
         for group in results.values():
             for c in group:
                 cos = f"{float(c.newton_cosine[-1]):8.3f}" if c.newton_cosine is not None else ""
-                print(f"{c.name:34}{float(c.objective[0]):12.4g}{float(c.objective[-1]):12.4g}{float(c.gap[-1]):12.4g}{cos}")
-    print(f"wrote {args.out}/results.md and figures")
+                console.result(f"{c.name:34}{float(c.objective[0]):12.4g}{float(c.objective[-1]):12.4g}{float(c.gap[-1]):12.4g}{cos}")
+    console.result(f"\n{'results':10}{args.out}/results.md, curves.json\n{'figures':10}{args.out}/*.png\n{'log':10}{console.log_path}")
+    if run is not None:
+        console.result(f"\nmlflow ui --backend-store-uri {run.uri}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

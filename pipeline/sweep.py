@@ -19,6 +19,7 @@ import argparse
 import csv
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.tune import Callback
 
 from lsr1.analysis import curves, plot_curves
 from lsr1.checkpoint import load_checkpoint
@@ -38,6 +40,7 @@ from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.tracking import Run, tracking_uri
 from pipeline.prepare import PrepareError
+from pipeline.console import NAMESPACE, Console, ProgressBoard, board_name, setup
 from pipeline.train import RESOURCE_TIMEOUT_S, ResourceError, connect_ray, fit_with_ray, require_resources, run_request, worker_resources
 
 log = logging.getLogger("pipeline.sweep")
@@ -64,12 +67,41 @@ def trial(params: dict[str, Any]) -> None:
                    tags={"mlflow.parentRunId": params["parent_run_id"], "lsr1.sweep": params["sweep"], "lsr1.trial": trial_id})
     dest = Path(params["runs_dir"]) / params["sweep"] / trial_id
     try:
-        fit_with_ray(config, run, name, Path(params["runs_dir"]) / "ray", params["workers"],
-                     cpus_per_worker=params["cpus_per_worker"], callbacks=[TuneReportCallback()], dest=dest)
+        fit_with_ray(config, run, name, Path(params["runs_dir"]) / "ray", params["workers"], cpus_per_worker=params["cpus_per_worker"],
+                     callbacks=[TuneReportCallback()], progress=params.get("progress"), dest=dest)  # fmt: skip
     except Exception:
         run.finish(ok=False)
         raise
     _close_trial_run(run, dest, stopped_early=False)
+
+
+class TrialLines(Callback):
+    """A Tune callback on the sweep driver: the bar of a trial that ends becomes one line saying how it ended.
+    (Pickled with the Tuner's state without its console: a resumed sweep's trials end without that line.)"""
+
+    def __init__(self, console: Console | None, sweep: str, total: int) -> None:
+        self.console, self.sweep, self.total = console, sweep, total
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "console": None}
+
+    def _close(self, trial: Any, how: str) -> None:
+        if self.console is None:
+            return
+        result = trial.last_result or {}
+        values = ", ".join(f"{k.split('.')[-1]} {v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+                           for k, v in trial.config.get("values", {}).items())  # fmt: skip
+        name = f"{self.sweep}-{trial.trial_id}"
+        if name not in self.console.bars:  # it ended before its first iteration reached the board
+            self.console.bar(name, result.get("iteration", 0), self.total, {})
+        self.console.close_bar(name, f"{how}; {values}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        ran = (trial.last_result or {}).get("iteration", 0)
+        self._close(trial, "finished" if ran >= self.total else f"stopped by ASHA after {ran} iterations")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, f"FAILED (see {self.console.log_path if self.console else 'the log'} and Ray's logs)")
 
 
 def _close_trial_run(run: Run, checkpoint_dir: Path, stopped_early: bool) -> None:
@@ -190,12 +222,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke-test", action="store_true", help="tiny trials, to check the set-up")
     parser.add_argument("--resource-timeout", type=float, default=None, metavar="SECONDS",
                         help=f"wait this long for the cluster to fit a trial (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)")
+    parser.add_argument("--verbose", action="store_true", help="also show Ray's, Tune's, MLflow's and the workers' own output")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     overrides = args.overrides + (["meta.iterations=6", "meta.val_every=2"] if args.smoke_test else [])
     try:
         base = load_config(args.config, overrides)
@@ -212,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir.resolve()
     storage = runs_dir / "tune"
     uri = tracking_uri()
-    connect_ray(args.num_cpus)
+    console = setup(runs_dir / name / "console.log", args.verbose)
+    if not args.verbose:  # Tune's newer console output prints its header and paths at any verbosity
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    console.phase(f"sweep {name}: {args.space} over {args.config}, {args.num_samples} sample(s) x {grid_size(space)} grid point(s)")
+    console.phase(connect_ray(args.num_cpus, args.verbose))
     import ray
 
     # a trial's request, as fit_with_ray will make it (trials see the same cluster)
@@ -244,16 +280,24 @@ def main(argv: list[str] | None = None) -> int:
             "runs_dir": str(runs_dir),
             "workers": args.workers,
             "cpus_per_worker": args.cpus_per_worker,
+            "progress": board_name(name),
         }
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(num_samples=args.num_samples, max_concurrent_trials=concurrent,
                                         scheduler=_scheduler(args.metric, base, args.grace)),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+            # Tune's own status tables stay out of the console (verbose 0; --verbose: Tune's default)
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=None if args.verbose else 0,
+                                      callbacks=[TrialLines(console, name, base.meta.iterations)]),
         )
-    log.info("sweep %s: %d sample(s) x %d grid point(s), %d trial(s) at a time", name, args.num_samples, grid_size(space), concurrent)
-    results = tuner.fit()
+    console.phase(f"Ray Tune: {concurrent} trial(s) at a time, each {request.describe()}; MLflow parent run {parent.run_id}")
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name(name), namespace=NAMESPACE, get_if_exists=True).remote()
+    try:
+        with console.follow(board):
+            results = tuner.fit()
+    finally:
+        ray.kill(board)
     frame = results.get_dataframe(filter_metric=args.metric, filter_mode="min")
     if frame.empty or args.metric not in frame:
         parent.finish(ok=False)
@@ -276,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_id": child.run_id if child else "",
         })
     out = runs_dir / name / "comparison"
+    console.phase(f"test split: the top {len(top)} of {len(frame)} trials, {args.test_steps} steps")
     rows = compare(top, args.test_steps, out, args.compare_with)
     for path in sorted(p for p in out.iterdir() if p.is_file()):
         parent.log_artifact(path, "comparison")
@@ -285,9 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     parent.set_tags({"lsr1.best_trial": best["trial"], "lsr1.best_run_id": best["run_id"]})
     registered = parent.log_model(load_checkpoint(top[0]["checkpoint"]), base.name, alias="champion")
     parent.finish(ok=True)
-    print(f"\nsweep {name}: {len(frame)} trials in {time.time() - tic:.0f} s; best {best['trial']} {args.metric} {best[args.metric]:.4g}")
-    print((out / "comparison.md").read_text())
-    print(f"registered {registered} (alias champion)\nmlflow ui --backend-store-uri {uri}")
+    console.result(f"\nsweep {name}: {len(frame)} trials in {time.time() - tic:.0f} s; best {best['trial']} {args.metric} {best[args.metric]:.4g}")
+    console.result((out / "comparison.md").read_text().strip())
+    console.result(f"\n{'comparison':12}{out} (comparison.md, .csv, .png)\n{'registered':12}{registered} (alias champion)")
+    console.result(f"{'log':12}{console.log_path}\n\nmlflow ui --backend-store-uri {uri}")
     return 0
 
 

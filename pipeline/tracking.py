@@ -7,6 +7,8 @@ restarted worker neither loses nor repeats an iteration in the metric history.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -101,11 +103,14 @@ class Run:
         model = make_learner(config_of(payload))
         model.load_state_dict(payload["model"])
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
+        said = io.StringIO()  # register_model prints "Successfully registered model ...": into the log instead
+        with mlflow.start_run(run_id=self.run_id), contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
             info = mlflow.pytorch.log_model(
                 model.eval(), name="model", serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]
             )
-        version = mlflow.register_model(info.model_uri, registered_name)
+            version = mlflow.register_model(info.model_uri, registered_name)
+        for line in said.getvalue().splitlines():
+            log.info("MLflow: %s", line)
         if alias is not None:
             self.client.set_registered_model_alias(registered_name, alias, version.version)
         return f"{registered_name} v{version.version}"

@@ -6,6 +6,9 @@ iteration, RNG) go to Ray's storage after every validation and every few minutes
 restarts from the last one (--max-failures), and running the same --name again resumes. MLflow gets one
 run per training run (params, per-iteration metrics, test curves, the best checkpoint, the registered model).
 --local runs the same loop in this process without Ray. Under `ray job submit` it joins that cluster.
+The console (`pipeline.console`) gets a line per phase, the run's progress bar and the results; the rest
+(Ray's, MLflow's INFO lines) goes to runs/<name>/console.log and the workers' output to Ray's session logs,
+both named at the end (--verbose shows everything).
 
 Before it starts, the run's request (workers x CPUs/GPUs per worker, plus DATA_CPUS for Ray Data on HMR) is
 compared with what the cluster has: a run that cannot fit stops at once, naming what to lower, instead of
@@ -37,6 +40,7 @@ import yaml
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
 from lsr1.meta import TrainHooks, TrainSummary, train
+from pipeline.console import NAMESPACE, Console, ProgressBoard, board_name, forward_warnings, progress_hook, route_library_logs, setup
 from pipeline.data import absolute_paths
 from pipeline.prepare import PrepareError, prepared_files, require_folders
 from pipeline.tracking import MetricsBuffer, Run, tracking_uri
@@ -78,10 +82,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     buffer = MetricsBuffer(Run(loop_config["tracking_uri"], loop_config["run_id"])) if rank == 0 else None
     fail_once_at = loop_config.get("fail_once_at")
     fault_marker = Path(loop_config["fault_marker"])
+    show = None
+    if loop_config.get("progress"):  # the driver draws the progress bar and shows the warnings (pipeline.console)
+        import ray
+
+        board = ray.get_actor(loop_config["progress"], namespace=NAMESPACE)
+        forward_warnings(board)
+        if rank == 0:
+            show = progress_hook(lambda *a: board.update.remote(*a), loop_config["name"], config.meta.iterations, config.meta.select_metric)
+            board.update.remote(loop_config["name"], 0, config.meta.iterations, {})  # the bar, while the data warms up
 
     def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
         if buffer is not None:
             buffer.add(iteration, metrics)
+        if show is not None:
+            show(iteration, metrics)
         if rank == 0 and iteration == fail_once_at and not fault_marker.exists():
             fault_marker.touch()
             raise RuntimeError(f"fault injected at iteration {iteration} (--fail-once-at)")
@@ -110,25 +125,50 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_problems = worker_problems(shard, config.hmr, config.task.batch_size // world, device)
         val_problems = pw3d_problems(config.hmr, "validation", prepared_files(config.hmr.prepared_dir)[1], device)
     train(config, run_dir, device=device, hooks=hooks, train_problems=train_problems, worker_batches=train_problems is not None,
-          val_problems=val_problems, progress=rank == 0)  # fmt: skip
+          val_problems=val_problems, progress=False)  # fmt: skip
 
 
-def connect_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster of RAY_ADDRESS (set by `ray job submit` and `ray start`), else start a local one."""
+def connect_ray(num_cpus: int | None = None, verbose: bool = False) -> str:
+    """Join the cluster of RAY_ADDRESS (set by `ray job submit` and `ray start`), else start a local one;
+    returns a phrase saying which. The workers' output reaches this driver only when verbose (Ray's
+    `log_to_driver`): otherwise it stays in Ray's session logs, and the console shows progress and warnings
+    through a ProgressBoard."""
     import ray
 
+    route_library_logs()  # Ray's loggers into this command's log (pipeline.console), and ray.init leaves them so
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # otherwise every worker line prints twice
+    # Ray Train's preemption watcher (it notices spot nodes being drained; a restart from the last checkpoint
+    # covers that too) logs an ERROR line for its own constructor arguments; RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1
+    # turns it back on
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # starting a worker imports torch, mlflow and ray.train: on a busy 2-core machine that can exceed Ray's 60 s
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     if ray.is_initialized():
-        return
+        return "Ray: this process's instance"
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        context = ray.init(log_to_driver=verbose, configure_logging=False)
+        where = f"Ray: joined the cluster at {os.environ['RAY_ADDRESS']}"
     else:
         # the dashboard serves the State API through which Ray Train notices a killed TrainController and frees
         # its placement group; without it every trial that Tune stops leaks its CPUs and a sweep stalls
         # a private instance: its own dashboard port, so that it starts beside another cluster on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=free_ports(1)[0], log_to_driver=True)
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=free_ports(1)[0],
+                           log_to_driver=verbose, configure_logging=False)
+        where = f"Ray: started a private instance, {ray.cluster_resources().get('CPU', 0):g} CPUs, dashboard http://{context.dashboard_url}"
+    import ray.data  # noqa: F401  (it sets up its own logging on import)
+    import ray.train  # noqa: F401
+
+    route_library_logs()
+    return where
+
+
+def ray_logs() -> str | None:
+    """The folder of Ray's session logs (workers, Ray Data, Ray Train), if this process knows it."""
+    import ray
+
+    with contextlib.suppress(AttributeError, RuntimeError):
+        return f"{ray._private.worker._global_node.get_session_dir_path()}/logs"
+    return None
 
 
 def free_ports(count: int) -> list[int]:
@@ -280,13 +320,15 @@ def fit_with_ray(
     max_failures: int = 3,
     fail_once_at: int | None = None,
     callbacks: list | None = None,
+    progress: str | None = None,
+    console: Console | None = None,
     dest: Path,
 ) -> None:
     """Run `train_loop_per_worker` under a TorchTrainer and copy the final checkpoint directory to `dest`.
 
     HMR: the workers read a Ray Data dataset of the prepared AMASS shards (`pipeline.data`), and
     DATA_CPUS are left to its tasks and actor. Ray Train keeps the run under storage/name, so calling this again with
-    the same name resumes it."""
+    the same name resumes it. progress: the name of a ProgressBoard actor that rank 0 reports iterations to."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -309,6 +351,8 @@ def fit_with_ray(
             "run_id": run.run_id,
             "fail_once_at": fail_once_at,
             "fault_marker": str(storage / name / ".fault-injected"),
+            "name": name,
+            "progress": progress,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         datasets=datasets,
@@ -320,7 +364,13 @@ def fit_with_ray(
             callbacks=callbacks,
         ),
     )
-    log.info("Ray Train %s: %d worker(s), %s CPU each, %s", name, workers, cpus, "GPU" if use_gpu else "no GPU")
+    what = f"Ray Train: {workers} worker{'s' * (workers > 1)} x {cpus:g} CPU{' + 1 GPU' if use_gpu else ''}"
+    if datasets:
+        what += f", Ray Data feeding {config.hmr.prepared_dir} ({DATA_CPUS:g} CPU)"
+    if console is not None:
+        console.phase(what)
+    else:
+        log.info("%s: %s", name, what)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} finished without a checkpoint")
@@ -335,22 +385,42 @@ def check_data(config: ExperimentConfig, local: bool) -> None:
         prepared_files(config.hmr.prepared_dir)
 
 
-def _fit_locally(config: ExperimentConfig, run: Run, dest: Path) -> None:
+def _fit_locally(config: ExperimentConfig, run: Run, name: str, dest: Path, console: Console) -> None:
     buffer = MetricsBuffer(run)
-    hooks = TrainHooks(on_iteration=buffer.add, on_checkpoint=lambda i, d, m: buffer.flush())
-    train(config, dest, hooks=hooks, device="cuda" if torch.cuda.is_available() else "cpu")
+    show = progress_hook(console.bar, name, config.meta.iterations, config.meta.select_metric)
+
+    def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
+        buffer.add(iteration, metrics)
+        show(iteration, metrics)
+
+    hooks = TrainHooks(on_iteration=on_iteration, on_checkpoint=lambda i, d, m: buffer.flush())
+    train(config, dest, hooks=hooks, device="cuda" if torch.cuda.is_available() else "cpu", progress=False)
+    console.close_bar(name)
+
+
+def _fit_with_board(console: Console, name: str, **fit: Any) -> None:
+    """fit_with_ray with the progress bar of its run on this console (a ProgressBoard actor in between)."""
+    import ray
+
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name(name), namespace=NAMESPACE, get_if_exists=True).remote()
+    try:
+        with console.follow(board):
+            fit_with_ray(name=name, progress=board_name(name), console=console, **fit)
+    finally:
+        ray.kill(board)
 
 
 # --------------------------------------------------------------------------------------------------------
 # the driver: config, MLflow run, fit, then artifacts and the registered model
 
 
-def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -> dict[str, Any]:
+def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int, console: Console) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test set and log artifacts and the model to MLflow."""
     from pipeline.evaluate import evaluate, log_evaluation
 
     best = dest / "best.pt"
     payload = load_checkpoint(best)
+    console.phase(f"test split: the best checkpoint (iteration {payload['best_iteration']}), {test_steps} inner steps")
     config_path = dest / "config.yaml"
     config_path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     for path, folder in ((config_path, None), (best, "checkpoints"), (dest / "metrics.jsonl", None)):
@@ -364,6 +434,7 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int) -
     }
     run.log_metrics([(payload["iteration"], {k: float(v) for k, v in summary.items()})])
     summary |= log_evaluation(run, groups, dest / "test", payload["iteration"])
+    console.phase("MLflow: config, checkpoint, metrics, test figures and the model")
     # LGD baselines of a preset are registered beside its L-SR1 models, not as new versions of them
     summary["registered_model"] = run.log_model(payload, f"{config.name}-lgd" if config.learner == "lgd" else config.name)
     return summary
@@ -385,6 +456,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-steps", type=int, default=20, help="inner steps of the final test-set evaluation")
     parser.add_argument("--resource-timeout", type=float, default=None, metavar="SECONDS",
                         help=f"wait this long for the cluster to fit the run (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)")
+    parser.add_argument("--verbose", action="store_true", help="also show Ray's, MLflow's and the workers' own output")
     parser.add_argument("--fail-once-at", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -394,7 +466,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     overrides = list(args.overrides)
     if args.smoke_test:
         overrides += ["meta.iterations=6", "meta.val_every=3"]
@@ -409,8 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     args.name = args.name or config.name
     runs_dir = args.runs_dir.resolve()
     dest = runs_dir / args.name
+    console = setup(dest / "console.log", args.verbose)
+    console.phase(f"training run {args.name}: {args.config}, {config.learner} on {config.task.name}, {config.meta.iterations} meta-iterations")
     if not args.local:
-        connect_ray(args.num_cpus)
+        console.phase(connect_ray(args.num_cpus, args.verbose))
         import ray
 
         cpus, use_gpu = worker_resources(config, args.workers, args.cpus_per_worker, args.gpu, ray.cluster_resources())
@@ -421,13 +494,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     run = Run.open(tracking_uri(), config.name, args.name, config, tags={"lsr1.mode": "local" if args.local else f"ray x{args.workers}"})
     tic = time.time()
+    console.phase(f"MLflow: run {run.run_id} in experiment {config.name}")
     try:
         if args.local:
-            _fit_locally(config, run, dest)
+            _fit_locally(config, run, args.name, dest, console)
         else:
-            fit_with_ray(config, run, args.name, runs_dir / "ray", args.workers, cpus_per_worker=args.cpus_per_worker,
-                         gpu=args.gpu, max_failures=args.max_failures, fail_once_at=args.fail_once_at, dest=dest)
-        summary = _finalize(config, run, dest, args.test_steps)
+            _fit_with_board(console, args.name, config=config, run=run, storage=runs_dir / "ray", workers=args.workers,
+                            cpus_per_worker=args.cpus_per_worker, gpu=args.gpu, max_failures=args.max_failures,
+                            fail_once_at=args.fail_once_at, dest=dest)  # fmt: skip
+        summary = _finalize(config, run, dest, args.test_steps, console)
     except PrepareError as err:  # data changed or missing since the check above: the message says which
         print(f"error: {err}", file=sys.stderr)
         run.finish(ok=False)
@@ -438,12 +513,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     run.finish(ok=True)
     summary["wall_time_s"] = round(time.time() - tic, 1)
-    print(f"\n{'run':28}{args.name}")
-    for key, value in summary.items():
-        print(f"{key:28}{value:.6g}" if isinstance(value, float) else f"{key:28}{value}")
-    print(f"{'checkpoints':28}{dest}")
-    print(f"{'MLflow run':28}{run.run_id}")
-    print(f"\nmlflow ui --backend-store-uri {run.uri}")
+    lines = [f"\n{'run':28}{args.name}"]
+    lines += [f"{key:28}{value:.6g}" if isinstance(value, float) else f"{key:28}{value}" for key, value in summary.items()]
+    lines += [f"{'checkpoints':28}{dest}", f"{'figures':28}{dest / 'test'}/*.png", f"{'MLflow run':28}{run.run_id}",
+              f"{'log':28}{console.log_path}" + (f" (Ray's: {ray_logs()})" if not args.local and ray_logs() else "")]
+    console.result("\n".join(lines))
+    console.result(f"\nmlflow ui --backend-store-uri {run.uri}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Small smoke-test helpers reused by the per-module tests (one call checks a whole contract)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
@@ -64,3 +65,16 @@ def smoketest_meta_step(learner: nn.Module, problem_fn: Callable[[int], Problem]
         missing = [n for n, p in learner.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
         assert not missing, f"no finite meta-gradient for {missing}"
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.parameters()))
+
+
+def assert_readable_console(text: str, max_lines: int = 60) -> list[str]:
+    """What a command printed, as a person reads it: no traceback, no ERROR line (Ray's C++ `E` lines
+    included), no Ray or tqdm progress noise, at most max_lines lines; returns the lines."""
+    lines = text.strip().splitlines()
+    assert len(lines) < max_lines, f"{len(lines)} lines:\n" + text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    errors = [line for line in lines if re.search(r"\bERROR\b|\] E |core_worker\.cc| E \d{4}", line)]
+    assert not errors, errors
+    noise = [line for line in lines if re.search(r"TrainingReport\(|Execution plan of Dataset|it/s\]|\(RayTrainWorker pid=", line)]
+    assert not noise, noise
+    return lines

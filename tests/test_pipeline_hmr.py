@@ -21,6 +21,7 @@ from pipeline.evaluate import main as evaluate_main
 from pipeline.prepare import prepare, prepared_files
 from pipeline.sweep import compare
 from pipeline.train import main as train_main
+from tests.helpers import assert_readable_console
 from tests.hmr_data import hmr_config, hmr_data  # noqa: F401
 
 
@@ -52,10 +53,14 @@ def test_feed_turns_frames_into_keypoint_problems_and_keeps_the_data_fraction(ra
     assert passes > 1 and training_dataset(half, shards).count() == kept.sum() * passes
 
 
-def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prepared, hmr_data, mlflow_store, tmp_path):  # noqa: F811
+def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prepared, hmr_data, mlflow_store, tmp_path, capfd):  # noqa: F811
     args = ["--config", "configs/hmr_smoke.yaml", "--name", "hmr2", "--workers", "2", "--runs-dir", str(tmp_path / "runs"),
             "--set", "meta.iterations=6", "--set", "meta.val_every=3", "--test-steps", "3", *_overrides(prepared)]  # fmt: skip
     assert train_main(args) == 0
+    shown = capfd.readouterr()  # what a person sees: phases, the bar, the table; Ray's output is in the log files
+    lines = assert_readable_console(shown.out + shown.err)
+    assert any(line.startswith("hmr2: 6/6 iterations, loss") and "val_pa_mpjpe" in line for line in lines)
+    assert any(line.startswith("test_pa_mpjpe ") for line in lines) and "console.log" in shown.out
     client = MlflowClient(mlflow_store)
     experiment = client.get_experiment_by_name("hmr_smoke")
     (run,) = client.search_runs([experiment.experiment_id])

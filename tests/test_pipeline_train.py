@@ -7,8 +7,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lsr1.checkpoint import load_checkpoint
+from pipeline.console import Console
 from pipeline.evaluate import main as evaluate_main
 from pipeline.train import Request, main
+from tests.helpers import assert_readable_console
 
 
 def _run(client: MlflowClient, experiment: str, name: str):
@@ -89,3 +91,26 @@ def test_a_run_larger_than_the_cluster_stops_at_once_naming_what_to_lower(ray_lo
     tic = time.monotonic()  # --resource-timeout: waits for the cluster to grow, then gives up
     assert main([*args, "--resource-timeout", "2"]) == 2
     assert 2 <= time.monotonic() - tic < 12 and "(waited 2 s)" in capsys.readouterr().err
+
+
+def test_the_console_shows_phases_one_bar_and_the_results(mlflow_store, tmp_path, capfd):
+    args = ["--config", "configs/smoke.yaml", "--local", "--name", "shown", "--runs-dir", str(tmp_path), "--set", "meta.iterations=40"]
+    assert main(args) == 0
+    out = capfd.readouterr()
+    lines = assert_readable_console(out.out + out.err, max_lines=30)
+    assert lines[0].endswith("training run shown: configs/smoke.yaml, lsr1 on quadratic, 40 meta-iterations")
+    assert any(line.startswith("shown: 40/40 iterations, loss") for line in lines)  # the bar's last state
+    assert any(line.startswith("test_final_gap_lsr1") for line in lines) and lines[-1].startswith("mlflow ui --backend-store-uri")
+    log = (tmp_path / "shown" / "console.log").read_text()  # what the console leaves out is in the log it names
+    assert "INFO" in log and "Successfully registered model 'smoke'" in log and str(tmp_path / "shown" / "console.log") in out.out
+
+
+def test_without_a_terminal_a_bar_prints_a_line_every_few_seconds_at_most(tmp_path):
+    stream = (tmp_path / "out.txt").open("w")
+    console = Console(stream)
+    for iteration in range(1, 501):
+        console.bar("run", iteration, 500, {"loss": 1.0 / iteration})
+    console.close_bar("run", "done")
+    stream.close()
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert lines == ["run: 1/500 iterations, loss 1, 0 s", "run: 500/500 iterations, loss 0.002, 0 s (done)"]

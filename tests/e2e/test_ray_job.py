@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.train import free_ports
+from tests.helpers import assert_readable_console
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -22,18 +25,33 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
+    """`ray start --head --block` in a process group of its own, stopped by signalling that group: `ray stop`
+    would stop every Ray instance on the machine, another test run's too."""
     import ray
 
     assert not ray.is_initialized(), "the e2e test must run before any in-process Ray instance"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # jobs run `python` from the head's PATH
     gcs, dashboard = free_ports(2)
-    start = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
+    start = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
              "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    log = (tmp_path_factory.mktemp("head") / "ray-start.log").open("w")
+    head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield f"http://127.0.0.1:{dashboard}", env
+        deadline = time.monotonic() + 180
+        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env={**env, "RAY_AUTH_MODE": "token"},
+                             capture_output=True, timeout=60).returncode != 0:  # fmt: skip
+            assert head.poll() is None and time.monotonic() < deadline, f"the Ray head did not come up; see {log.name}"
+            time.sleep(2)
+        yield address, env
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +81,11 @@ def test_an_hmr_job_reads_the_data_root_and_logs_to_mlflow(ray_head, data_dir, t
     done = _submit(address, env, tmp_path, "--config", "configs/hmr_smoke.yaml", "--smoke-test", "--name", "e2e", "--workers", "2",
                    "--test-steps", "2", data_dir=data_dir)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(done.stdout + done.stderr)
+    # the job's log as `ray job submit` shows it: the phases, the bar, the table; Ray's chatter in the log files
+    lines = assert_readable_console(done.stdout + done.stderr)
+    assert any(line.startswith("e2e: 6/6 iterations, loss") for line in lines)
+    assert any(line.startswith("test_pa_mpjpe ") for line in lines) and any("mlflow ui --backend-store-uri" in line for line in lines)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("hmr_smoke").experiment_id], "tags.`lsr1.run_name` = 'e2e'")
     assert run.info.status == "FINISHED" and run.data.params["meta.iterations"] == "6"
