@@ -10,8 +10,10 @@ rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. Learned solvers use the shipped model
 The second learned optimizer, BFGS-LSTM (learned coordinate-wise BFGS step sizes), was meta-trained on
 convex families only: the quadratics get its least-squares model, Rosenbrock and Rastrigin its log-sum-exp
 model (the non-quadratic one); it keeps a dense N x N BFGS matrix.
-The learning rates of GD, Adam and AdaHessian are tuned per family on other starting points by a grid
-that is written to the output with the chosen values; the test problems are never used for tuning.
+The learning rates of GD, Adam and AdaHessian are tuned per kind (quadratic, Rosenbrock, Rastrigin) by a
+grid, written to the output with the chosen values, on other functions of the kind (`tuning_set`): diagonal
+quadratics of other condition numbers, Rosenbrock and Rastrigin with other coefficients, all at other
+dimensions. No test function is used for tuning, not even at other starting points.
 A solver whose iterate is not finite at the end has r = inf on that problem.
 """
 from __future__ import annotations
@@ -80,9 +82,22 @@ def evaluation_problems(seed: int = 0, dims: tuple[int, ...] = DIMS, families: t
     return [ProfileProblem(f, n, make_problem(f, n, derive_seed(seed, "profiles-test", f, n))) for f in families for n in dims]
 
 
+TUNING_DIMS = (30, 75)
+
+
 def tuning_set(seed: int = 0) -> list[ProfileProblem]:
-    """Other starting points (N = 50 and 100) of the same families, for tuning learning rates."""
-    return [ProfileProblem(f, n, make_problem(f, n, derive_seed(seed, "profiles-validation", f, n))) for f in FAMILIES for n in (50, 100)]
+    """Functions of each kind that are not in the test set, for tuning learning rates: diagonal quadratics
+    with condition numbers 10, 300 and 3000 (the test has 1, 100, 1000, 10000), Rosenbrock with
+    coefficient 30 and 300 (test: 100), Rastrigin with amplitude 5 and 20 (test: 10), at N = 30 and 75."""
+    def seeded(name: str, n: int) -> int:
+        return derive_seed(seed, "profiles-tuning", name, n)
+
+    out = []
+    for n in TUNING_DIMS:
+        out += [ProfileProblem(f"quadratic_cond{c:g}", n, diagonal_quadratics(1, n, seeded(f"quadratic{c:g}", n), cond=c, dtype=torch.float64)) for c in (10.0, 300.0, 3000.0)]
+        out += [ProfileProblem(f"rosenbrock_c{c:g}", n, rosenbrock(1, n, seeded(f"rosenbrock{c:g}", n), dtype=torch.float64, coefficient=c)) for c in (30.0, 300.0)]
+        out += [ProfileProblem(f"rastrigin_a{a:g}", n, rastrigin(1, n, seeded(f"rastrigin{a:g}", n), dtype=torch.float64, amplitude=a)) for a in (5.0, 20.0)]
+    return out
 
 
 SolverFactory = Callable[[ProfileProblem, float | None], Optimizer]
@@ -217,7 +232,7 @@ def write_outputs(result: ProfileResult, out: Path, taus: Tensor) -> None:
         writer.writerow(["problem", *result.solvers])
         for name, row in zip(result.problems, result.distances.tolist()):
             writer.writerow([name, *[f"{v:.6g}" for v in row]])
-    (out / "tuning.json").write_text(json.dumps({"grid": list(LR_GRID), "criterion": "mean log10 ||x_K - x*|| / ||x_0 - x*|| on validation starting points", "solvers": result.tuning}, indent=1))
+    (out / "tuning.json").write_text(json.dumps({"grid": list(LR_GRID), "criterion": "mean log10 ||x_K - x*|| / ||x_0 - x*|| on the tuning functions (tuning_set: other functions of each kind, other N)", "solvers": result.tuning}, indent=1))
     area, wins = result.area(taus), result.wins()
     lines = [
         f"# Performance profiles ({len(result.problems)} problems, {result.steps} steps each)\n",

@@ -4,6 +4,7 @@ import torch
 
 from lsr1.config import LSR1Config
 from lsr1.learned import LSR1
+from lsr1.tasks import rastrigin, rosenbrock
 from lsr1.profiles import (
     FAMILIES,
     hand_designed_solvers,
@@ -30,15 +31,24 @@ def test_the_test_set_is_30_seeded_problems_apart_from_the_tuning_set():
     assert {p.dim for p in problems} == {50, 100, 250, 500, 1000}
     again = evaluation_problems()
     assert all(torch.equal(a.problem.x0, b.problem.x0) for a, b in zip(problems, again))
-    tuning = {p.name: p.problem.x0 for p in tuning_set()}
-    assert all(not torch.equal(tuning[p.name], p.problem.x0) for p in problems if p.name in tuning)
+    tuning = tuning_set()
+    assert {p.kind for p in tuning} == {p.kind for p in problems}
+    # other functions, not the test functions at other starting points: no shared (family, N), and the
+    # functions differ (spectrum, coefficient, amplitude)
+    assert not {p.name for p in tuning} & {p.name for p in problems}
+    assert not {p.dim for p in tuning} & {p.dim for p in problems}
+    assert {p.family for p in tuning}.isdisjoint(FAMILIES)
+    by_kind = {p.kind: p.problem for p in tuning}
+    x = torch.full((1, 30), 0.3, dtype=torch.float64)
+    assert float(by_kind["rosenbrock"].value(x)) != float(rosenbrock(1, 30, 0, dtype=torch.float64).value(x))
+    assert float(by_kind["rastrigin"].value(x)) != float(rastrigin(1, 30, 0, dtype=torch.float64).value(x))
 
 
 def test_profiles_end_to_end_on_a_small_set(tmp_path):
     model = LSR1(LSR1Config(hidden_dim=16, buffer_size=4)).double().eval()
     solvers = {"untrained L-SR1": (lambda p, lr: model, False), **hand_designed_solvers()}
     problems = evaluation_problems(dims=(50,))
-    result = run_profiles(solvers, problems, steps=10, tuning_problems=[p for p in tuning_set() if p.dim == 50])
+    result = run_profiles(solvers, problems, steps=10, tuning_problems=[p for p in tuning_set() if p.dim == 30])
     assert result.distances.shape == (6, 5) and (result.ratios >= 1.0).all()
     assert set(result.tuning) == {"Adam", "AdaHessian", "GD"}
     taus = torch.logspace(0, 2, 20, dtype=torch.float64)

@@ -15,8 +15,10 @@ F64 = torch.float64
         diagonal_quadratics(3, 9, seed=0, cond=100, dtype=F64),
         rosenbrock(3, 7, seed=0, dtype=F64),
         rastrigin(3, 7, seed=0, dtype=F64),
+        rosenbrock(3, 7, seed=0, dtype=F64, coefficient=30.0),
+        rastrigin(3, 7, seed=0, dtype=F64, amplitude=5.0),
     ],
-    ids=["quadratic", "diagonal", "rosenbrock", "rastrigin"],
+    ids=["quadratic", "diagonal", "rosenbrock", "rastrigin", "rosenbrock_c30", "rastrigin_a5"],
 )
 def test_analytic_gradients_hvps_and_optima(problem):
     smoketest_task(problem)
