@@ -1,21 +1,36 @@
-"""Milliseconds per meta-iteration of the `quadratic` preset against its matmul-only compute bound.
+"""Milliseconds per meta-iteration of the `quadratic` preset: today's code against the reference path,
+side by side, and against the matmul-only compute bound.
+
+The reference is the library as it was at commit REFERENCE (before P and G ran as one stacked network and
+before the training loop kept freed memory; `git archive` extracts it to a temporary folder). Each side
+runs in its own process (malloc settings are per process), in alternating rounds so that both see the
+same load; the time per iteration is the process's CPU time (robust on a shared machine), and wall time
+is reported beside it. Both sides also compute the first meta-iteration in float64 from the same seed:
+its loss and meta-gradient norm must agree to float rounding.
 
 The bound: the matmul FLOPs of one meta-iteration (forward and backward of every Linear layer of E, P and G
 over K unrolled steps) divided by this machine's single-thread matmul rate, measured in this run on the
-same matrix shapes. efficiency = bound / measured time on 1 thread; everything else (BatchNorm, PReLU,
-autograd bookkeeping, the optimizer) is what keeps it below 1.
+same matrix shapes. efficiency = bound / measured time on 1 thread.
 
-    python benchmarks/meta_step.py [--iterations 20] [--config configs/quadratic.yaml]
+    python benchmarks/meta_step.py [--iterations 20] [--rounds 3] [--config configs/quadratic.yaml] [--profile]
 
-Threads are pinned with torch.set_num_threads (1, then 2). Last line: one JSON object.
+Threads are pinned: torch.set_num_threads(1) and OMP_NUM_THREADS=1 in both sides' processes (and 2 for
+the extra 2-thread figure of today's code). Last line: one JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from io import BytesIO
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,28 +40,91 @@ from lsr1.learned import make_learner
 from lsr1.meta import MetaLoss, meta_step
 from lsr1.tasks import problem_set
 
+REFERENCE = "7c11f07"  # the last commit of lsr1/ before the speed-up (issue 15)
+ROOT = Path(__file__).resolve().parent.parent
 
-def time_meta_iterations(config, iterations: int, threads: int) -> float:
-    """Median ms per meta-iteration over `iterations` (after 3 warm-up iterations)."""
+
+def time_meta_iterations(config, iterations: int, threads: int) -> dict[str, list[float]]:
+    """ms per meta-iteration (CPU time and wall time) over `iterations`, after 3 warm-up iterations."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     learner = make_learner(config)
     loss = MetaLoss(learner, config.meta.unroll_steps)
     opt = torch.optim.AdamW(learner.parameters(), lr=config.meta.lr, weight_decay=config.meta.weight_decay)
     problems = [problem_set(config.task, "train", i) for i in range(iterations + 3)]
-    times = []
+    times: dict[str, list[float]] = {"cpu": [], "wall": []}
     for i, problem in enumerate(problems):
-        tic = time.perf_counter()
-        meta_step(loss, opt, problem)
+        cpu, wall = time.process_time(), time.perf_counter()
+        meta_step(loss, opt, problem, grad_clip=config.meta.grad_clip)
         if i >= 3:
-            times.append(time.perf_counter() - tic)
-    return 1e3 * statistics.median(times)
+            times["cpu"].append(1e3 * (time.process_time() - cpu))
+            times["wall"].append(1e3 * (time.perf_counter() - wall))
+    return times
+
+
+def first_iteration_float64(config) -> dict[str, float]:
+    """Loss and meta-gradient norm of the first meta-iteration in float64 (seed 0, training problem 0)."""
+    torch.manual_seed(0)
+    learner = make_learner(config).double()
+    loss, _ = MetaLoss(learner, config.meta.unroll_steps)(problem_set(config.task, "train", 0, dtype=torch.float64))
+    loss.backward()
+    grads = [p.grad.flatten() for p in learner.parameters() if p.grad is not None]
+    return {"loss": float(loss), "grad_norm": float(torch.cat(grads).norm())}
+
+
+def side(config_path: str, iterations: int, threads: int, retain_memory: bool) -> None:
+    """One side of the comparison, in its own process: prints one JSON line."""
+    config = load_config(config_path)
+    if retain_memory:
+        from lsr1.meta import retain_freed_memory
+
+        retain_freed_memory()
+    print(json.dumps({**time_meta_iterations(config, iterations, threads), **first_iteration_float64(config)}))
+
+
+def extract_reference(commit: str, into: Path) -> Path:
+    """lsr1/ as it was at `commit`, written under `into` (importable with PYTHONPATH=into)."""
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "lsr1"], check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise SystemExit(f"cannot extract the reference path (lsr1/ at commit {commit}) with git archive: {error}; "
+                         "run from a git clone with its history, or pass --reference COMMIT") from error  # fmt: skip
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def run_side(tree: Path, config_path: str, iterations: int, threads: int, retain_memory: bool) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, __file__, "--side", "--config", config_path, "--iterations", str(iterations), "--threads", str(threads)]
+    out = subprocess.run(command + (["--retain-memory"] if retain_memory else []), env=env, cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def side_by_side(config_path: str, iterations: int, rounds: int, reference: str) -> dict[str, dict]:
+    """Alternating rounds of the reference and today's code at 1 thread, then today's at 2 threads."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old = extract_reference(reference, Path(tmp))
+        runs: dict[str, list[dict]] = {"reference": [], "today": []}
+        for r in range(rounds):
+            print(f"round {r + 1}/{rounds} ...", file=sys.stderr, flush=True)
+            runs["reference"].append(run_side(old, config_path, iterations, 1, retain_memory=False))
+            runs["today"].append(run_side(ROOT, config_path, iterations, 1, retain_memory=True))
+    two = run_side(ROOT, config_path, iterations, 2, retain_memory=True)
+    out = {name: {"cpu_ms": statistics.median([t for run in rs for t in run["cpu"]]),
+                  "wall_ms": statistics.median([t for run in rs for t in run["wall"]]),
+                  "loss": rs[0]["loss"], "grad_norm": rs[0]["grad_norm"]} for name, rs in runs.items()}  # fmt: skip
+    out["today_2threads"] = {"cpu_ms": statistics.median(two["cpu"]), "wall_ms": statistics.median(two["wall"])}
+    return out
 
 
 def profile_table(config, iterations: int = 5, rows: int = 12) -> str:
     """Where one meta-iteration's time goes (1 thread): torch.profiler's top operators by self time."""
     from torch.profiler import profile
 
+    from lsr1.meta import retain_freed_memory
+
+    retain_freed_memory()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     learner = make_learner(config)
@@ -127,38 +205,55 @@ def matmul_ms(m: int, k: int, n: int, repeats: int = 50) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quadratic.yaml")
-    parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--profile", action="store_true", help="also print where the time goes (torch.profiler)")
+    parser.add_argument("--iterations", type=int, default=20, help="timed meta-iterations per round and side")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two sides")
+    parser.add_argument("--reference", default=REFERENCE, help="the commit whose lsr1/ is the reference path")
+    parser.add_argument("--profile", action="store_true", help="also print where today's time goes (torch.profiler)")
+    parser.add_argument("--side", action="store_true", help=argparse.SUPPRESS)  # one side, in its own process
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--retain-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side:
+        return side(args.config, args.iterations, args.threads, args.retain_memory)
     config = load_config(args.config)
 
     shapes = gemm_shapes(config)
     per_shape = {shape: matmul_ms(*shape) for shape in set(shapes)}
     flops = sum(2 * m * k * n for m, k, n in shapes)
     bound_ms = sum(per_shape[s] for s in shapes)
-    ms_1 = time_meta_iterations(config, args.iterations, threads=1)
-    ms_2 = time_meta_iterations(config, args.iterations, threads=2)
+    sides = side_by_side(args.config, args.iterations, args.rounds, args.reference)
+    ref, today = sides["reference"], sides["today"]
     rows = config.task.batch_size * config.task.dim
     fused_ms, modules_ms = fused_vs_modules_ms(rows, config.lsr1.hidden_dim)
+    loss_diff = abs(today["loss"] - ref["loss"]) / abs(ref["loss"])
+    grad_diff = abs(today["grad_norm"] - ref["grad_norm"]) / ref["grad_norm"]
 
     t, k, big = config.task, config.meta, max(per_shape, key=lambda s: s[0] * s[1] * s[2])
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads pinned 1 / 2")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads pinned 1 (and 2 where said)")
     print(f"preset {config.name}: batch {t.batch_size}, N {t.dim}, K {k.unroll_steps}, L {config.lsr1.buffer_size}")
     print(f"matmul FLOPs per meta-iteration: {flops / 1e9:.2f} GFLOP in {len(shapes)} matmuls")
     print(f"single-thread rate on {big}: {2 * big[0] * big[1] * big[2] / per_shape[big] / 1e6:.1f} GFLOP/s")
-    print(f"{'':28}{'ms / meta-iteration':>20}")
-    print(f"{'matmul-only bound':28}{bound_ms:20.1f}")
-    print(f"{'measured, 1 thread':28}{ms_1:20.1f}")
-    print(f"{'measured, 2 threads':28}{ms_2:20.1f}")
-    print(f"efficiency (bound / 1 thread): {bound_ms / ms_1:.2f}")
+    print(f"{'ms / meta-iteration':36}{'CPU time':>10}{'wall':>10}")
+    print(f"{'matmul-only bound':36}{bound_ms:10.1f}")
+    print(f"{f'reference ({args.reference}), 1 thread':36}{ref['cpu_ms']:10.1f}{ref['wall_ms']:10.1f}")
+    print(f"{'today, 1 thread':36}{today['cpu_ms']:10.1f}{today['wall_ms']:10.1f}")
+    print(f"{'today, 2 threads':36}{sides['today_2threads']['cpu_ms']:10.1f}{sides['today_2threads']['wall_ms']:10.1f}")
+    print(f"speed-up (reference / today, CPU time): {ref['cpu_ms'] / today['cpu_ms']:.2f}x; efficiency (bound / today): {bound_ms / today['cpu_ms']:.2f}")
+    print(f"first meta-iteration in float64: loss {today['loss']:.12g} vs {ref['loss']:.12g} (rel {loss_diff:.1e}), "
+          f"meta-gradient norm rel {grad_diff:.1e}")  # fmt: skip
     print(f"one MLP forward + backward on ({rows}, {config.lsr1.hidden_dim}): fused {fused_ms:.2f} ms, torch modules {modules_ms:.2f} ms")
     if args.profile:
         print("\n" + profile_table(config) + "\n")
     print(json.dumps({
-        "ms_per_meta_iter": round(ms_1, 2),
-        "ms_per_meta_iter_2threads": round(ms_2, 2),
+        "ms_per_meta_iter": round(today["cpu_ms"], 2),
+        "ms_per_meta_iter_reference": round(ref["cpu_ms"], 2),
+        "speedup": round(ref["cpu_ms"] / today["cpu_ms"], 3),
+        "wall_ms_per_meta_iter": round(today["wall_ms"], 2),
+        "wall_ms_per_meta_iter_reference": round(ref["wall_ms"], 2),
+        "ms_per_meta_iter_2threads": round(sides["today_2threads"]["cpu_ms"], 2),
+        "first_iteration_rel_diff": max(loss_diff, grad_diff),
         "flop_bound_ms": round(bound_ms, 2),
-        "efficiency": round(bound_ms / ms_1, 3),
+        "efficiency": round(bound_ms / today["cpu_ms"], 3),
         "gflop_per_meta_iter": round(flops / 1e9, 3),
         "mlp_fused_ms": round(fused_ms, 3),
         "mlp_torch_modules_ms": round(modules_ms, 3),

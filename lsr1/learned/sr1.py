@@ -155,9 +155,10 @@ class LSR1(LearnedOptimizer):
     def step(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, LSR1State, Info]:
         p = x - state.x_prev  # p_{k-1}
         q = g - state.g_prev  # q_{k-1}
-        weights = state.active.unsqueeze(-1)  # (B, 1): each coordinate's weight in BN's training statistics
         inputs = self._features(state, x, g, p, q)
+        weights = None  # every row counts equally in BN's training statistics: the unweighted kernels
         if not bool(state.active.all()):  # a frozen problem's state may hold the Inf it diverged to
+            weights = state.active.unsqueeze(-1)  # (B, 1): each coordinate's weight, 0 for a frozen problem
             inputs = torch.where(weights.unsqueeze(-1) > 0, inputs, torch.zeros_like(inputs))
         features = self.encoder(inputs, weights)  # (B, N, M)
         scale = self._scale(p, q)  # (B, 1)
