@@ -56,6 +56,7 @@ log = logging.getLogger("pipeline.train")
 # (0.5); with less the feed waits forever for CPUs that the training workers hold
 DATA_CPUS = 1.5
 RESOURCE_TIMEOUT_S = 900.0  # how long a run waits for an autoscaling cluster to grow (--resource-timeout)
+FAULT_DELAY_S = 5.0  # --fail-once-at: from the fault to the kill, so that Ray has collected the last report
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -107,13 +108,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0 and iteration == fail_once_at and not exists(loop_config["fault_marker"]):
             touch(loop_config["fault_marker"])  # in Ray's storage: the restarted rank 0 may run on another node
             log.warning("fault injected at iteration %d (--fail-once-at): rank 0 kills its own process", iteration)
+            # Ray's controller collects a report when it polls the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s):
+            # a kill sooner after the last one would lose it, and the restart would resume from the one before
+            time.sleep(FAULT_DELAY_S)
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_checkpoint(iteration: int, directory: Path, metrics: dict[str, float]) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"iteration": iteration}
         if buffer is not None:
             buffer.flush()
-            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            size = sum(path.stat().st_size for path in directory.iterdir() if path.is_file())
+            tic = time.monotonic()
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(directory))  # uploads it, then returns
+            buffer.run.log_metrics([(iteration, {"checkpoint_s": time.monotonic() - tic, "checkpoint_mb": size / 1e6})])
         else:
             ray.train.report(scalars)
 

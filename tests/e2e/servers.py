@@ -1,0 +1,86 @@
+"""What the end-to-end tests start and call: servers in process groups of their own (stopped by signalling that
+group: `ray stop` would stop every Ray instance on the machine, another test run's too), the `ray` client and
+`ray job submit` as README.md gives it."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def start_group(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`command` in a new session (its own process group), its output in `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_groups(*processes: subprocess.Popen) -> None:
+    """SIGTERM to the process group of each of `processes` at once, SIGKILL to those still there after a minute."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen, what: str, log: Path, timeout: float = 180) -> None:
+    """Poll `ready` until it holds; an AssertionError naming `what` and its log if `process` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, f"{what} did not come up; see {log}:\n{log.read_text()[-2000:]}"
+        time.sleep(1)
+
+
+def healthy(url: str) -> bool:
+    """Whether `url` answers 200 now."""
+    try:
+        return urllib.request.urlopen(url, timeout=5).status == 200
+    except OSError:
+        return False
+
+
+def ray(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """The `ray` command of this venv as a client (token auth, as `ray start` set it up)."""
+    return subprocess.run([str(BIN / "ray"), *args], env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=timeout)
+
+
+def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subprocess.Popen, str, int]:
+    """`ray start --head --block` with its own free GCS and dashboard ports; returns it, the dashboard address and
+    the GCS port (for `ray start --address`)."""
+    from pipeline.train import free_ports
+
+    gcs, dashboard = free_ports(2)
+    head = start_group([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
+                        "--disable-usage-stats", "--include-dashboard=true", *options], env, log)  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_until(lambda: ray("job", "list", "--address", address, env=env).returncode == 0, head, "the Ray head", log)
+    except BaseException:
+        stop_groups(head)
+        raise
+    return head, address, gcs
+
+
+def submit(address: str, env: dict[str, str], env_vars: dict[str, str], *command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """README's line: `ray job submit --working-dir . --runtime-env-json '{"env_vars": {...}}' -- python -m ...`."""
+    line = ["job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": env_vars}),
+            "--", "python", "-m", *command]  # fmt: skip
+    return subprocess.run([str(BIN / "ray"), *line], cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
