@@ -6,8 +6,8 @@ iteration, RNG) go to Ray's storage (--storage: a local folder, a shared mount o
 `pipeline.storage`) after every validation and every few minutes; a failed worker group restarts from the last
 one (--max-failures), and running the same --name again resumes, both reading the checkpoint from that storage
 (runs/<name>/ on the driver is a copy of the final one). On more than one node a local folder that some node
-cannot see stops the run at once, saying what to pass. MLflow gets one
-run per training run (params, per-iteration metrics, test curves, the best checkpoint, the registered model).
+cannot see stops the run at once, saying what to pass. MLflow gets one run per training run (params,
+per-iteration metrics, checkpoint costs, test curves, the best checkpoint, the registered model).
 --local runs the same loop in this process without Ray. Under `ray job submit` it joins that cluster.
 The console (`pipeline.console`) gets a line per phase, the run's progress bar and the results; the rest
 (Ray's, MLflow's INFO lines) goes to runs/<name>/console.log and the workers' output to Ray's session logs,
@@ -256,6 +256,8 @@ class Request:
             return f"--workers {max(1, int(total.get('GPU', 0)))} (one GPU each) or --no-gpu"
         for key, amount in self.custom.items():
             if self.workers * amount > total.get(key, 0):
+                if total.get(key, 0) < amount:
+                    return f"nothing: no node offers {amount:g} of the resource {key} (ray start --resources '{{\"{key}\": {amount:g}}}')"
                 return f"--workers {int(total.get(key, 0) / amount + 1e-9)} (--worker-resource {key}={amount:g} each)"
         room = total.get("CPU", 0) - self.data_cpus - self.driver_cpus
         for cpus in (4.0, 2.0, 1.0, 0.5, 0.25):

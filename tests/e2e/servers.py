@@ -25,19 +25,20 @@ def start_group(command: list[str], env: dict[str, str], log: Path) -> subproces
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop_groups(*processes: subprocess.Popen) -> None:
-    """SIGTERM to the process group of each of `processes` at once, SIGKILL to those still there after a minute."""
+def stop_groups(*processes: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM to the process group of each of `processes` at once, then SIGKILL to whatever of each group is
+    left once its leader exited or `grace` seconds passed (`ray start --block` can take half a minute to stop
+    its node on a busy machine)."""
     for process in processes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + grace
     for process in processes:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):  # the leader, or what it left of its group
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_until(ready: Callable[[], bool], process: subprocess.Popen, what: str, log: Path, timeout: float = 180) -> None:

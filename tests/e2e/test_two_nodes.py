@@ -176,9 +176,9 @@ def test_an_hmr_run_on_two_nodes_resumes_a_killed_worker_from_the_bucket(cluster
     assert any(path.startswith("mlflow/") and path.endswith("best.pt") for path in _files(s3, "mlflow"))
     # what a checkpoint costs: its size, and rank 0's report (the upload from its node to the S3 server)
     seconds = [m.value for m in client.get_metric_history(run.info.run_id, "checkpoint_s")]
-    (size,) = {m.value for m in client.get_metric_history(run.info.run_id, "checkpoint_mb")}
+    size = max(m.value for m in client.get_metric_history(run.info.run_id, "checkpoint_mb"))  # metrics.jsonl grows
     assert seconds and size > 1
-    print(f"checkpoints: {size:.2f} MB each, uploaded in {min(seconds):.2f}-{max(seconds):.2f} s ({len(seconds)} of them)")
+    print(f"checkpoints: {size:.2f} MB, uploaded in {min(seconds):.2f}-{max(seconds):.2f} s ({len(seconds)} of them)")
 
 
 def test_the_same_name_resumes_from_the_bucket(cluster):
