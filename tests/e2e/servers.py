@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,6 +62,19 @@ def healthy(url: str) -> bool:
 def ray(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     """The `ray` command of this venv as a client (token auth, as `ray start` set it up)."""
     return subprocess.run([str(BIN / "ray"), *args], env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def private_ray_tmpdir(prefix: str) -> Iterator[str]:
+    """A short folder under /tmp (Ray's socket paths must stay under 107 characters) for RAY_TMPDIR, removed after.
+    `ray start` writes the cluster's address to <RAY_TMPDIR>/ray/ray_current_cluster and only `ray stop` removes
+    it: in the shared /tmp/ray that stale address would send later Ray processes on this machine (Ray Train's
+    PlacementGroupCleaner of the in-process tests, another user's) to a dead GCS."""
+    folder = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subprocess.Popen, str, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.e2e.servers import start_head, stop_groups, submit
+from tests.e2e.servers import private_ray_tmpdir, start_head, stop_groups, submit
 from tests.helpers import assert_readable_console
 
 BIN = Path(sys.executable).parent
@@ -23,12 +23,13 @@ def ray_head(tmp_path_factory):
     import ray
 
     assert not ray.is_initialized(), "the e2e test must run before any in-process Ray instance"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # jobs run `python` from the head's PATH
-    head, address, _ = start_head(env, tmp_path_factory.mktemp("head") / "ray-start.log", "--num-cpus=2")
-    try:
-        yield address, env
-    finally:
-        stop_groups(head)
+    with private_ray_tmpdir("r1n") as ray_tmp:
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_TMPDIR": ray_tmp}  # jobs run `python` from the head's PATH
+        head, address, _ = start_head(env, tmp_path_factory.mktemp("head") / "ray-start.log", "--num-cpus=2")
+        try:
+            yield address, env
+        finally:
+            stop_groups(head)
 
 
 def _submit(address: str, env: dict, tmp: Path, *train_args: str, data_dir: Path | None = None):

@@ -10,13 +10,12 @@ Every run is `ray job submit` as README.md gives it, with --storage s3://.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.train import free_ports
 from tests.helpers import BUCKET
-from tests.e2e.servers import BIN, healthy, ray, start_group, start_head, stop_groups, submit, wait_until
+from tests.e2e.servers import BIN, healthy, private_ray_tmpdir, ray, start_group, start_head, stop_groups, submit, wait_until
 
 STORAGE = f"s3://{BUCKET}/lsr1"
 PIN = ["--worker-resource", "lsr1_node=1"]  # one Ray Train worker per node
@@ -81,13 +80,14 @@ def cluster(tmp_path_factory, s3, data_dir):
     if why is not None:
         pytest.skip(f"the two-node test needs a second Ray node that cannot see the head's files: {why}")
     logs = tmp_path_factory.mktemp("logs")
-    ray_tmp = tempfile.mkdtemp(prefix="r2n", dir="/tmp")  # short: Ray's socket paths must stay under 107 characters
-    # the second node's Ray session folder (logs, sockets, the jobs' unpacked working folders) is its own too:
-    # a shared one would let its runtime-env agent delete a job's folder while the head still runs in it
-    hidden.append(Path(ray_tmp))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_TMPDIR": ray_tmp, **s3}
-    processes = []
-    try:
+    with contextlib.ExitStack() as stack:
+        ray_tmp = stack.enter_context(private_ray_tmpdir("r2n"))
+        # the second node's Ray session folder (logs, sockets, the jobs' unpacked working folders) is its own too:
+        # a shared one would let its runtime-env agent delete a job's folder while the head still runs in it
+        hidden.append(Path(ray_tmp))
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_TMPDIR": ray_tmp, **s3}
+        processes = []
+        stack.callback(lambda: stop_groups(*reversed(processes)))
         (port,) = free_ports(1)
         mlflow = start_group([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                               "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
@@ -100,9 +100,9 @@ def cluster(tmp_path_factory, s3, data_dir):
             return [f"--{name}={p}" for name, p in zip(names, free_ports(len(names)))]
 
         head, address, gcs_port = start_head(env, logs / "head.log", "--num-cpus=2", *node,
-                                   *own_ports("ray-client-server-port", "node-manager-port", "object-manager-port",
-                                              "metrics-export-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                              "runtime-env-agent-port"))  # fmt: skip
+                                             *own_ports("ray-client-server-port", "node-manager-port", "object-manager-port",
+                                                        "metrics-export-port", "dashboard-agent-listen-port",
+                                                        "dashboard-agent-grpc-port", "runtime-env-agent-port"))  # fmt: skip
         processes.append(head)
         head_ip = json.loads(ray("list", "nodes", "--address", address, "--format", "json", env=env).stdout)[0]["node_ip"]
         second = [str(BIN / "ray"), "start", f"--address={head_ip}:{gcs_port}", "--block", "--num-cpus=1", *node,
@@ -121,9 +121,6 @@ def cluster(tmp_path_factory, s3, data_dir):
         wait_until(lambda: healthy(f"http://127.0.0.1:{port}/health"), mlflow, "the MLflow server", logs / "mlflow.log")
         job_env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "LSR1_DATA_DIR": str(data_dir), "LSR1_RUNS_DIR": str(hidden[0]), **s3}
         yield Cluster(address, env, job_env, root)
-    finally:
-        stop_groups(*reversed(processes))
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _job(cluster: Cluster, *command: str) -> str:
