@@ -77,14 +77,25 @@ def private_ray_tmpdir(prefix: str) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subprocess.Popen, str, int]:
-    """`ray start --head --block` with its own free GCS and dashboard ports; returns it, the dashboard address and
-    the GCS port (for `ray start --address`)."""
+def node_ports() -> list[str]:
+    """`ray start` flags giving a node free ports of its own: the defaults (e.g. the dashboard agent's 52365) may
+    be taken by another Ray node of this machine, and then that node's job agent or metrics do not start."""
     from pipeline.train import free_ports
 
-    gcs, dashboard = free_ports(2)
+    names = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "runtime-env-agent-port")  # fmt: skip
+    return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)))] + ["--min-worker-port=0", "--max-worker-port=0"]
+
+
+def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subprocess.Popen, str, int]:
+    """`ray start --head --block` on free ports of its own; returns it, the dashboard address and the GCS port
+    (for `ray start --address`)."""
+    from pipeline.train import free_ports
+
+    gcs, dashboard, client = free_ports(3)
     head = start_group([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
-                        "--disable-usage-stats", "--include-dashboard=true", *options], env, log)  # fmt: skip
+                        f"--ray-client-server-port={client}", *node_ports(), "--disable-usage-stats", "--include-dashboard=true",
+                        *options], env, log)  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"
     try:
         wait_until(lambda: ray("job", "list", "--address", address, env=env).returncode == 0, head, "the Ray head", log)
@@ -95,8 +106,14 @@ def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subproces
 
 
 def submit(address: str, env: dict[str, str], env_vars: dict[str, str], *command: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """README's line: `ray job submit --working-dir . --runtime-env-json '{"env_vars": {...}}' -- python -m ...`."""
+    """README's line: `ray job submit --working-dir . --runtime-env-json '{"env_vars": {...}}' -- python -m ...`;
+    submitted again while a freshly started head has no job agent yet (it says "please try again later")."""
     line = ["job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": env_vars}),
             "--", "python", "-m", *command]  # fmt: skip
-    return subprocess.run([str(BIN / "ray"), *line], cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        done = subprocess.run([str(BIN / "ray"), *line], cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True,
+                              text=True, timeout=timeout)  # fmt: skip
+        if "No available agent to submit job" not in done.stderr + done.stdout or time.monotonic() > deadline:
+            return done
+        time.sleep(3)

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.train import free_ports
 from tests.helpers import BUCKET
-from tests.e2e.servers import BIN, healthy, private_ray_tmpdir, ray, start_group, start_head, stop_groups, submit, wait_until
+from tests.e2e.servers import BIN, healthy, node_ports, private_ray_tmpdir, ray, start_group, start_head, stop_groups, submit, wait_until
 
 STORAGE = f"s3://{BUCKET}/lsr1"
 PIN = ["--worker-resource", "lsr1_node=1"]  # one Ray Train worker per node
@@ -93,21 +93,11 @@ def cluster(tmp_path_factory, s3, data_dir):
                               "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
                               "--workers", "1"], env, logs / "mlflow.log")  # fmt: skip
         processes.append(mlflow)
-        node = ["--resources", json.dumps({"lsr1_node": 1}), "--object-store-memory", str(150 * 1024**2),
-                "--min-worker-port=0", "--max-worker-port=0"]  # fmt: skip
-
-        def own_ports(*names: str) -> list[str]:  # the two nodes share this machine (and other Ray instances may run)
-            return [f"--{name}={p}" for name, p in zip(names, free_ports(len(names)))]
-
-        head, address, gcs_port = start_head(env, logs / "head.log", "--num-cpus=2", *node,
-                                             *own_ports("ray-client-server-port", "node-manager-port", "object-manager-port",
-                                                        "metrics-export-port", "dashboard-agent-listen-port",
-                                                        "dashboard-agent-grpc-port", "runtime-env-agent-port"))  # fmt: skip
+        node = ["--resources", json.dumps({"lsr1_node": 1}), "--object-store-memory", str(150 * 1024**2)]
+        head, address, gcs_port = start_head(env, logs / "head.log", "--num-cpus=2", *node)
         processes.append(head)
         head_ip = json.loads(ray("list", "nodes", "--address", address, "--format", "json", env=env).stdout)[0]["node_ip"]
-        second = [str(BIN / "ray"), "start", f"--address={head_ip}:{gcs_port}", "--block", "--num-cpus=1", *node,
-                  *own_ports("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
-                             "dashboard-agent-grpc-port", "runtime-env-agent-port")]  # fmt: skip
+        second = [str(BIN / "ray"), "start", f"--address={head_ip}:{gcs_port}", "--block", "--num-cpus=1", *node, *node_ports()]
         mounts = " && ".join(f"mount -t tmpfs tmpfs {folder}" for folder in hidden)
         worker = start_group(["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(second)}"],
                              {**env, "RAY_AUTH_MODE": "token"}, logs / "node2.log")  # fmt: skip  (it joins with the head's token)
