@@ -1,7 +1,7 @@
 """End to end: a real Ray head (`ray start --head`), `ray job submit -- python -m pipeline.train` as README.md
 gives it (an HMR run whose data is in LSR1_DATA_DIR, outside the uploaded copy), and the run read back from
-the MLflow store the job wrote to. Runs first (tests/e2e sorts before tests/test_*),
-so `ray stop` at the end cannot take down the shared local Ray instance of the other tests."""
+the MLflow store the job wrote to. Runs first (tests/e2e sorts before tests/test_*): the in-process Ray
+instance of the other tests must not exist yet. On two nodes: test_two_nodes.py."""
 from __future__ import annotations
 
 import os
