@@ -64,7 +64,7 @@ def main() -> None:
     for workers in (1, 2):
         name = f"scaling-{workers}"
         run = Run.open(os.environ["MLFLOW_TRACKING_URI"], config.name, name, config)
-        fit_with_ray(config, run, name, work / "ray", workers, max_failures=0, dest=work / name)
+        fit_with_ray(config, run, name, str(work / "ray"), workers, max_failures=0, dest=work / name)
         results[workers] = throughput(work / name / "metrics.jsonl", config.task.batch_size, args.warmup)
     (one, _, measured), (two, wait, _) = results[1], results[2]
     print(f"\nHMR meta-training throughput ({config.name}: batch {config.task.batch_size}, K = {config.meta.unroll_steps}, "

@@ -6,6 +6,9 @@ workers, Ray Data's share (HMR) and a sliver of a CPU for the trial driver; a sw
 the cluster stops before it starts, naming what to lower (`pipeline.train.require_resources`, which also
 waits for an autoscaling cluster: --resource-timeout), and --max-concurrent caps the trials that fit. An interrupted sweep (Ctrl-C, a killed driver) continues with --resume:
 finished trials are kept, unfinished ones continue from their last checkpoint.
+Tune's state and every trial's checkpoints live in --storage (`pipeline.storage`: a folder, a shared mount or
+s3://bucket/prefix); trials run on any node, and the driver copies each trial's last checkpoint from there into
+runs/<sweep>/<trial>/ for the comparison.
 
 MLflow: one parent run per sweep, one child run per trial. At the end the --top-k trials are evaluated on
 the test split; the parent run gets comparison.md, comparison.csv and comparison.png, and the best model is
@@ -22,6 +25,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,9 @@ from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_
 from pipeline.tracking import Run, tracking_uri
 from pipeline.prepare import PrepareError
 from pipeline.console import NAMESPACE, Console, ProgressBoard, board_name, setup
-from pipeline.train import RESOURCE_TIMEOUT_S, ResourceError, connect_ray, fit_with_ray, require_resources, run_request, worker_resources
+from pipeline.storage import StorageError, add_arguments, join, require_shared, resolve
+from pipeline.train import (RESOURCE_TIMEOUT_S, ResourceError, _autoscaling_limit, connect_ray, fit_with_ray, require_resources,
+                            run_request, worker_resource, worker_resources)  # fmt: skip
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -65,14 +71,18 @@ def trial(params: dict[str, Any]) -> None:
         return
     run = Run.open(params["tracking_uri"], config.name, name, config,
                    tags={"mlflow.parentRunId": params["parent_run_id"], "lsr1.sweep": params["sweep"], "lsr1.trial": trial_id})
-    dest = Path(params["runs_dir"]) / params["sweep"] / trial_id
-    try:
-        fit_with_ray(config, run, name, Path(params["runs_dir"]) / "ray", params["workers"], cpus_per_worker=params["cpus_per_worker"],
-                     callbacks=[TuneReportCallback()], progress=params.get("progress"), dest=dest)  # fmt: skip
-    except Exception:
-        run.finish(ok=False)
-        raise
-    _close_trial_run(run, dest, stopped_early=False)
+    storage = join(params["storage"], "ray")
+    # this trial may run on any node: its final checkpoint comes to a temporary folder for MLflow only (the
+    # sweep driver copies it from the storage for the comparison)
+    with tempfile.TemporaryDirectory(prefix=f"lsr1-{name}-") as dest:
+        try:
+            fit_with_ray(config, run, name, storage, params["workers"], cpus_per_worker=params["cpus_per_worker"],
+                         custom_resources=params["worker_resources"], callbacks=[TuneReportCallback()], progress=params.get("progress"),
+                         dest=Path(dest))  # fmt: skip
+        except Exception:
+            run.finish(ok=False)
+            raise
+        _close_trial_run(run, Path(dest), join(storage, name), stopped_early=False)
 
 
 class TrialLines(Callback):
@@ -104,31 +114,45 @@ class TrialLines(Callback):
         self._close(trial, f"FAILED (see {self.console.log_path if self.console else 'the log'} and Ray's logs)")
 
 
-def _close_trial_run(run: Run, checkpoint_dir: Path, stopped_early: bool) -> None:
+def _close_trial_run(run: Run, checkpoint_dir: Path, train_run: str, stopped_early: bool) -> None:
+    """Log the trial's best.pt (from checkpoint_dir) and tag where Ray Train keeps its run (train_run)."""
     run.log_artifact(checkpoint_dir / "best.pt", "checkpoints")
-    run.set_tags({"lsr1.checkpoint_dir": str(checkpoint_dir), "lsr1.stopped_early": str(stopped_early).lower()})
+    run.set_tags({"lsr1.train_run": train_run, "lsr1.stopped_early": str(stopped_early).lower()})
     run.finish(ok=True)
 
 
-def _trial_outcomes(results, uri: str, experiment: str, sweep: str, runs_dir: Path) -> dict[str, Path]:
-    """The last checkpoint directory of every trial (it holds best.pt, the trial's best so far), and the
-    final word on each trial's MLflow run: Tune's. A trial that ASHA stopped was killed inside fit(), so its
-    run is left RUNNING, or FAILED when fit() saw its controller die first; Tune saw no error, so it is
-    FINISHED (tagged stopped_early). A trial with a Tune error is FAILED."""
+def _last_checkpoint(train_run: str, dest: Path) -> bool:
+    """Copy the last checkpoint of the Ray Train run at `train_run` (storage) to `dest`; False if it has none."""
+    import ray.train
+
+    try:
+        checkpoint = ray.train.Result.from_path(train_run).checkpoint
+    except RuntimeError:  # no such run, or it never checkpointed
+        return False
+    if checkpoint is None:
+        return False
+    shutil.rmtree(dest, ignore_errors=True)
+    checkpoint.to_directory(str(dest))
+    return (dest / "best.pt").is_file()
+
+
+def _trial_outcomes(results, uri: str, experiment: str, sweep: str, runs_dir: Path, storage: str) -> dict[str, Path]:
+    """Every trial's last checkpoint (it holds best.pt, the trial's best so far), copied from the storage to
+    runs_dir/sweep/trial, and the final word on each trial's MLflow run: Tune's. A trial that ASHA stopped was
+    killed inside fit(), so its run is left RUNNING, or FAILED when fit() saw its controller die first; Tune saw
+    no error, so it is FINISHED (tagged stopped_early). A trial with a Tune error is FAILED."""
     checkpoints = {}
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         run = Run.find(uri, experiment, f"{sweep}-{trial_id}")
-        # a trial that ran to its end copied its final checkpoint to runs_dir/sweep/trial; others have Train's last
-        for path in (runs_dir / sweep / trial_id, metrics.get("checkpoint_path")):
-            if path and (Path(path) / "best.pt").exists():
-                checkpoints[trial_id] = Path(path)
-                break
+        train_run = join(storage, "ray", f"{sweep}-{trial_id}")
+        if _last_checkpoint(train_run, runs_dir / sweep / trial_id):
+            checkpoints[trial_id] = runs_dir / sweep / trial_id
         if run is None or run.status == "FINISHED":
             continue
         if trial_id in checkpoints and result.error is None:
-            _close_trial_run(run, checkpoints[trial_id], stopped_early=True)
+            _close_trial_run(run, checkpoints[trial_id], train_run, stopped_early=True)
         else:
             run.finish(ok=False)
     return checkpoints
@@ -217,7 +241,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-with", type=Path, action="append", default=[], metavar="CHECKPOINT",
                         help="HMR: a baseline checkpoint (e.g. LGD's best.pt) for the comparison of the top trials")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same --name")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    add_arguments(parser)  # --runs-dir, --storage
+    parser.add_argument("--worker-resource", type=worker_resource, action="append", default=[], metavar="NAME=AMOUNT",
+                        help="a custom Ray resource each worker of a trial asks for (repeatable)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny trials, to check the set-up")
     parser.add_argument("--resource-timeout", type=float, default=None, metavar="SECONDS",
@@ -242,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
 
     name = args.name or f"{base.name}-sweep"
     runs_dir = args.runs_dir.resolve()
-    storage = runs_dir / "tune"
+    try:
+        storage = resolve(args.storage, runs_dir)
+    except StorageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     uri = tracking_uri()
     console = setup(runs_dir / name / "console.log", args.verbose)
     if not args.verbose:  # Tune's newer console output prints its header and paths at any verbosity
@@ -253,23 +283,25 @@ def main(argv: list[str] | None = None) -> int:
 
     # a trial's request, as fit_with_ray will make it (trials see the same cluster)
     cpus, use_gpu = worker_resources(base, args.workers, args.cpus_per_worker, None, ray.cluster_resources())
-    request = run_request(base, args.workers, cpus, use_gpu, driver_cpus=TRIAL_DRIVER_CPU)
+    custom = dict(args.worker_resource)
+    request = run_request(base, args.workers, cpus, use_gpu, driver_cpus=TRIAL_DRIVER_CPU, custom=custom)
     try:
+        require_shared(storage, autoscaling=_autoscaling_limit() is not None)
         require_resources(request, "a trial", args.resource_timeout)
-    except ResourceError as err:
+    except (StorageError, ResourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    fits = max(1, int(ray.cluster_resources().get("CPU", 1) // request.cpus))  # >= 1: require_resources passed
+    fits = max(1, request.copies(ray.cluster_resources()))  # >= 1: require_resources passed
     concurrent = min(args.max_concurrent or fits, fits)
     parent = Run.open(uri, base.name, name, base, tags={"lsr1.sweep_space": str(args.space), "lsr1.kind": "sweep"})
     trainable = tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPU})
     tic = time.time()
     if args.resume:
-        path = storage / name
-        if not tune.Tuner.can_restore(str(path)):
+        path = join(storage, "tune", name)
+        if not tune.Tuner.can_restore(path):
             print(f"error: no sweep to resume at {path}", file=sys.stderr)
             return 2
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         param_space = {
             "base": config_to_dict(base),
@@ -277,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": name,
             "tracking_uri": uri,
             "parent_run_id": parent.run_id,
-            "runs_dir": str(runs_dir),
+            "storage": storage,
             "workers": args.workers,
             "cpus_per_worker": args.cpus_per_worker,
+            "worker_resources": custom,
             "progress": board_name(name),
         }
         tuner = tune.Tuner(
@@ -288,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             tune_config=tune.TuneConfig(num_samples=args.num_samples, max_concurrent_trials=concurrent,
                                         scheduler=_scheduler(args.metric, base, args.grace)),
             # Tune's own status tables stay out of the console (verbose 0; --verbose: Tune's default)
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=None if args.verbose else 0,
+            run_config=tune.RunConfig(name=name, storage_path=join(storage, "tune"), verbose=None if args.verbose else 0,
                                       callbacks=[TrialLines(console, name, base.meta.iterations)]),
         )
     console.phase(f"Ray Tune: {concurrent} trial(s) at a time, each {request.describe()}; MLflow parent run {parent.run_id}")
@@ -304,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no trial reported a validation result", file=sys.stderr)
         return 1
     frame = frame.sort_values(args.metric).reset_index(drop=True)
-    checkpoints = _trial_outcomes(results, uri, base.name, name, runs_dir)
+    checkpoints = _trial_outcomes(results, uri, base.name, name, runs_dir, storage)
     frame = frame[frame["trial_id"].isin(checkpoints)].reset_index(drop=True)
     value_columns = [c for c in frame.columns if c.startswith("config/values/")]
     top = []

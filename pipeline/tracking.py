@@ -104,7 +104,8 @@ class Run:
         model.load_state_dict(payload["model"])
         mlflow.set_tracking_uri(self.uri)
         said = io.StringIO()  # register_model prints "Successfully registered model ...": into the log instead
-        with mlflow.start_run(run_id=self.run_id), contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+        # (the redirection outside the run: ending a run on a tracking server prints where to view it)
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said), mlflow.start_run(run_id=self.run_id):
             info = mlflow.pytorch.log_model(
                 model.eval(), name="model", serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]
             )

@@ -2,9 +2,12 @@
 
 Ray Train runs the plain `lsr1.meta.train` loop on --workers workers (DDP over the learned modules; gloo on
 CPU, nccl on GPU), each on its share of every global batch. Checkpoints (model, meta-optimizer, scheduler,
-iteration, RNG) go to Ray's storage after every validation and every few minutes; a failed worker group
-restarts from the last one (--max-failures), and running the same --name again resumes. MLflow gets one
-run per training run (params, per-iteration metrics, test curves, the best checkpoint, the registered model).
+iteration, RNG) go to Ray's storage (--storage: a local folder, a shared mount or s3://bucket/prefix;
+`pipeline.storage`) after every validation and every few minutes; a failed worker group restarts from the last
+one (--max-failures), and running the same --name again resumes, both reading the checkpoint from that storage
+(runs/<name>/ on the driver is a copy of the final one). On more than one node a local folder that some node
+cannot see stops the run at once, saying what to pass. MLflow gets one run per training run (params,
+per-iteration metrics, checkpoint costs, test curves, the best checkpoint, the registered model).
 --local runs the same loop in this process without Ray. Under `ray job submit` it joins that cluster.
 The console (`pipeline.console`) gets a line per phase, the run's progress bar and the results; the rest
 (Ray's, MLflow's INFO lines) goes to runs/<name>/console.log and the workers' output to Ray's session logs,
@@ -26,11 +29,12 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ from lsr1.meta import TrainHooks, TrainSummary, train
 from pipeline.console import NAMESPACE, Console, ProgressBoard, board_name, forward_warnings, progress_hook, route_library_logs, setup
 from pipeline.data import absolute_paths
 from pipeline.prepare import PrepareError, prepared_files, require_folders
+from pipeline.storage import StorageError, add_arguments, exists, join, require_shared, resolve, touch
 from pipeline.tracking import MetricsBuffer, Run, tracking_uri
 
 log = logging.getLogger("pipeline.train")
@@ -51,6 +56,7 @@ log = logging.getLogger("pipeline.train")
 # (0.5); with less the feed waits forever for CPUs that the training workers hold
 DATA_CPUS = 1.5
 RESOURCE_TIMEOUT_S = 900.0  # how long a run waits for an autoscaling cluster to grow (--resource-timeout)
+FAULT_DELAY_S = 5.0  # --fail-once-at: from the fault to the kill, so that Ray has collected the last report
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -68,7 +74,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     run_dir = Path(tempfile.mkdtemp(prefix=f"lsr1-{config.name}-rank{rank}-"))
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restarted worker group, or the same --name run again
+    if checkpoint is not None:  # a restarted worker group, or the same --name run again: from Ray's storage
         with checkpoint.as_directory() as stored:
             shutil.copytree(stored, run_dir, dirs_exist_ok=True)
 
@@ -80,8 +86,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return bool(vote.item())
 
     buffer = MetricsBuffer(Run(loop_config["tracking_uri"], loop_config["run_id"])) if rank == 0 else None
+    if buffer is not None and checkpoint is not None:  # where each resume began, in the run's history
+        resumed = load_checkpoint(run_dir / "last.pt")["iteration"]
+        buffer.run.log_metrics([(resumed, {"resumed_from": float(resumed)})])
     fail_once_at = loop_config.get("fail_once_at")
-    fault_marker = Path(loop_config["fault_marker"])
     show = None
     if loop_config.get("progress"):  # the driver draws the progress bar and shows the warnings (pipeline.console)
         import ray
@@ -97,15 +105,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             buffer.add(iteration, metrics)
         if show is not None:
             show(iteration, metrics)
-        if rank == 0 and iteration == fail_once_at and not fault_marker.exists():
-            fault_marker.touch()
-            raise RuntimeError(f"fault injected at iteration {iteration} (--fail-once-at)")
+        if rank == 0 and iteration == fail_once_at and not exists(loop_config["fault_marker"]):
+            touch(loop_config["fault_marker"])  # in Ray's storage: the restarted rank 0 may run on another node
+            log.warning("fault injected at iteration %d (--fail-once-at): rank 0 kills its own process", iteration)
+            # Ray's controller collects a report when it polls the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s):
+            # a kill sooner after the last one would lose it, and the restart would resume from the one before
+            time.sleep(FAULT_DELAY_S)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def on_checkpoint(iteration: int, directory: Path, metrics: dict[str, float]) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"iteration": iteration}
         if buffer is not None:
             buffer.flush()
-            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            size = sum(path.stat().st_size for path in directory.iterdir() if path.is_file())
+            tic = time.monotonic()
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(directory))  # uploads it, then returns
+            buffer.run.log_metrics([(iteration, {"checkpoint_s": time.monotonic() - tic, "checkpoint_mb": size / 1e6})])
         else:
             ray.train.report(scalars)
 
@@ -191,13 +206,15 @@ class ResourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class Request:
-    """The resources of one training run: its workers, Ray Data's share (HMR) and, in a sweep, its trial driver."""
+    """The resources of one training run: its workers (CPUs, GPUs and custom resources each), Ray Data's share
+    (HMR) and, in a sweep, its trial driver."""
 
     workers: int
     cpus_per_worker: float
     gpus_per_worker: float = 0.0
     data_cpus: float = 0.0
     driver_cpus: float = 0.0
+    custom: dict[str, float] = field(default_factory=dict)
 
     @property
     def cpus(self) -> float:
@@ -207,6 +224,7 @@ class Request:
         parts = [f"{self.workers} worker{'s' * (self.workers > 1)} x {self.cpus_per_worker:g} CPU"]
         if self.gpus_per_worker:
             parts[0] += f" + {self.gpus_per_worker:g} GPU"
+        parts[0] += "".join(f" + {amount:g} {key}" for key, amount in self.custom.items())
         if self.data_cpus:
             parts.append(f"{self.data_cpus:g} CPU for Ray Data")
         if self.driver_cpus:
@@ -222,12 +240,25 @@ class Request:
             return f"its largest node has {largest_node.get('CPU', 0):g} CPUs, and a worker runs on one node"
         if self.workers * self.gpus_per_worker > total.get("GPU", 0) + 1e-9:
             return f"the Ray cluster has {total.get('GPU', 0):g} GPUs"
+        for key, amount in self.custom.items():
+            if self.workers * amount > total.get(key, 0) + 1e-9:
+                return f"the Ray cluster has {total.get(key, 0):g} of the resource {key}"
         return None
+
+    def copies(self, total: dict[str, float]) -> int:
+        """How many runs of this request fit in `total` at once (by CPUs, GPUs and custom resources)."""
+        needs = {"CPU": self.cpus, "GPU": self.workers * self.gpus_per_worker} | {k: self.workers * v for k, v in self.custom.items()}
+        return min(int(total.get(key, 0) / amount + 1e-9) for key, amount in needs.items() if amount > 0)
 
     def lower(self, total: dict[str, float]) -> str:
         """Flags that would fit `total`, as advice."""
         if self.workers * self.gpus_per_worker > total.get("GPU", 0):
             return f"--workers {max(1, int(total.get('GPU', 0)))} (one GPU each) or --no-gpu"
+        for key, amount in self.custom.items():
+            if self.workers * amount > total.get(key, 0):
+                if total.get(key, 0) < amount:
+                    return f"nothing: no node offers {amount:g} of the resource {key} (ray start --resources '{{\"{key}\": {amount:g}}}')"
+                return f"--workers {int(total.get(key, 0) / amount + 1e-9)} (--worker-resource {key}={amount:g} each)"
         room = total.get("CPU", 0) - self.data_cpus - self.driver_cpus
         for cpus in (4.0, 2.0, 1.0, 0.5, 0.25):
             if cpus <= self.cpus_per_worker and self.workers * cpus <= room + 1e-9:
@@ -249,8 +280,23 @@ def worker_resources(config: ExperimentConfig, workers: int, cpus_per_worker: fl
     return max(0.25 if hmr else 0.5, min(4.0, (resources.get("CPU", 1) - spare) / workers)), use_gpu
 
 
-def run_request(config: ExperimentConfig, workers: int, cpus_per_worker: float, use_gpu: bool, driver_cpus: float = 0.0) -> Request:
-    return Request(workers, cpus_per_worker, 1.0 if use_gpu else 0.0, DATA_CPUS if config.task.name == "hmr" else 0.0, driver_cpus)
+def run_request(config: ExperimentConfig, workers: int, cpus_per_worker: float, use_gpu: bool, driver_cpus: float = 0.0,
+                custom: dict[str, float] | None = None) -> Request:  # fmt: skip
+    return Request(workers, cpus_per_worker, 1.0 if use_gpu else 0.0, DATA_CPUS if config.task.name == "hmr" else 0.0, driver_cpus,
+                   dict(custom or {}))  # fmt: skip
+
+
+def worker_resource(text: str) -> tuple[str, float]:
+    """`NAME=AMOUNT` of --worker-resource: a custom Ray resource (as `ray start --resources` gives nodes) per worker."""
+    key, sep, amount = text.partition("=")
+    try:
+        value = float(amount)
+    except ValueError:
+        value = -1.0
+    if not sep or not key or key in ("CPU", "GPU") or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=AMOUNT with a custom resource name (not CPU/GPU: "
+                                         "--cpus-per-worker, --gpu) and an amount > 0, e.g. node_slot=1")  # fmt: skip
+    return key, value
 
 
 def _cluster() -> tuple[dict[str, float], dict[str, float]]:
@@ -294,7 +340,7 @@ def require_resources(request: Request, what: str, timeout: float | None = None)
     if limit is not None:
         from ray.autoscaler.sdk import request_resources
 
-        bundles = [{"CPU": request.cpus_per_worker, "GPU": request.gpus_per_worker} for _ in range(request.workers)]
+        bundles = [{"CPU": request.cpus_per_worker, "GPU": request.gpus_per_worker, **request.custom} for _ in range(request.workers)]
         request_resources(bundles=[{k: v for k, v in b.items() if v} for b in bundles] + [{"CPU": request.data_cpus + request.driver_cpus}])
     deadline = time.monotonic() + timeout
     try:
@@ -312,11 +358,12 @@ def fit_with_ray(
     config: ExperimentConfig,
     run: Run,
     name: str,
-    storage: Path,
+    storage: str,
     workers: int,
     *,
     cpus_per_worker: float | None = None,
     gpu: bool | None = None,
+    custom_resources: dict[str, float] | None = None,
     max_failures: int = 3,
     fail_once_at: int | None = None,
     callbacks: list | None = None,
@@ -327,8 +374,10 @@ def fit_with_ray(
     """Run `train_loop_per_worker` under a TorchTrainer and copy the final checkpoint directory to `dest`.
 
     HMR: the workers read a Ray Data dataset of the prepared AMASS shards (`pipeline.data`), and
-    DATA_CPUS are left to its tasks and actor. Ray Train keeps the run under storage/name, so calling this again with
-    the same name resumes it. progress: the name of a ProgressBoard actor that rank 0 reports iterations to."""
+    DATA_CPUS are left to its tasks and actor. Ray Train keeps the run under storage/name (a folder or a URI), so
+    calling this again with the same name resumes it; `dest` gets its final checkpoint from there.
+    custom_resources: Ray resources each worker asks for besides CPUs (e.g. one per node: a worker per node).
+    progress: the name of a ProgressBoard actor that rank 0 reports iterations to."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -350,15 +399,16 @@ def fit_with_ray(
             "tracking_uri": run.uri,
             "run_id": run.run_id,
             "fail_once_at": fail_once_at,
-            "fault_marker": str(storage / name / ".fault-injected"),
+            "fault_marker": join(storage, name, ".fault-injected"),
             "name": name,
             "progress": progress,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus, **(custom_resources or {})}),
         datasets=datasets,
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
@@ -448,19 +498,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     parser.add_argument("--local", action="store_true", help="run in this process, without Ray")
     parser.add_argument("--smoke-test", action="store_true", help="a few iterations, to check the set-up")
-    parser.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("LSR1_RUNS_DIR", "runs")), help="where runs/<name>/ goes (env LSR1_RUNS_DIR)")
+    add_arguments(parser)  # --runs-dir, --storage
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     parser.add_argument("--cpus-per-worker", type=float, default=None)
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None, help="use GPUs (default: if the cluster has one per worker)")
+    parser.add_argument("--worker-resource", type=worker_resource, action="append", default=[], metavar="NAME=AMOUNT",
+                        help="a custom Ray resource each worker asks for (repeatable); one per node pins a worker to each node")
     parser.add_argument("--test-steps", type=int, default=20, help="inner steps of the final test-set evaluation")
     parser.add_argument("--resource-timeout", type=float, default=None, metavar="SECONDS",
                         help=f"wait this long for the cluster to fit the run (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)")
     parser.add_argument("--verbose", action="store_true", help="also show Ray's, MLflow's and the workers' own output")
-    parser.add_argument("--fail-once-at", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
+    parser.add_argument("--fail-once-at", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests: rank 0 SIGKILLs itself once there
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    if args.local and args.storage:
+        parser.error("--storage is where Ray keeps a run; --local runs without Ray and keeps it in --runs-dir")
     return args
 
 
@@ -480,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     args.name = args.name or config.name
     runs_dir = args.runs_dir.resolve()
     dest = runs_dir / args.name
+    custom = dict(args.worker_resource)
+    try:
+        storage = None if args.local else resolve(args.storage, runs_dir)
+    except StorageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     console = setup(dest / "console.log", args.verbose)
     console.phase(f"training run {args.name}: {args.config}, {config.learner} on {config.task.name}, {config.meta.iterations} meta-iterations")
     if not args.local:
@@ -488,10 +548,12 @@ def main(argv: list[str] | None = None) -> int:
 
         cpus, use_gpu = worker_resources(config, args.workers, args.cpus_per_worker, args.gpu, ray.cluster_resources())
         try:
-            require_resources(run_request(config, args.workers, cpus, use_gpu), f"training run {args.name}", args.resource_timeout)
-        except ResourceError as err:
+            require_shared(storage, autoscaling=_autoscaling_limit() is not None)
+            require_resources(run_request(config, args.workers, cpus, use_gpu, custom=custom), f"training run {args.name}", args.resource_timeout)
+        except (StorageError, ResourceError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        console.phase(f"storage: {join(storage, 'ray', args.name)}")
     run = Run.open(tracking_uri(), config.name, args.name, config, tags={"lsr1.mode": "local" if args.local else f"ray x{args.workers}"})
     tic = time.time()
     console.phase(f"MLflow: run {run.run_id} in experiment {config.name}")
@@ -499,9 +561,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.local:
             _fit_locally(config, run, args.name, dest, console)
         else:
-            _fit_with_board(console, args.name, config=config, run=run, storage=runs_dir / "ray", workers=args.workers,
-                            cpus_per_worker=args.cpus_per_worker, gpu=args.gpu, max_failures=args.max_failures,
-                            fail_once_at=args.fail_once_at, dest=dest)  # fmt: skip
+            _fit_with_board(console, args.name, config=config, run=run, storage=join(storage, "ray"), workers=args.workers,
+                            cpus_per_worker=args.cpus_per_worker, gpu=args.gpu, custom_resources=custom,
+                            max_failures=args.max_failures, fail_once_at=args.fail_once_at, dest=dest)  # fmt: skip
         summary = _finalize(config, run, dest, args.test_steps, console)
     except PrepareError as err:  # data changed or missing since the check above: the message says which
         print(f"error: {err}", file=sys.stderr)

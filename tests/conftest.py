@@ -1,5 +1,9 @@
+import os
+
 import pytest
 import torch
+
+from tests.helpers import BUCKET
 
 
 @pytest.fixture(autouse=True)
@@ -12,8 +16,6 @@ def _deterministic() -> None:
 @pytest.fixture(scope="session")
 def ray_local():
     """One private local Ray instance for every test that needs Ray (DESIGN §8)."""
-    import os
-
     import ray
 
     # the same settings as pipeline.train.connect_ray (the dashboard frees the placement groups of stopped trials);
@@ -31,3 +33,26 @@ def mlflow_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-API server (moto's standalone server) on a free port of 127.0.0.1 with the bucket BUCKET;
+    yields the standard AWS variables that reach it (AWS_ENDPOINT_URL included)."""
+    import boto3
+
+    from pipeline.train import free_ports
+    from tests.e2e.servers import BIN, healthy, start_group, stop_groups, wait_until
+
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    (port,) = free_ports(1)
+    server = start_group([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), log)
+    aws = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}  # fmt: skip
+    try:
+        wait_until(lambda: healthy(f"{aws['AWS_ENDPOINT_URL']}/moto-api/"), server, "the S3 server", log, timeout=60)
+        boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="test",
+                     aws_secret_access_key="test").create_bucket(Bucket=BUCKET)  # fmt: skip
+        yield aws
+    finally:
+        stop_groups(server)

@@ -11,6 +11,8 @@ from lsr1.meta import MetaLoss, meta_step
 from lsr1.optim.base import Optimizer
 from lsr1.tasks import Problem
 
+BUCKET = "lsr1-test"  # the bucket that the s3 fixture (tests/conftest.py) creates on its S3 server
+
 
 def assert_close(a: Tensor, b: Tensor, atol: float = 1e-10, rtol: float = 1e-10, what: str = "") -> None:
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")

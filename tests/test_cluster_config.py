@@ -1,5 +1,6 @@
 """cluster.yaml passes the cluster-config schema that ships inside the installed Ray package."""
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -34,3 +35,13 @@ def test_the_schema_check_catches_a_typo():
     config["max_wokers"] = 3
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(config, _schema())
+
+
+def test_cluster_yaml_keeps_checkpoints_and_mlflow_artifacts_in_one_bucket_that_workers_reach():
+    text = CLUSTER.read_text()
+    config = yaml.safe_load(text)
+    (server,) = [command for command in config["head_start_ray_commands"] if "mlflow server" in command]
+    bucket = re.search(r"--artifacts-destination s3://([\w.-]+)/", server).group(1)
+    assert f'"LSR1_STORAGE": "s3://{bucket}/' in text  # the job line of the header
+    workers = [t for k, t in config["available_node_types"].items() if k != config["head_node_type"]]
+    assert all("IamInstanceProfile" in t["node_config"] for t in workers)

@@ -1,79 +1,44 @@
 """End to end: a real Ray head (`ray start --head`), `ray job submit -- python -m pipeline.train` as README.md
 gives it (an HMR run whose data is in LSR1_DATA_DIR, outside the uploaded copy), and the run read back from
-the MLflow store the job wrote to. Runs first (tests/e2e sorts before tests/test_*),
-so `ray stop` at the end cannot take down the shared local Ray instance of the other tests."""
+the MLflow store the job wrote to. Runs first (tests/e2e sorts before tests/test_*): the in-process Ray
+instance of the other tests must not exist yet. On two nodes: test_two_nodes.py."""
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.train import free_ports
+from tests.e2e.servers import private_ray_tmpdir, start_head, stop_groups, submit
 from tests.helpers import assert_readable_console
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """`ray start --head --block` in a process group of its own, stopped by signalling that group: `ray stop`
-    would stop every Ray instance on the machine, another test run's too."""
+    """A `ray start --head` of 2 CPUs, stopped by its process group (tests/e2e/conftest.py)."""
     import ray
 
     assert not ray.is_initialized(), "the e2e test must run before any in-process Ray instance"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # jobs run `python` from the head's PATH
-    gcs, dashboard = free_ports(2)
-    start = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
-             "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"]
-    log = (tmp_path_factory.mktemp("head") / "ray-start.log").open("w")
-    head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 180
-        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env={**env, "RAY_AUTH_MODE": "token"},
-                             capture_output=True, timeout=60).returncode != 0:  # fmt: skip
-            assert head.poll() is None and time.monotonic() < deadline, f"the Ray head did not come up; see {log.name}"
-            time.sleep(2)
-        yield address, env
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
+    with private_ray_tmpdir("r1n") as ray_tmp:
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_TMPDIR": ray_tmp}  # jobs run `python` from the head's PATH
+        head, address, _ = start_head(env, tmp_path_factory.mktemp("head") / "ray-start.log", "--num-cpus=2")
         try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        log.close()
+            yield address, env
+        finally:
+            stop_groups(head)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """A data root outside the repository: `LSR1_DATA_DIR=<it> python -m pipeline.prepare --synthetic`."""
-    root = tmp_path_factory.mktemp("data")
-    done = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--synthetic"], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "LSR1_DATA_DIR": str(root)}, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert (root / "datasets" / "synthetic" / "prepared" / "manifest.json").is_file()
-    return root
-
-
-def _submit(address: str, env: dict, tmp: Path, *train_args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess:
-    """README's line: `ray job submit --working-dir . --runtime-env-json '{"env_vars": {...}}' -- python -m pipeline.train ...`
-    with the MLflow store, the runs and (given data_dir) the data root outside the uploaded copy."""
+def _submit(address: str, env: dict, tmp: Path, *train_args: str, data_dir: Path | None = None):
+    """pipeline.train as a job, with the MLflow store, the runs and (given data_dir) the data root outside the
+    uploaded copy."""
     env_vars = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "LSR1_RUNS_DIR": str(tmp / "runs")}
     if data_dir is not None:
         env_vars["LSR1_DATA_DIR"] = str(data_dir)
-    command = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-               "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", "python", "-m", "pipeline.train", *train_args]
-    return subprocess.run(command, cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
+    return submit(address, env, env_vars, "pipeline.train", *train_args)
 
 
 def test_an_hmr_job_reads_the_data_root_and_logs_to_mlflow(ray_head, data_dir, tmp_path):
