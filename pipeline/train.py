@@ -43,7 +43,7 @@ import yaml
 
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
-from lsr1.meta import TrainHooks, TrainSummary, train
+from lsr1.meta import TrainHooks, train
 from pipeline.console import NAMESPACE, Console, ProgressBoard, board_name, forward_warnings, progress_hook, route_library_logs, setup
 from pipeline.data import absolute_paths
 from pipeline.prepare import PrepareError, prepared_files, require_folders
