@@ -160,10 +160,12 @@ class Console:
             self.drawn, self.drawn_at = len(self.bars), time.monotonic()
 
     @contextlib.contextmanager
-    def follow(self, board: Any, every: float = 0.5) -> Iterator[None]:
-        """Draw the bars of the runs that report to `board` (a ProgressBoard actor) while the block runs."""
+    def follow(self, name: str, every: float = 0.5) -> Iterator[None]:
+        """While the block runs, a ProgressBoard actor named `name` (0 CPUs, in NAMESPACE) that training ranks
+        report to, and the bars of its runs drawn here; the actor is killed at the end."""
         import ray
 
+        board = ray.remote(num_cpus=0)(ProgressBoard).options(name=name, namespace=NAMESPACE, get_if_exists=True).remote()
         stop, seen = threading.Event(), set()
 
         def poll() -> None:
@@ -190,8 +192,9 @@ class Console:
             thread.join()
             with contextlib.suppress(ray.exceptions.RayError):
                 poll()
-            for name in list(self.bars):
-                self.close_bar(name)
+            for run in list(self.bars):
+                self.close_bar(run)
+            ray.kill(board)
 
 
 class _ConsoleHandler(logging.StreamHandler):

@@ -44,7 +44,7 @@ from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.tracking import Run, tracking_uri
 from pipeline.prepare import PrepareError
-from pipeline.console import NAMESPACE, Console, ProgressBoard, board_name, setup
+from pipeline.console import Console, board_name, setup
 from pipeline.storage import StorageError, add_arguments, join, require_shared, resolve
 from pipeline.train import (RESOURCE_TIMEOUT_S, ResourceError, _autoscaling_limit, connect_ray, fit_with_ray, require_resources,
                             run_request, worker_resource, worker_resources)  # fmt: skip
@@ -325,12 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                                       callbacks=[TrialLines(console, name, base.meta.iterations)]),
         )
     console.phase(f"Ray Tune: {concurrent} trial(s) at a time, each {request.describe()}; MLflow parent run {parent.run_id}")
-    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name(name), namespace=NAMESPACE, get_if_exists=True).remote()
-    try:
-        with console.follow(board):
-            results = tuner.fit()
-    finally:
-        ray.kill(board)
+    with console.follow(board_name(name)):
+        results = tuner.fit()
     frame = results.get_dataframe(filter_metric=args.metric, filter_mode="min")
     if frame.empty or args.metric not in frame:
         parent.finish(ok=False)

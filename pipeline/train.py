@@ -44,7 +44,7 @@ import yaml
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
 from lsr1.meta import TrainHooks, train
-from pipeline.console import NAMESPACE, Console, ProgressBoard, board_name, forward_warnings, progress_hook, route_library_logs, setup
+from pipeline.console import NAMESPACE, Console, board_name, forward_warnings, progress_hook, route_library_logs, setup
 from pipeline.data import absolute_paths
 from pipeline.prepare import PrepareError, prepared_files, require_folders
 from pipeline.storage import StorageError, add_arguments, exists, join, require_shared, resolve, touch
@@ -450,14 +450,8 @@ def _fit_locally(config: ExperimentConfig, run: Run, name: str, dest: Path, cons
 
 def _fit_with_board(console: Console, name: str, **fit: Any) -> None:
     """fit_with_ray with the progress bar of its run on this console (a ProgressBoard actor in between)."""
-    import ray
-
-    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name(name), namespace=NAMESPACE, get_if_exists=True).remote()
-    try:
-        with console.follow(board):
-            fit_with_ray(name=name, progress=board_name(name), console=console, **fit)
-    finally:
-        ray.kill(board)
+    with console.follow(board_name(name)):
+        fit_with_ray(name=name, progress=board_name(name), console=console, **fit)
 
 
 # --------------------------------------------------------------------------------------------------------
