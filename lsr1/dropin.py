@@ -175,8 +175,8 @@ def run_learned(problem: DropInProblem, pretrained: str, evaluations: int) -> tu
 
 def compare(pretrained: str, evaluations: int, progress: bool = True) -> list[dict]:
     """One row per problem: start, LearnedSR1, best-of-grid Adam and its learning rate, and the winner."""
-    rows = []
-    for i, problem in enumerate(problems()):
+    rows, suite = [], problems()
+    for i, problem in enumerate(suite):
         adam = {lr: run_adam(problem, lr, evaluations) for lr in ADAM_LRS}
         best_lr = min(adam, key=adam.get)
         learned, _ = run_learned(problem, pretrained, evaluations)
@@ -185,7 +185,7 @@ def compare(pretrained: str, evaluations: int, progress: bool = True) -> list[di
         outcome = "tie" if tie else ("LearnedSR1" if learned < adam[best_lr] else "Adam")
         rows.append({"problem": problem.name, "start": start, "learned_sr1": learned, "adam": adam[best_lr], "adam_lr": best_lr, "winner": outcome})
         if progress:
-            print(f"[{i + 1}/{len(problems())}] {problem.name}: LearnedSR1 {learned:.4g}, Adam {adam[best_lr]:.4g} (lr {best_lr:g})", file=sys.stderr, flush=True)
+            print(f"[{i + 1}/{len(suite)}] {problem.name}: LearnedSR1 {learned:.4g}, Adam {adam[best_lr]:.4g} (lr {best_lr:g})", file=sys.stderr, flush=True)
     return rows
 
 
