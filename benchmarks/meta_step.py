@@ -29,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -38,24 +39,30 @@ from torch import nn
 from lsr1.config import load_config
 from lsr1.learned import make_learner
 from lsr1.meta import MetaLoss, meta_step
-from lsr1.tasks import problem_set
+from lsr1.tasks import Problem, problem_set
 
 REFERENCE = "7c11f07"  # the last commit of lsr1/ before the speed-up (issue 15)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def time_meta_iterations(config, iterations: int, threads: int) -> dict[str, list[float]]:
-    """ms per meta-iteration (CPU time and wall time) over `iterations`, after 3 warm-up iterations."""
-    torch.set_num_threads(threads)
+def training(config, count: int) -> tuple[Callable[[Problem], object], list[Problem]]:
+    """A freshly seeded learner's meta-step (AdamW and grad clip as the preset trains) and `count` training
+    batches."""
     torch.manual_seed(0)
     learner = make_learner(config)
     loss = MetaLoss(learner, config.meta.unroll_steps)
     opt = torch.optim.AdamW(learner.parameters(), lr=config.meta.lr, weight_decay=config.meta.weight_decay)
-    problems = [problem_set(config.task, "train", i) for i in range(iterations + 3)]
+    return (lambda problem: meta_step(loss, opt, problem, grad_clip=config.meta.grad_clip)), [problem_set(config.task, "train", i) for i in range(count)]
+
+
+def time_meta_iterations(config, iterations: int, threads: int) -> dict[str, list[float]]:
+    """ms per meta-iteration (CPU time and wall time) over `iterations`, after 3 warm-up iterations."""
+    torch.set_num_threads(threads)
+    step, problems = training(config, iterations + 3)
     times: dict[str, list[float]] = {"cpu": [], "wall": []}
     for i, problem in enumerate(problems):
         cpu, wall = time.process_time(), time.perf_counter()
-        meta_step(loss, opt, problem, grad_clip=config.meta.grad_clip)
+        step(problem)
         if i >= 3:
             times["cpu"].append(1e3 * (time.process_time() - cpu))
             times["wall"].append(1e3 * (time.perf_counter() - wall))
@@ -126,16 +133,12 @@ def profile_table(config, iterations: int = 5, rows: int = 12) -> str:
 
     retain_freed_memory()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    learner = make_learner(config)
-    loss = MetaLoss(learner, config.meta.unroll_steps)
-    opt = torch.optim.AdamW(learner.parameters(), lr=config.meta.lr)
-    problems = [problem_set(config.task, "train", i) for i in range(iterations + 2)]
+    step, problems = training(config, iterations + 2)
     for problem in problems[:2]:
-        meta_step(loss, opt, problem)
+        step(problem)
     with profile() as prof:
         for problem in problems[2:]:
-            meta_step(loss, opt, problem)
+            step(problem)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     lines = [f"{'operator':44}{'ms / iteration':>15}{'share':>8}{'calls / iteration':>19}"]
