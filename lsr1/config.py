@@ -35,6 +35,7 @@ __all__ = [
 
 ENCODER_INPUTS = ("x", "p", "d", "g", "q")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3)
 TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "least_squares", "logistic", "logsumexp", "hmr")
+MIXABLE_TASKS = ("quadratic", "least_squares", "logistic", "logsumexp")  # task.train_tasks: log-gap meta-losses
 # the update module; "lgd" is LGD's MLP update (Song et al. 2020), HMR only; "bfgs_steps" the LSTM
 # coordinate-wise step sizes for BFGS (arXiv 2412.00059), analytic tasks only
 LEARNERS = ("lsr1", "lgd", "bfgs_steps")
@@ -210,6 +211,10 @@ class TaskConfig:
     name: str = "quadratic"
     dim: int = 2  # N of training and validation problems
     train_dims: list[int] | None = None  # meta-train at mixed N: batch i has N = train_dims[i % len] (None: dim)
+    # meta-train on a mix of families: batch i is of task train_tasks[i % len] (None: name); validation and
+    # test stay on `name`. Quadratics (with log_gap) and the convex families, whose meta-loss terms are all
+    # log10 relative gaps and so weigh alike
+    train_tasks: list[str] | None = None
     val_dim: int | None = None  # N of the validation problems (None: dim)
     batch_size: int = 128  # problems (or initial points) per meta-iteration
     val_size: int = 32  # fixed validation problems
@@ -230,6 +235,15 @@ class TaskConfig:
             self.train_dims is None or (len(self.train_dims) > 0 and min(self.train_dims) >= 1),
             f"task.train_dims must be a non-empty list of dimensions >= 1, got {self.train_dims}",
         )
+        if self.train_tasks is not None:
+            _check(
+                len(self.train_tasks) > 0 and all(t in MIXABLE_TASKS for t in self.train_tasks),
+                f"task.train_tasks must be a non-empty list of {list(MIXABLE_TASKS)}, got {self.train_tasks}",
+            )
+            _check(
+                "quadratic" not in self.train_tasks or self.meta_objective == "log_gap",
+                "task.train_tasks with 'quadratic' needs task.meta_objective 'log_gap' (the convex families' meta-loss scale)",
+            )
         _check(self.max_cond is None or self.max_cond >= 1, f"task.max_cond must be >= 1, got {self.max_cond}")
         _check(self.cond >= 1, f"task.cond must be >= 1, got {self.cond}")
         _check(

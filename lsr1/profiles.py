@@ -6,7 +6,8 @@ Problems: diagonal quadratics (b = 0) with condition numbers 1, 100, 1000 and 10
 Rastrigin, each at N in {50, 100, 250, 500, 1000}, from fixed seeded starting points. Every solver runs the
 same number of steps; m_{p,s} = ||x_hat - x*|| / ||x_worst - x*||, r_{p,s} = m_{p,s} / min_s m_{p,s} and
 rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. Learned solvers use the shipped model of the problem's family
-(quadratic100, rosenbrock, rastrigin; `_noproj` for the variant without the secant penalty) at L = 64.
+(quadratic100, rosenbrock, rastrigin: the project's formulation; `_noproj` for it without the secant
+penalty; `_paper` for the paper-literal formulation of Table 7) at L = 64.
 The second learned optimizer, BFGS-LSTM (learned coordinate-wise BFGS step sizes), was meta-trained on
 convex families only: the quadratics get its least-squares model, Rosenbrock and Rastrigin its log-sum-exp
 model (the non-quadratic one); it keeps a dense N x N BFGS matrix.
@@ -114,18 +115,20 @@ def hand_designed_solvers() -> dict[str, tuple[SolverFactory, bool]]:
 
 
 def learned_solvers() -> dict[str, tuple[SolverFactory, bool]]:
-    """L-SR1, L-SR1 w/o projection and BFGS-LSTM from the shipped models, one per problem family."""
+    """L-SR1 (ours, without its secant penalty, and the paper-literal one) and BFGS-LSTM from the shipped
+    models, one per problem family."""
 
     def factory(suffix: str) -> SolverFactory:
         return lambda p, lr: pretrained.load(LEARNED_MODEL[p.kind] + suffix, buffer_size=BUFFER_SIZE, dtype=torch.float64)
 
     bfgs_steps: SolverFactory = lambda p, lr: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64)  # noqa: E731
-    return {"L-SR1": (factory(""), False), "L-SR1 w/o projection": (factory("_noproj"), False), "BFGS-LSTM": (bfgs_steps, False)}
+    variants = {"L-SR1": "", "L-SR1 w/o projection": "_noproj", "L-SR1 (paper)": "_paper"}
+    return {name: (factory(suffix), False) for name, suffix in variants.items()} | {"BFGS-LSTM": (bfgs_steps, False)}
 
 
 def learned_models(problems: list[ProfileProblem]) -> set[str]:
     """The shipped models that the learned solvers need on these problems."""
-    return {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj")} | {BFGS_STEPS_MODEL[p.kind] for p in problems}
+    return {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_paper")} | {BFGS_STEPS_MODEL[p.kind] for p in problems}
 
 
 def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float:

@@ -56,9 +56,9 @@ def _label(config: ExperimentConfig) -> str:
         return "LGD"
     if config.learner == "bfgs_steps":
         return "BFGS-LSTM step sizes"
-    if config.task.name == "hmr":
-        return "L-SR1" if config.lsr1.lambda_sec > 0 else "L-SR1 w/o secant term"
-    return "L-SR1" if config.lsr1.lambda_sec > 0 else "L-SR1 w/o projection"
+    without = "L-SR1 w/o secant term" if config.task.name == "hmr" else "L-SR1 w/o projection"
+    name = "L-SR1" if config.lsr1.lambda_sec > 0 else without
+    return name + (" (paper)" if config.lsr1.secant_penalty == "paper" else "")  # the paper-literal formulation
 
 
 def load_learner(path: Path) -> tuple[ExperimentConfig, LearnedOptimizer, int | None]:

@@ -278,6 +278,24 @@ def test_mixed_dimension_training_batches_and_validation_dimension():
     assert problem_set(task, "val").dim == 7 and problem_set(task, "test").dim == task.test_dim
 
 
+def test_a_mix_of_families_in_training_batches_with_validation_on_the_named_task():
+    from lsr1.config import ConfigError, TaskConfig
+    from lsr1.tasks import Quadratic, problem_set
+    from lsr1.tasks.convex import LeastSquares, Logistic
+
+    task = TaskConfig(train_tasks=["quadratic", "least_squares", "logistic"], train_dims=[3, 6], meta_objective="log_gap")
+    batches = [problem_set(task, "train", i) for i in range(4)]
+    assert [type(b) for b in batches] == [Quadratic, LeastSquares, Logistic, Quadratic]
+    assert [b.dim for b in batches] == [3, 6, 3, 6]
+    assert isinstance(problem_set(task, "val"), Quadratic)
+    start = batches[1].x0  # every family's meta-loss term is a log10 relative gap: 0 at x0
+    assert torch.allclose(batches[1].meta_objective(start, batches[1].value(start)), torch.zeros(len(start)), atol=1e-6)
+    with pytest.raises(ConfigError, match="log_gap"):
+        TaskConfig(train_tasks=["quadratic", "logistic"])
+    with pytest.raises(ConfigError, match="train_tasks"):
+        TaskConfig(train_tasks=["rosenbrock"], meta_objective="value")
+
+
 def test_old_batch_wide_evaluation_is_refused_with_the_reason():
     from lsr1.config import ConfigError
 

@@ -64,9 +64,9 @@ def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
 
     problems = {p.kind: p for p in evaluation_problems(dims=(50,))}
     for kind, name in LEARNED_MODEL.items():
-        for model_name in (name, name + "_noproj"):
+        for model_name in (name, name + "_noproj", name + "_paper"):
             model = pretrained.load(model_name, buffer_size=BUFFER_SIZE, dtype=torch.float64)
-            assert model.buffer_size == 64 and pretrained.info(model_name)["meta_iterations"] > 0
+            assert model.buffer_size == 64 and pretrained.info(model_name)["best_iteration"] > 0
             trajectory = run(model, problems[kind].problem, steps=2)
             assert torch.isfinite(trajectory.values).all(), model_name
     for kind, name in BFGS_STEPS_MODEL.items():  # the second learned optimizer, on the same problems

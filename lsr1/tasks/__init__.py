@@ -38,8 +38,9 @@ def problem_set(
     hmr: HMRConfig | None = None,
 ) -> Problem:
     """The problems of one split of a task: "train" (batch `index`, a fresh draw per meta-iteration, at
-    task.dim or the index's entry of task.train_dims), "val" (fixed, at task.val_dim or task.dim) or "test"
-    (fixed, at task.test_dim). The same config gives the same problems anywhere.
+    task.dim or the index's entry of task.train_dims, of task.name or the index's entry of
+    task.train_tasks), "val" (fixed, at task.val_dim or task.dim) or "test" (fixed, at task.test_dim). The
+    same config gives the same problems anywhere.
 
     hmr: the experiment's HMR section, needed by task "hmr" (AMASS batches, 3DPW validation and test).
     """
@@ -47,6 +48,7 @@ def problem_set(
         if hmr is None:
             raise ValueError("task 'hmr' needs the experiment's hmr config: problem_set(..., hmr=config.hmr)")
         return hmr_problem_set(task, hmr, split, index, dtype, device)
+    name = task.name if split != "train" or task.train_tasks is None else task.train_tasks[index % len(task.train_tasks)]
     train_dim = task.dim if task.train_dims is None else task.train_dims[index % len(task.train_dims)]
     val_dim = task.dim if task.val_dim is None else task.val_dim
     sizes = {"train": (task.batch_size, train_dim), "val": (task.val_size, val_dim), "test": (task.test_size, task.test_dim)}
@@ -54,15 +56,15 @@ def problem_set(
         raise ValueError(f"split must be one of {list(sizes)}, got {split!r}")
     batch, n = sizes[split]
     seed = derive_seed(task.seed, split, index)
-    if task.name == "quadratic":
+    if name == "quadratic":
         max_cond = None if split == "train" else task.max_cond  # training batches accept every draw (C.2.1)
         return random_quadratics(batch, n, seed, max_cond, dtype, device, log_gap=task.meta_objective == "log_gap")
-    if task.name == "diagonal_quadratic":
+    if name == "diagonal_quadratic":
         return diagonal_quadratics(batch, n, seed, task.cond, dtype, device)
-    if task.name == "rosenbrock":
+    if name == "rosenbrock":
         return rosenbrock(batch, n, seed, dtype, device)
-    if task.name == "rastrigin":
+    if name == "rastrigin":
         return rastrigin(batch, n, seed, dtype, device)
-    if task.name in FAMILIES:
-        return convex_problems(task.name, batch, n, seed, task.cond, dtype, device)
-    raise ValueError(f"unknown task {task.name!r}")
+    if name in FAMILIES:
+        return convex_problems(name, batch, n, seed, task.cond, dtype, device)
+    raise ValueError(f"unknown task {name!r}")
