@@ -21,7 +21,9 @@ __all__ = ["LearnedSR1"]
 class LearnedSR1(torch.optim.Optimizer):
     """L-SR1 over all parameters at once.
 
-    pretrained: a shipped model name (`lsr1.pretrained.available()`) or an `LSR1` module.
+    pretrained: a shipped model name (`lsr1.pretrained.available()`) or an `LSR1` module. The default,
+        "mix", was meta-trained on quadratics, least squares and logistic regression at N = 5 to 50
+        (configs/mix.yaml) and has the best validation loss of the shipped general-purpose models.
     buffer_size: L at use time (default: as trained).
     line_search: "armijo" halves the learned step until the loss decreases enough (at most
         `max_backtracks` extra closure calls, else no move), which keeps a model trained on other problems
@@ -31,7 +33,7 @@ class LearnedSR1(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        pretrained: str | LSR1 = "quadratic",
+        pretrained: str | LSR1 = "mix",
         buffer_size: int | None = None,
         line_search: str | None = "armijo",
         max_backtracks: int = 10,

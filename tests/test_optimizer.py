@@ -83,3 +83,16 @@ def test_clear_errors():
         LearnedSR1(model.parameters(), pretrained="nope")
     with pytest.raises(ValueError, match="line_search"):
         LearnedSR1(model.parameters(), pretrained="quadratic", line_search="wolfe")
+
+
+def test_the_default_model_is_the_one_meta_trained_on_a_mix_of_families():
+    from lsr1 import pretrained
+
+    model, x, y = _regression()
+    opt = LearnedSR1(model.parameters())
+    assert pretrained.info("mix")["config"]["task"]["train_tasks"] == ["quadratic", "least_squares", "logistic"]
+    closure = _closure(opt, model, x, y)
+    first = float(closure())
+    for _ in range(20):
+        opt.step(closure)
+    assert float(closure()) < 0.5 * first
