@@ -248,14 +248,14 @@ def report(args: argparse.Namespace, config, overrides: list[str]) -> None:
     loss_diff = abs(today["loss"] - ref["loss"]) / abs(ref["loss"])
     grad_diff = abs(today["grad_norm"] - ref["grad_norm"]) / ref["grad_norm"]
     t, k = config.task, config.meta
+    analytic = t.name != "hmr"  # the matmul bound and the MLP comparison: L-SR1's networks are all the work
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads pinned 1 (and 2 where said)")
-    size = "" if t.name == "hmr" else f", N {t.dim}"
+    size = f", N {t.dim}" if analytic else ""
     memory = f", L {config.lsr1.buffer_size}" if config.learner == "lsr1" else ""
     print(f"preset {config.name}{' with ' + ' '.join(args.overrides) if args.overrides else ''}: learner {config.learner}, "
           f"batch {t.batch_size}{size}, K {k.unroll_steps}{memory}")  # fmt: skip
     result = {}
-    bound_ms = None
-    if t.name != "hmr":
+    if analytic:
         shapes = gemm_shapes(config)
         per_shape = {shape: matmul_ms(*shape) for shape in set(shapes)}
         flops = sum(2 * m * kk * n for m, kk, n in shapes)
@@ -268,16 +268,16 @@ def report(args: argparse.Namespace, config, overrides: list[str]) -> None:
         result = {"flop_bound_ms": round(bound_ms, 2), "efficiency": round(bound_ms / today["cpu_ms"], 3), "gflop_per_meta_iter": round(flops / 1e9, 3),
                   "mlp_fused_ms": round(fused_ms, 3), "mlp_torch_modules_ms": round(modules_ms, 3)}  # fmt: skip
     print(f"{'ms / meta-iteration':36}{'CPU time':>10}{'wall':>10}")
-    if bound_ms is not None:
+    if analytic:
         print(f"{'matmul-only bound':36}{bound_ms:10.1f}")
     print(f"{f'reference ({args.reference}), 1 thread':36}{ref['cpu_ms']:10.1f}{ref['wall_ms']:10.1f}")
     print(f"{'today, 1 thread':36}{today['cpu_ms']:10.1f}{today['wall_ms']:10.1f}")
     print(f"{'today, 2 threads':36}{sides['today_2threads']['cpu_ms']:10.1f}{sides['today_2threads']['wall_ms']:10.1f}")
-    efficiency = f"; efficiency (bound / today): {bound_ms / today['cpu_ms']:.2f}" if bound_ms is not None else ""
+    efficiency = f"; efficiency (bound / today): {bound_ms / today['cpu_ms']:.2f}" if analytic else ""
     print(f"speed-up (reference / today, CPU time): {ref['cpu_ms'] / today['cpu_ms']:.2f}x{efficiency}")
     print(f"first meta-iteration in float64: loss {today['loss']:.12g} vs {ref['loss']:.12g} (rel {loss_diff:.1e}), "
           f"meta-gradient norm rel {grad_diff:.1e}")  # fmt: skip
-    if t.name != "hmr":
+    if analytic:
         print(f"one MLP forward + backward on ({rows}, {config.lsr1.hidden_dim}): fused {fused_ms:.2f} ms, torch modules {modules_ms:.2f} ms")
     if args.profile:
         print("\n" + profile_table(config) + "\n")
