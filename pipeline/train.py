@@ -86,11 +86,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return bool(vote.item())
 
     buffer = MetricsBuffer(Run(loop_config["tracking_uri"], loop_config["run_id"])) if rank == 0 else None
-    if buffer is not None and checkpoint is not None:  # where each resume began, in the run's history
-        resumed = load_checkpoint(run_dir / "last.pt")["iteration"]
-        buffer.run.log_metrics([(resumed, {"resumed_from": float(resumed)})])
     fail_once_at = loop_config.get("fail_once_at")
-    show = None
+    show, board = None, None
     if loop_config.get("progress"):  # the driver draws the progress bar and shows the warnings (pipeline.console)
         import ray
 
@@ -99,6 +96,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             show = progress_hook(lambda *a: board.update.remote(*a), loop_config["name"], config.meta.iterations, config.meta.select_metric)
             board.update.remote(loop_config["name"], 0, config.meta.iterations, {})  # the bar, while the data warms up
+    if buffer is not None and checkpoint is not None:  # where each resume began: in the run's history, on the console
+        resumed = load_checkpoint(run_dir / "last.pt")["iteration"]
+        buffer.run.log_metrics([(resumed, {"resumed_from": float(resumed)})])
+        if board is not None:
+            board.warn.remote(f"{loop_config['name']}: rank 0 (pid {os.getpid()}) resumes from the checkpoint of iteration {resumed}")
 
     def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
         if buffer is not None:

@@ -143,7 +143,7 @@ def test_a_local_storage_folder_on_two_nodes_stops_at_once_saying_what_to_pass(c
 
 
 def test_an_hmr_run_on_two_nodes_resumes_a_killed_worker_from_the_bucket(cluster, s3):
-    _job(cluster, *HMR, "--set", "meta.iterations=6", "--fail-once-at", "4")
+    out = _job(cluster, *HMR, "--set", "meta.iterations=6", "--fail-once-at", "4")
     client = MlflowClient(cluster.mlflow)
     run = _run(client, "hmr_smoke", "two")
     assert run.info.status == "FINISHED" and "test_pa_mpjpe" in run.data.metrics
@@ -151,6 +151,7 @@ def test_an_hmr_run_on_two_nodes_resumes_a_killed_worker_from_the_bucket(cluster
     # from the bucket (the second node sees nothing else), and MLflow has every iteration once
     assert _history(client, run.info.run_id, "loss") == [1, 2, 3, 4, 5, 6]
     assert _history(client, run.info.run_id, "resumed_from") == [3]
+    assert "resumes from the checkpoint of iteration 3" in out
     stored = _files(s3, "lsr1/ray/two")
     assert "lsr1/ray/two/.fault-injected" in stored
     checkpoints = sorted({path.split("/")[3] for path in stored if path.count("/") > 3 and path.split("/")[3].startswith("checkpoint_")})
@@ -170,11 +171,14 @@ def test_an_hmr_run_on_two_nodes_resumes_a_killed_worker_from_the_bucket(cluster
 
 def test_the_same_name_resumes_from_the_bucket(cluster):
     shutil.rmtree(cluster.root / "runs" / "two")  # nothing of the first run is left on the head's disk
-    _job(cluster, *HMR, "--set", "meta.iterations=9")
+    out = _job(cluster, *HMR, "--set", "meta.iterations=9")
+    assert "resumes from the checkpoint of iteration 6" in out
     client = MlflowClient(cluster.mlflow)
     run = _run(client, "hmr_smoke", "two")
     assert _history(client, run.info.run_id, "loss") == list(range(1, 10))
-    assert _history(client, run.info.run_id, "resumed_from") == [3, 6]
+    # from 6, the first run's last checkpoint; once more from 6 if the worker group restarts before the checkpoint
+    # of 9 (CI on 2 cores saw it once), which the loss history above shows lost and repeated nothing
+    assert set(_history(client, run.info.run_id, "resumed_from")) == {3, 6}
     assert (cluster.root / "runs" / "two" / "best.pt").is_file()
 
 
