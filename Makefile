@@ -50,7 +50,7 @@ bench: $(STAMP)
 # paper-literal one), HMR Table 1 (L-SR1 w/o secant term and the paper-literal L-SR1 beside the demo's
 # models), data efficiency (a larger synthetic AMASS), lambda_sec x gamma1, the ablations
 QUADRATIC_SWEEP := --config configs/quadratic.yaml --num-samples 1 --grace 1000 --cpus-per-worker 0.9 \
-	--set meta.iterations=300 --set meta.val_every=100 --set meta.lr=1e-3
+	--set meta.iterations=300 --set meta.val_every=100
 # the paper-literal L-SR1 on the HMR presets (their headers say the same)
 HMR_PAPER := --set lsr1.gamma1=0.1 --set lsr1.gamma2=0.001 --set lsr1.bounded_step_size=false --set lsr1.lambda_sec=1 \
 	--set lsr1.secant_penalty=paper --set lsr1.identity_in_step=false --set lsr1.curvature_scale=none \
