@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 ENCODER_INPUTS = ("x", "p", "d", "g", "q")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3)
-TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "least_squares", "logistic", "logsumexp", "hmr")
-MIXABLE_TASKS = ("quadratic", "least_squares", "logistic", "logsumexp")  # task.train_tasks: log-gap meta-losses
+TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "least_squares", "logistic", "logsumexp", "mlp", "hmr")
+MIXABLE_TASKS = ("quadratic", "least_squares", "logistic", "logsumexp", "mlp")  # task.train_tasks: log-scale meta-losses
 # the update module; "lgd" is LGD's MLP update (Song et al. 2020), HMR only; "bfgs_steps" the LSTM
 # coordinate-wise step sizes for BFGS (arXiv 2412.00059), analytic tasks only
 LEARNERS = ("lsr1", "lgd", "bfgs_steps")

@@ -1,14 +1,16 @@
 """`lsr1.LearnedSR1` as a drop-in optimizer against the best learning rate of `torch.optim.Adam`, on a
 held-out set of small problems written as a user writes them (an nn.Module, data, a loss).
 
-    python -m lsr1.dropin [--pretrained mix] [--evaluations 100] [--out runs/dropin]
+    python -m lsr1.dropin [--pretrained mix] [--evaluations 100] [--split test] [--out runs/dropin]
 
 The problems: least squares, logistic regression, two small MLPs (regression and classification) and
 random quadratics of N = 5, 20 and 50, each at two seeds. None is a training problem of a shipped model:
 the quadratics are drawn from their own seeds (the `quadratic` models trained at N = 2; `mix` saw random
 quadratics of the same kind at N = 5 to 50, from other seeds), and least squares and logistic regression
 are built here as a user builds them (nn.Linear on Gaussian data), not by the generators `mix` trained on
-(`lsr1.tasks.convex`: conditioned design matrices); no shipped model was meta-trained on an MLP.
+(`lsr1.tasks.convex`: conditioned design matrices); the MLPs have two hidden layers of 16 units, while the
+MLPs of the training mixes (`lsr1.tasks.mlp`) have one hidden layer of 2-8. `--split validation` draws the
+same 18 problems from other seeds: models are chosen there, never on the test split.
 
 The budget is the same number of loss-and-gradient evaluations (closure calls) for every method, so the
 Armijo backtracking of LearnedSR1 (its default) is paid for. Adam gets its best learning rate of a grid,
@@ -32,11 +34,12 @@ from torch import Tensor, nn
 from lsr1.optimizer import LearnedSR1
 from lsr1.tasks import derive_seed, make_generator, random_quadratics
 
-__all__ = ["ADAM_LRS", "TIE", "DropInProblem", "compare", "problems", "run_adam", "run_learned"]
+__all__ = ["ADAM_LRS", "SPLITS", "TIE", "DropInProblem", "compare", "problems", "run_adam", "run_learned"]
 
 ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 TIE = 1e-3  # final losses within 0.1 % of each other: the same point (both converged), neither wins
 SEED = 20261202
+SPLITS = ("test", "validation")
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,13 @@ def _quadratic(n: int, seed: int) -> Callable[[], tuple[nn.Module, Callable[[], 
     return build
 
 
-def problems() -> list[DropInProblem]:
-    """The held-out set (18 problems)."""
+def problems(split: str = "test") -> list[DropInProblem]:
+    """The held-out set (18 problems) of `split`: the test problems, or the same kinds from other seeds."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     out = []
     for rep in range(2):
-        seed = lambda *keys: derive_seed(SEED, *keys, rep)  # noqa: E731
+        seed = lambda *keys: derive_seed(SEED, *keys, rep) if split == "test" else derive_seed(SEED, split, *keys, rep)  # noqa: E731
         out += [
             DropInProblem(f"least squares 200x20 #{rep}", _least_squares(200, 20, seed("ls", 20))),
             DropInProblem(f"least squares 500x100 #{rep}", _least_squares(500, 100, seed("ls", 100))),
@@ -175,9 +180,9 @@ def run_learned(problem: DropInProblem, pretrained: str, evaluations: int) -> tu
             return math.inf, calls
 
 
-def compare(pretrained: str, evaluations: int, progress: bool = True) -> list[dict]:
+def compare(pretrained: str, evaluations: int, progress: bool = True, split: str = "test") -> list[dict]:
     """One row per problem: start, LearnedSR1, best-of-grid Adam and its learning rate, and the winner."""
-    rows, suite = [], problems()
+    rows, suite = [], problems(split)
     for i, problem in enumerate(suite):
         adam = {lr: run_adam(problem, lr, evaluations) for lr in ADAM_LRS}
         best_lr = min(adam, key=adam.get)
@@ -195,14 +200,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrained", default="mix", help="a shipped model (python -m lsr1.pretrained)")
     parser.add_argument("--evaluations", type=int, default=100, help="loss-and-gradient evaluations per method")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="the test problems, or other seeds of the same kinds")
     parser.add_argument("--out", type=Path, default=None, help="also write results.json and results.md here")
     args = parser.parse_args(argv)
     if args.evaluations < 1:
         parser.error(f"--evaluations must be >= 1, got {args.evaluations}")
     torch.set_num_threads(1)
-    rows = compare(args.pretrained, args.evaluations)
+    rows = compare(args.pretrained, args.evaluations, split=args.split)
     tally = {who: sum(r["winner"] == who for r in rows) for who in ("LearnedSR1", "tie", "Adam")}
-    lines = [f"LearnedSR1({args.pretrained!r}) against best-of-grid Adam, {args.evaluations} evaluations each", "",
+    lines = [f"LearnedSR1({args.pretrained!r}) against best-of-grid Adam, {args.evaluations} evaluations each, {args.split} split", "",
              "| problem | start | LearnedSR1 | best Adam (lr) | better |", "|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {r['problem']} | {r['start']:.4g} | {r['learned_sr1']:.4g} | {r['adam']:.4g} ({r['adam_lr']:g}) | {r['winner']} |" for r in rows]
     lines += ["", f"LearnedSR1 better on {tally['LearnedSR1']} of {len(rows)}, ties {tally['tie']}, Adam better on {tally['Adam']}"]
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(rows, indent=1))
         (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print(json.dumps({"pretrained": args.pretrained, "evaluations": args.evaluations, "problems": len(rows),
+    print(json.dumps({"pretrained": args.pretrained, "evaluations": args.evaluations, "split": args.split, "problems": len(rows),
                       "learned_better": tally["LearnedSR1"], "ties": tally["tie"], "adam_better": tally["Adam"]}))  # fmt: skip
 
 

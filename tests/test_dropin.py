@@ -1,6 +1,7 @@
 """The drop-in comparison: LearnedSR1 against best-of-grid Adam on the held-out problems (lsr1.dropin)."""
 import math
 
+import pytest
 import torch
 
 from lsr1 import dropin
@@ -11,8 +12,18 @@ def test_every_held_out_problem_builds_the_same_finite_model_each_time():
     assert len(names) == len(set(names)) == 18
     for problem in dropin.problems():
         (model_a, loss_a), (model_b, loss_b) = problem.build(), problem.build()
-        assert math.isfinite(float(loss_a())) and float(loss_a()) == float(loss_b())
+        assert math.isfinite(float(loss_a().detach())) and float(loss_a().detach()) == float(loss_b().detach())
         assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
+
+
+def test_the_validation_split_has_the_same_problems_from_other_seeds():
+    test, validation = dropin.problems("test"), dropin.problems("validation")
+    assert [p.name for p in test] == [p.name for p in validation]
+    for a, b in zip(test, validation):  # other data (logistic regression starts at log 2 on any): other gradients
+        gradients = [torch.cat([g.flatten() for g in torch.autograd.grad(loss(), list(model.parameters()))]) for model, loss in (a.build(), b.build())]
+        assert not torch.allclose(*gradients)
+    with pytest.raises(ValueError, match="split"):
+        dropin.problems("train")
 
 
 def test_learned_sr1_gets_exactly_the_budget_line_search_included():

@@ -280,16 +280,17 @@ def test_mixed_dimension_training_batches_and_validation_dimension():
 
 def test_a_mix_of_families_in_training_batches_with_validation_on_the_named_task():
     from lsr1.config import ConfigError, TaskConfig
-    from lsr1.tasks import Quadratic, problem_set
+    from lsr1.tasks import MLPRegression, Quadratic, problem_set
     from lsr1.tasks.convex import LeastSquares, Logistic
 
-    task = TaskConfig(train_tasks=["quadratic", "least_squares", "logistic"], train_dims=[3, 6], meta_objective="log_gap")
-    batches = [problem_set(task, "train", i) for i in range(4)]
-    assert [type(b) for b in batches] == [Quadratic, LeastSquares, Logistic, Quadratic]
-    assert [b.dim for b in batches] == [3, 6, 3, 6]
+    task = TaskConfig(train_tasks=["quadratic", "least_squares", "logistic", "mlp"], train_dims=[3, 6, 20], meta_objective="log_gap")
+    batches = [problem_set(task, "train", i) for i in range(5)]
+    assert [type(b) for b in batches] == [Quadratic, LeastSquares, Logistic, MLPRegression, Quadratic]
+    assert [b.dim for b in batches] == [3, 6, 20, 13, 6]  # the MLP nearest 3 parameters has 2 hidden units: 13
     assert isinstance(problem_set(task, "val"), Quadratic)
-    start = batches[1].x0  # every family's meta-loss term is a log10 relative gap: 0 at x0
-    assert torch.allclose(batches[1].meta_objective(start, batches[1].value(start)), torch.zeros(len(start)), atol=1e-6)
+    for batch in batches[1:4]:  # every family's meta-loss term is log10 of a relative gap or loss: 0 at x0
+        start = batch.x0
+        assert torch.allclose(batch.meta_objective(start, batch.value(start)), torch.zeros(len(start)), atol=1e-6)
     with pytest.raises(ConfigError, match="log_gap"):
         TaskConfig(train_tasks=["quadratic", "logistic"])
     with pytest.raises(ConfigError, match="train_tasks"):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lsr1.config import TaskConfig
-from lsr1.tasks import Quadratic, diagonal_quadratics, problem_set, random_quadratics, rastrigin, rosenbrock
+from lsr1.tasks import Quadratic, diagonal_quadratics, mlp_problems, problem_set, random_quadratics, rastrigin, rosenbrock
 from tests.helpers import assert_close, smoketest_task
 
 F64 = torch.float64
@@ -17,8 +17,9 @@ F64 = torch.float64
         rastrigin(3, 7, seed=0, dtype=F64),
         rosenbrock(3, 7, seed=0, dtype=F64, coefficient=30.0),
         rastrigin(3, 7, seed=0, dtype=F64, amplitude=5.0),
+        mlp_problems(3, 20, seed=0, dtype=F64),
     ],
-    ids=["quadratic", "diagonal", "rosenbrock", "rastrigin", "rosenbrock_c30", "rastrigin_a5"],
+    ids=["quadratic", "diagonal", "rosenbrock", "rastrigin", "rosenbrock_c30", "rastrigin_a5", "mlp"],
 )
 def test_analytic_gradients_hvps_and_optima(problem):
     smoketest_task(problem)

@@ -7,6 +7,7 @@ from lsr1.config import HMRConfig, TaskConfig
 from lsr1.tasks.base import Problem, derive_seed, make_generator
 from lsr1.tasks.convex import FAMILIES, ConvexProblem, convex_problems
 from lsr1.tasks.hmr import HMRProblem, hmr_problem_set
+from lsr1.tasks.mlp import MLPRegression, mlp_problems
 from lsr1.tasks.quadratic import Quadratic, diagonal_quadratics, random_quadratics
 from lsr1.tasks.rastrigin import Rastrigin, rastrigin
 from lsr1.tasks.rosenbrock import Rosenbrock, rosenbrock
@@ -14,6 +15,7 @@ from lsr1.tasks.rosenbrock import Rosenbrock, rosenbrock
 __all__ = [
     "ConvexProblem",
     "HMRProblem",
+    "MLPRegression",
     "Problem",
     "Quadratic",
     "Rastrigin",
@@ -22,6 +24,7 @@ __all__ = [
     "derive_seed",
     "diagonal_quadratics",
     "make_generator",
+    "mlp_problems",
     "problem_set",
     "random_quadratics",
     "rastrigin",
@@ -67,4 +70,6 @@ def problem_set(
         return rastrigin(batch, n, seed, dtype, device)
     if name in FAMILIES:
         return convex_problems(name, batch, n, seed, task.cond, dtype, device)
+    if name == "mlp":
+        return mlp_problems(batch, n, seed, dtype, device)
     raise ValueError(f"unknown task {name!r}")
