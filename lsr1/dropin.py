@@ -145,39 +145,26 @@ def run_adam(problem: DropInProblem, lr: float, evaluations: int) -> float:
     return _final(loss)
 
 
-class _OutOfBudget(Exception):
-    pass
-
-
 def run_learned(problem: DropInProblem, pretrained: str, evaluations: int) -> tuple[float, int]:
-    """Final loss of LearnedSR1 after exactly `evaluations` closure calls (line search included), and the
-    calls made. A step whose line search the budget cuts short is not taken: its last accepted iterate
-    stays, as when the line search finds no acceptable step."""
+    """Final loss of LearnedSR1 after `evaluations` closure calls (line search included), and the calls
+    made: one `step` with max_iter = max_eval = evaluations, which ends at the last accepted iterate."""
     model, loss = problem.build()
-    opt = LearnedSR1(model.parameters(), pretrained=pretrained)
+    opt = LearnedSR1(model.parameters(), pretrained=pretrained, max_iter=evaluations, max_eval=evaluations)
     calls = 0
 
     def closure() -> Tensor:
         nonlocal calls
-        if calls == evaluations:
-            raise _OutOfBudget
         calls += 1
         opt.zero_grad()
         value = loss()
         value.backward()
         return value
 
-    while True:
-        accepted = [p.detach().clone() for p in model.parameters()]
-        try:
-            opt.step(closure)
-        except _OutOfBudget:
-            with torch.no_grad():
-                for p, saved in zip(model.parameters(), accepted):
-                    p.copy_(saved)
-            return _final(loss), calls
-        except RuntimeError:  # a NaN / Inf gradient: LearnedSR1 refuses to move
-            return math.inf, calls
+    try:
+        opt.step(closure)
+    except RuntimeError:  # a NaN / Inf gradient: LearnedSR1 refuses to move
+        return math.inf, calls
+    return _final(loss), calls
 
 
 def compare(pretrained: str, evaluations: int, progress: bool = True, split: str = "test") -> list[dict]:

@@ -7,6 +7,7 @@ through `state_dict` / `load_state_dict`. The math lives in `lsr1.learned.sr1`; 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,6 +29,13 @@ class LearnedSR1(torch.optim.Optimizer):
     line_search: "armijo" halves the learned step until the loss decreases enough (at most
         `max_backtracks` extra closure calls, else no move), which keeps a model trained on other problems
         from diverging on yours; None takes the learned step as it is, as in the paper.
+    max_iter: L-SR1 iterations per `step` call, as in torch.optim.LBFGS. Within a call, the line search's
+        accepted evaluation (loss and gradients at the new point) starts the next iteration, so an
+        iteration costs one closure call where the first step is accepted, against two for max_iter = 1
+        (each call evaluates its starting point). Use more than 1 for a full-batch loss; keep 1 where
+        each closure draws a new minibatch.
+    max_eval: closure calls per `step` call at most (default: no limit but max_iter's); where the line
+        search would need more, the parameters stay at the last accepted iterate.
     """
 
     def __init__(
@@ -37,11 +45,15 @@ class LearnedSR1(torch.optim.Optimizer):
         buffer_size: int | None = None,
         line_search: str | None = "armijo",
         max_backtracks: int = 10,
+        max_iter: int = 1,
+        max_eval: int | None = None,
     ) -> None:
         super().__init__(params, defaults={})
         if line_search not in (None, "armijo"):
             raise ValueError(f"line_search must be 'armijo' or None, got {line_search!r}")
-        self.line_search, self.max_backtracks = line_search, max_backtracks
+        if max_iter < 1 or (max_eval is not None and max_eval < 1):
+            raise ValueError(f"max_iter and max_eval must be >= 1, got {max_iter} and {max_eval}")
+        self.line_search, self.max_backtracks, self.max_iter, self.max_eval = line_search, max_backtracks, max_iter, max_eval
         if isinstance(pretrained, str):
             from lsr1 import pretrained as shipped
 
@@ -84,22 +96,36 @@ class LearnedSR1(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        """One L-SR1 step. closure: zeroes the gradients, computes the loss, calls backward, returns the loss."""
+        """Up to `max_iter` L-SR1 iterations; returns the loss at the starting point. closure: zeroes the
+        gradients, computes the loss, calls backward, returns the loss."""
         if closure is None:
             raise RuntimeError("LearnedSR1.step needs a closure that re-evaluates the loss, as torch.optim.LBFGS does")
         with torch.enable_grad():
             loss = closure()
-        params = self._params()
-        x, g = self._flat(params, grads=False), self._flat(params, grads=True)
-        if not bool(torch.isfinite(g).all()):
-            raise RuntimeError("LearnedSR1: the gradient contains NaN or Inf; the parameters were left unchanged")
-        slot = self.state[params[0]]
-        state = LSR1State(**{k: slot[k] for k in LSR1State._fields}) if slot else self.model.init(x, g)
-        x_next, state, _ = self.model.step(state, x, g)
-        self.state[params[0]] = state._asdict()
-        self._write(params, x_next)
-        if self.line_search == "armijo":
-            self._backtrack(params, closure, float(loss), x, g, x_next - x)
+        params, f, evaluations = self._params(), float(loss), 1
+        budget = math.inf if self.max_eval is None else self.max_eval
+        for iteration in range(self.max_iter):
+            if self.line_search == "armijo" and evaluations == budget:  # no call left to test a step
+                break
+            x, g = self._flat(params, grads=False), self._flat(params, grads=True)
+            if not bool(torch.isfinite(g).all()):
+                raise RuntimeError("LearnedSR1: the gradient contains NaN or Inf; the parameters were left unchanged")
+            slot = self.state[params[0]]
+            state = LSR1State(**{k: slot[k] for k in LSR1State._fields}) if slot else self.model.init(x, g)
+            x_next, state, _ = self.model.step(state, x, g)
+            self.state[params[0]] = state._asdict()
+            self._write(params, x_next)
+            if self.line_search == "armijo":
+                accepted, calls = self._backtrack(params, closure, f, x, g, x_next - x, min(self.max_backtracks, budget - evaluations))
+                evaluations += calls
+                if accepted is not None:
+                    f = accepted
+                    continue
+            if iteration + 1 == self.max_iter or evaluations == budget:
+                break
+            with torch.enable_grad():  # the gradients at the new point (at x again after no acceptable step)
+                f = float(closure())
+            evaluations += 1
         return loss
 
     def _write(self, params: list[Tensor], x: Tensor) -> None:
@@ -108,15 +134,21 @@ class LearnedSR1(torch.optim.Optimizer):
             p.copy_(x[0, offset : offset + p.numel()].view_as(p))
             offset += p.numel()
 
-    def _backtrack(self, params: list[Tensor], closure: Callable[[], Tensor], f0: float, x: Tensor, g: Tensor, step: Tensor) -> None:
-        """Shrink the step (parameters already at x + step) until f <= f0 + 1e-4 t g.step."""
+    def _backtrack(
+        self, params: list[Tensor], closure: Callable[[], Tensor], f0: float, x: Tensor, g: Tensor, step: Tensor, tries: float
+    ) -> tuple[float | None, int]:
+        """Shrink the step (parameters already at x + step) until f <= f0 + 1e-4 t g.step, in at most `tries`
+        closure calls: the accepted f (the closure's gradients are then those of the parameters), or None
+        after staying at x; and the calls made."""
         slope = float((g * step).sum())
-        t = 1.0
-        for _ in range(self.max_backtracks):
+        t, calls = 1.0, 0
+        while calls < tries:
             with torch.enable_grad():
                 f = float(closure().detach())
+            calls += 1
             if f <= f0 + 1e-4 * t * slope:
-                return
+                return f, calls
             t *= 0.5
             self._write(params, x + t * step)
         self._write(params, x)  # no acceptable step: stay
+        return None, calls

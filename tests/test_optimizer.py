@@ -91,3 +91,42 @@ def test_clear_errors():
 def test_the_default_model_is_the_one_meta_trained_on_a_mix_of_families():
     assert inspect.signature(LearnedSR1).parameters["pretrained"].default == "mix"
     assert pretrained.info("mix")["config"]["task"]["train_tasks"] == ["quadratic", "least_squares", "logistic"]
+
+
+def _counting(closure):
+    """The closure, and a list whose one entry counts its calls."""
+    calls = [0]
+
+    def counted():
+        calls[0] += 1
+        return closure()
+
+    return counted, calls
+
+
+@pytest.mark.parametrize("line_search", ["armijo", None])
+def test_max_iter_takes_the_steps_of_repeated_calls_without_evaluating_each_start_twice(line_search):
+    """Within one call the line search's accepted evaluation starts the next iteration; repeated calls
+    evaluate each start again (without a line search every call evaluates once either way). The same
+    iterates in both cases: the closure is deterministic."""
+    runs = {}
+    for max_iter, calls in ((1, 12), (12, 1)):
+        model, x, y = _regression(torch.float64)
+        opt = LearnedSR1(model.parameters(), pretrained="mix", line_search=line_search, max_iter=max_iter)
+        closure, evaluations = _counting(_closure(opt, model, x, y))
+        for _ in range(calls):
+            opt.step(closure)
+        runs[max_iter] = ([p.detach().clone() for p in model.parameters()], evaluations[0])
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(runs[1][0], runs[12][0]))
+    assert runs[12][1] == runs[1][1] - (11 if line_search else 0)
+
+
+def test_max_eval_bounds_the_closure_calls_of_a_step():
+    model, x, y = _regression()
+    opt = LearnedSR1(model.parameters(), pretrained="mix", max_iter=100, max_eval=7)
+    closure, evaluations = _counting(_closure(opt, model, x, y))
+    first = float(closure())
+    opt.step(closure)
+    assert evaluations[0] == 8 and float(_closure(opt, model, x, y)()) < first  # the first call above, and 7
+    with pytest.raises(ValueError, match="max_iter"):
+        LearnedSR1(model.parameters(), max_iter=0)
