@@ -9,7 +9,7 @@ the quadratics are drawn from their own seeds (the `quadratic` models trained at
 quadratics of the same kind at N = 5 to 50, from other seeds), and least squares and logistic regression
 are built here as a user builds them (nn.Linear on Gaussian data), not by the generators `mix` trained on
 (`lsr1.tasks.convex`: conditioned design matrices); the MLPs have two hidden layers of 16 units, while the
-MLPs of the training mixes (`lsr1.tasks.mlp`) have one hidden layer of 2-8. `--split validation` draws the
+MLPs of the `mlp` training task (`lsr1.tasks.mlp`; no shipped model) have one hidden layer of 2-8. `--split validation` draws the
 same 18 problems from other seeds: models are chosen there, never on the test split.
 
 The budget is the same number of loss-and-gradient evaluations (closure calls) for every method, so the
