@@ -5,9 +5,11 @@
 Problems: diagonal quadratics (b = 0) with condition numbers 1, 100, 1000 and 10000, Rosenbrock and
 Rastrigin, each at N in {50, 100, 250, 500, 1000}, from fixed seeded starting points. Every solver runs the
 same number of steps; m_{p,s} = ||x_hat - x*|| / ||x_worst - x*||, r_{p,s} = m_{p,s} / min_s m_{p,s} and
-rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. Learned solvers use the shipped model of the problem's family
-(quadratic100, rosenbrock, rastrigin: the project's formulation; `_noproj` for it without the secant
-penalty; `_paper` for the paper-literal formulation of Table 7) at L = 64.
+rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. "L-SR1 (paper)" is the paper-literal shipped model of the
+problem's family (quadratic100_paper, rosenbrock_paper, rastrigin_paper; Table 7) at its test-time L = 64.
+"L-SR1" (the project's formulation) and "L-SR1 w/o projection" are tuned like the learning rates below: per
+kind, the model (the family's own, `_noproj` without the secant penalty, or for "L-SR1" also the
+general-purpose `mix`) and the test-time L of BUFFER_GRID with the best tuning score.
 The second learned optimizer, BFGS-LSTM (learned coordinate-wise BFGS step sizes), was meta-trained on
 convex families only: the quadratics get its least-squares model, Rosenbrock and Rastrigin its log-sum-exp
 model (the non-quadratic one); it keeps a dense N x N BFGS matrix.
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,6 +50,7 @@ FAMILIES = ("quadratic_cond1", "quadratic_cond100", "quadratic_cond1000", "quadr
 DIMS = (50, 100, 250, 500, 1000)
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 BUFFER_SIZE = 64  # test-time L of Table 7, and the L-BFGS memory
+BUFFER_GRID = (8, 16, 32, 64)  # the test-time L that the project's L-SR1 solvers are tuned over
 LEARNED_MODEL = {"quadratic": "quadratic100", "rosenbrock": "rosenbrock", "rastrigin": "rastrigin"}
 BFGS_STEPS_MODEL = {"quadratic": "bfgs_steps_least_squares", "rosenbrock": "bfgs_steps_logsumexp", "rastrigin": "bfgs_steps_logsumexp"}
 RELATIVE_FLOOR = 1e-15  # distances below this fraction of the start count as exact (keeps ratios finite)
@@ -101,34 +105,44 @@ def tuning_set(seed: int = 0) -> list[ProfileProblem]:
     return out
 
 
-SolverFactory = Callable[[ProfileProblem, float | None], Optimizer]
+Setting = Any  # what a solver is tuned over: a learning rate, or (shipped model, test-time L)
+SolverFactory = Callable[[ProfileProblem, Setting], Optimizer]
+Grid = Callable[[str], tuple[Setting, ...]] | None  # kind -> the settings to tune over; None: not tuned
 
 
-def hand_designed_solvers() -> dict[str, tuple[SolverFactory, bool]]:
-    """name -> (factory(problem, lr), whether lr is tuned)."""
+def hand_designed_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
+    """name -> (factory(problem, setting), the grid its learning rate is tuned over)."""
     return {
-        "L-BFGS": (lambda p, lr: LBFGS(p.problem, memory=BUFFER_SIZE), False),
-        "Adam": (lambda p, lr: Adam(lr), True),
-        "AdaHessian": (lambda p, lr: AdaHessian(p.problem, lr=lr), True),
-        "GD": (lambda p, lr: GradientDescent(lr), True),
+        "L-BFGS": (lambda p, lr: LBFGS(p.problem, memory=BUFFER_SIZE), None),
+        "Adam": (lambda p, lr: Adam(lr), lambda kind: LR_GRID),
+        "AdaHessian": (lambda p, lr: AdaHessian(p.problem, lr=lr), lambda kind: LR_GRID),
+        "GD": (lambda p, lr: GradientDescent(lr), lambda kind: LR_GRID),
     }
 
 
-def learned_solvers() -> dict[str, tuple[SolverFactory, bool]]:
-    """L-SR1 (ours, without its secant penalty, and the paper-literal one) and BFGS-LSTM from the shipped
-    models, one per problem family."""
+def _shipped(setting: tuple[str, int]) -> Optimizer:
+    name, buffer_size = setting
+    return pretrained.load(name, buffer_size=buffer_size, dtype=torch.float64)
 
-    def factory(suffix: str) -> SolverFactory:
-        return lambda p, lr: pretrained.load(LEARNED_MODEL[p.kind] + suffix, buffer_size=BUFFER_SIZE, dtype=torch.float64)
 
-    bfgs_steps: SolverFactory = lambda p, lr: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64)  # noqa: E731
-    variants = {"L-SR1": "", "L-SR1 w/o projection": "_noproj", "L-SR1 (paper)": "_paper"}
-    return {name: (factory(suffix), False) for name, suffix in variants.items()} | {"BFGS-LSTM": (bfgs_steps, False)}
+def _models(suffix: str, general: tuple[str, ...] = ()) -> Grid:
+    return lambda kind: tuple((name, size) for name in (LEARNED_MODEL[kind] + suffix, *general) for size in BUFFER_GRID)
+
+
+def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
+    """L-SR1 (ours, without its secant penalty: model and L tuned; the paper-literal one as in Table 7) and
+    BFGS-LSTM, from the shipped models."""
+    return {
+        "L-SR1": (lambda p, setting: _shipped(setting), _models("", ("mix",))),
+        "L-SR1 w/o projection": (lambda p, setting: _shipped(setting), _models("_noproj")),
+        "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE)), None),
+        "BFGS-LSTM": (lambda p, _: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64), None),
+    }
 
 
 def learned_models(problems: list[ProfileProblem]) -> set[str]:
     """The shipped models that the learned solvers need on these problems."""
-    return {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_paper")} | {BFGS_STEPS_MODEL[p.kind] for p in problems}
+    return {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_paper")} | {"mix"} | {BFGS_STEPS_MODEL[p.kind] for p in problems}
 
 
 def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float:
@@ -140,16 +154,20 @@ def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float
     return float((x_final - x_star).norm() / (p.problem.x0 - x_star).norm())
 
 
-def tune(factory: SolverFactory, problems: list[ProfileProblem], steps: int, grid: tuple[float, ...] = LR_GRID) -> tuple[float, dict[str, float]]:
+def label(setting: Setting) -> str:
+    """A setting as tuning.json and results.md write it: "0.3", or "mix, L = 64"."""
+    return f"{setting[0]}, L = {setting[1]}" if isinstance(setting, tuple) else f"{setting:g}"
+
+
+def tune(factory: SolverFactory, problems: list[ProfileProblem], steps: int, grid: tuple[Setting, ...] = LR_GRID) -> tuple[Setting, dict[str, float]]:
     """The grid value with the lowest mean log10 relative distance (a diverged run scores +10)."""
     if not problems:
         raise ValueError("tuning needs at least one problem of the family")
     scores = {}
-    for lr in grid:
-        logs = [min(math.log10(max(relative_distance(factory(p, lr), p, steps), RELATIVE_FLOOR)), 10.0) for p in problems]
-        scores[f"{lr:g}"] = sum(logs) / len(logs)
-    best = min(scores, key=scores.get)
-    return float(best), scores
+    for setting in grid:
+        logs = [min(math.log10(max(relative_distance(factory(p, setting), p, steps), RELATIVE_FLOOR)), 10.0) for p in problems]
+        scores[label(setting)] = sum(logs) / len(logs)
+    return min(grid, key=lambda setting: scores[label(setting)]), scores
 
 
 def performance_ratios(distances: Tensor) -> Tensor:
@@ -172,7 +190,7 @@ class ProfileResult:
     solvers: list[str]
     distances: Tensor  # (P, S) ||x_K - x*|| / ||x_0 - x*||, floored at RELATIVE_FLOOR
     ratios: Tensor  # (P, S)
-    tuning: dict[str, dict]  # solver -> kind -> {"lr": chosen, "scores": {lr: mean log10 distance}}
+    tuning: dict[str, dict]  # solver -> kind -> {"chosen": label, "scores": {label: mean log10 distance}}
     steps: int
     seconds: float
 
@@ -186,23 +204,24 @@ class ProfileResult:
         return (self.ratios <= 1.0 + 1e-12).sum(0)
 
 
-def run_profiles(solvers: dict[str, tuple[SolverFactory, bool]], problems: list[ProfileProblem], steps: int, tuning_problems: list[ProfileProblem]) -> ProfileResult:
+def run_profiles(solvers: dict[str, tuple[SolverFactory, Grid]], problems: list[ProfileProblem], steps: int, tuning_problems: list[ProfileProblem]) -> ProfileResult:
     """Tune what needs tuning (per family kind), run every solver on every problem, compute the ratios."""
     tic = time.time()
     tuning: dict[str, dict] = {}
-    for name, (factory, tuned) in solvers.items():
-        if not tuned:
+    chosen: dict[tuple[str, str], Setting] = {}
+    for name, (factory, grid) in solvers.items():
+        if grid is None:
             continue
         tuning[name] = {}
         for kind in sorted({p.kind for p in problems}):
-            lr, scores = tune(factory, [p for p in tuning_problems if p.kind == kind], steps)
-            tuning[name][kind] = {"lr": lr, "scores": scores}
-            log.info("tuned %s on %s: lr = %g", name, kind, lr)
+            setting, scores = tune(factory, [p for p in tuning_problems if p.kind == kind], steps, grid(kind))
+            chosen[name, kind] = setting
+            tuning[name][kind] = {"chosen": label(setting), "scores": scores}
+            log.info("tuned %s on %s: %s", name, kind, label(setting))
     distances = torch.empty(len(problems), len(solvers), dtype=torch.float64)
     for i, p in enumerate(problems):
-        for j, (name, (factory, tuned)) in enumerate(solvers.items()):
-            lr = tuning[name][p.kind]["lr"] if tuned else None
-            distances[i, j] = max(relative_distance(factory(p, lr), p, steps), RELATIVE_FLOOR)
+        for j, (name, (factory, _)) in enumerate(solvers.items()):
+            distances[i, j] = max(relative_distance(factory(p, chosen.get((name, p.kind))), p, steps), RELATIVE_FLOOR)
         log.info("%-26s %s", p.name, "  ".join(f"{d:9.3g}" for d in distances[i].tolist()))
     ratios = performance_ratios(distances)
     return ProfileResult([p.name for p in problems], list(solvers), distances, ratios, tuning, steps, time.time() - tic)
@@ -235,7 +254,7 @@ def write_outputs(result: ProfileResult, out: Path, taus: Tensor) -> None:
         writer.writerow(["problem", *result.solvers])
         for name, row in zip(result.problems, result.distances.tolist()):
             writer.writerow([name, *[f"{v:.6g}" for v in row]])
-    (out / "tuning.json").write_text(json.dumps({"grid": list(LR_GRID), "criterion": "mean log10 ||x_K - x*|| / ||x_0 - x*|| on the tuning functions (tuning_set: other functions of each kind, other N)", "solvers": result.tuning}, indent=1))
+    (out / "tuning.json").write_text(json.dumps({"criterion": "mean log10 ||x_K - x*|| / ||x_0 - x*|| on the tuning functions (tuning_set: other functions of each kind, other N)", "solvers": result.tuning}, indent=1))
     area, wins = result.area(taus), result.wins()
     lines = [
         f"# Performance profiles ({len(result.problems)} problems, {result.steps} steps each)\n",
@@ -245,9 +264,9 @@ def write_outputs(result: ProfileResult, out: Path, taus: Tensor) -> None:
     for s, name in enumerate(result.solvers):
         at = [float(profile(result.ratios[:, s : s + 1], torch.tensor([t], dtype=torch.float64))[0, 0]) for t in (1.0, 10.0, 100.0)]
         lines.append(f"| {name} | {float(area[s]):.3f} | {int(wins[s])} | {at[0]:.2f} | {at[1]:.2f} | {at[2]:.2f} |")
-    lines += ["", "Tuned learning rates (grid and validation scores in tuning.json):", ""]
+    lines += ["", "Tuned settings (learning rates; shipped model and L), with every grid value's score in tuning.json:", ""]
     for name, kinds in result.tuning.items():
-        lines.append(f"- {name}: " + ", ".join(f"{kind} {v['lr']:g}" for kind, v in kinds.items()))
+        lines.append(f"- {name}: " + ", ".join(f"{kind} {v['chosen']}" for kind, v in kinds.items()))
     lines += ["", "Relative distance ||x_K - x*|| / ||x_0 - x*|| per problem:", "", "| problem | " + " | ".join(result.solvers) + " |", "|---" * (len(result.solvers) + 1) + "|"]
     for name, row in zip(result.problems, result.distances.tolist()):
         lines.append(f"| {name} | " + " | ".join(f"{v:.3g}" for v in row) + " |")

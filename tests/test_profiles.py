@@ -45,12 +45,19 @@ def test_the_test_set_is_30_seeded_problems_apart_from_the_tuning_set():
 
 
 def test_profiles_end_to_end_on_a_small_set(tmp_path):
-    model = LSR1(LSR1Config(hidden_dim=16, buffer_size=4)).double().eval()
-    solvers = {"untrained L-SR1": (lambda p, lr: model, False), **hand_designed_solvers()}
+    torch.manual_seed(0)
+    models = {size: LSR1(LSR1Config(hidden_dim=16, buffer_size=size)).double().eval() for size in (2, 4)}
+    solvers = {
+        "untrained L-SR1": (lambda p, setting: models[4], None),
+        "untrained L-SR1, L tuned": (lambda p, size: models[size], lambda kind: (2, 4)),  # as the shipped models' L
+        **hand_designed_solvers(),
+    }
     problems = evaluation_problems(dims=(50,))
     result = run_profiles(solvers, problems, steps=10, tuning_problems=[p for p in tuning_set() if p.dim == 30])
-    assert result.distances.shape == (6, 5) and (result.ratios >= 1.0).all()
-    assert set(result.tuning) == {"Adam", "AdaHessian", "GD"}
+    assert result.distances.shape == (6, 6) and (result.ratios >= 1.0).all()
+    assert set(result.tuning) == {"untrained L-SR1, L tuned", "Adam", "AdaHessian", "GD"}
+    for kind, tuned in result.tuning["untrained L-SR1, L tuned"].items():  # the grid value with the best score
+        assert set(tuned["scores"]) == {"2", "4"} and tuned["scores"][tuned["chosen"]] == min(tuned["scores"].values())
     taus = torch.logspace(0, 2, 20, dtype=torch.float64)
     write_outputs(result, tmp_path, taus)
     assert {p.name for p in tmp_path.iterdir()} == {"profile.png", "distances.csv", "results.md", "tuning.json"}
