@@ -9,7 +9,9 @@ rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. "L-SR1 (paper)" is the paper-literal 
 problem's family (quadratic100_paper, rosenbrock_paper, rastrigin_paper; Table 7) at its test-time L = 64.
 "L-SR1" (the project's formulation) and "L-SR1 w/o projection" are tuned like the learning rates below: per
 kind, the model (the family's own, `_noproj` without the secant penalty, or for "L-SR1" also the
-general-purpose `mix`) and the test-time L of BUFFER_GRID with the best tuning score.
+general-purpose `mix`) and the test-time L of BUFFER_GRID with the best tuning score. "L-SR1 + Armijo" is
+"L-SR1" with Armijo backtracking along each learned step (`lsr1.optim.Backtracked`, as `lsr1.LearnedSR1`
+does), tuned the same way: L-BFGS's steps come from a line search too.
 The second learned optimizer, BFGS-LSTM (learned coordinate-wise BFGS step sizes), was meta-trained on
 convex families only: the quadratics get its least-squares model, Rosenbrock and Rastrigin its log-sum-exp
 model (the non-quadratic one); it keeps a dense N x N BFGS matrix.
@@ -38,7 +40,7 @@ from torch import Tensor
 
 from lsr1 import pretrained
 from lsr1.meta import run
-from lsr1.optim import LBFGS, AdaHessian, Adam, GradientDescent
+from lsr1.optim import LBFGS, AdaHessian, Adam, Backtracked, GradientDescent
 from lsr1.optim.base import Optimizer
 from lsr1.tasks import Problem, derive_seed, diagonal_quadratics, rastrigin, rosenbrock
 
@@ -134,6 +136,7 @@ def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
     BFGS-LSTM, from the shipped models."""
     return {
         "L-SR1": (lambda p, setting: _shipped(setting), _models("", ("mix",))),
+        "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting), p.problem), _models("", ("mix",))),
         "L-SR1 w/o projection": (lambda p, setting: _shipped(setting), _models("_noproj")),
         "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE)), None),
         "BFGS-LSTM": (lambda p, _: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64), None),

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lsr1.meta import run
-from lsr1.optim import BFGS, LBFGS, SR1, AdaHessian, Adam, GradientDescent, backtracking, strong_wolfe
+from lsr1.optim import BFGS, LBFGS, SR1, AdaHessian, Adam, Backtracked, GradientDescent, backtracking, strong_wolfe
 from lsr1.optim.sr1 import sr1_update
 from lsr1.optim.bfgs import bfgs_update
 from lsr1.tasks import diagonal_quadratics, random_quadratics, rosenbrock
@@ -143,3 +143,13 @@ def test_optimizer_arguments_are_checked():
         Adam(lr=-1.0)
     with pytest.raises(ValueError, match="NaN"):
         GradientDescent().init(torch.full((1, 2), float("nan")), torch.zeros(1, 2))
+
+
+def test_backtracking_keeps_a_diverging_step_rule_monotone_and_leaves_good_steps_alone():
+    problem = diagonal_quadratics(3, 8, seed=0, cond=100, dtype=torch.float64)  # eigenvalues up to 1
+    diverging = run(GradientDescent(3.0), problem, 20).values  # beyond 2 / lambda_max
+    assert diverging[-1].min() > diverging[0].max()
+    safe = run(Backtracked(GradientDescent(3.0), problem), problem, 20).values
+    assert (safe[1:] <= safe[:-1] + 1e-12).all() and (safe[-1] < safe[0]).all()
+    plain, guarded = run(GradientDescent(0.5), problem, 5), run(Backtracked(GradientDescent(0.5), problem), problem, 5)
+    assert torch.equal(plain.values, guarded.values)  # every step of 0.5 already decreases f enough
