@@ -46,7 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/meta_step.py
 
 # What docs/results.md's MLflow blocks read, through the product's own commands (after `make demo`; about
-# 45 min on 2 cores): the quadratic test curves of the shipped models (ours, ours w/o projection, the
+# 35 min on 2 cores): the quadratic test curves of the shipped models (ours, ours w/o projection, the
 # paper-literal one), HMR Table 1 (L-SR1 w/o secant term and the paper-literal L-SR1 beside the demo's
 # models), data efficiency (a larger synthetic AMASS), lambda_sec x gamma1, the ablations
 QUADRATIC_SWEEP := --config configs/quadratic.yaml --num-samples 1 --grace 1000 --cpus-per-worker 0.9 \
