@@ -61,6 +61,12 @@ def _label(config: ExperimentConfig) -> str:
     return name + (" (paper)" if config.lsr1.secant_penalty == "paper" else "")  # the paper-literal formulation
 
 
+def _labels(configs: list[ExperimentConfig]) -> list[str]:
+    """_label of each, with the config's name where two would read the same (e.g. two shipped L-SR1 models)."""
+    labels = [_label(c) for c in configs]
+    return [n if labels.count(n) == 1 else f"{n} ({c.name})" for n, c in zip(labels, configs)]
+
+
 def load_learner(path: Path) -> tuple[ExperimentConfig, LearnedOptimizer, int | None]:
     """The config, the trained learner (eval mode; float64 for analytic tasks, whose test sets are) and
     the iteration of a checkpoint."""
@@ -85,13 +91,14 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
     task = models[0][0].task
     problem = problem_set(task, "test", dtype=torch.float64)
     groups: dict[str, list[Curves]] = {}
+    labels = _labels([c for c, _, _ in models])
     if models[0][0].learner == "bfgs_steps":  # no buffer size: against the step-size baselines of its paper
-        group = [curves(_label(c), m, problem, steps) for c, m, _ in models]
+        group = [curves(label, m, problem, steps) for label, (_, m, _) in zip(labels, models)]
         group.append(curves("BFGS-Armijo", BFGS(problem, line_search="armijo"), problem, steps))
         group.append(curves("BFGS-HD per coordinate", HypergradientBFGS(per_coordinate=True), problem, steps))
         groups["BFGS step sizes"] = group
     for size in buffer_sizes if models[0][0].learner == "lsr1" else ():
-        group = [curves(f"{_label(c)} (L={size})", with_buffer_size(m, size), problem, steps) for c, m, _ in models]
+        group = [curves(f"{label} (L={size})", with_buffer_size(m, size), problem, steps) for label, (_, m, _) in zip(labels, models)]
         group.append(curves(f"L-BFGS (m={size})", LBFGS(problem, memory=size), problem, steps))
         groups[f"L = {size}"] = group
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +108,7 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
     everything = [c for group in groups.values() for c in group]
     (out / "curves.json").write_text(json.dumps([c.as_dict() for c in everything], indent=1))
     at = [k for k in (1, 2, 5, 10, 15, 20) if k <= steps]
-    sources = "\n".join(f"- {_label(c)}: `{p}` ({c.name}, iteration {it})" for p, (c, _, it) in zip(checkpoints, models))
+    sources = "\n".join(f"- {label}: `{p}` ({c.name}, iteration {it})" for label, p, (c, _, it) in zip(labels, checkpoints, models))
     (out / "results.md").write_text(
         f"# Test-set curves: {task.test_size} {task.name} problems, N = {task.test_dim}\n\n"
         f"Checkpoints:\n{sources}\n\nCommand: `python -m pipeline.evaluate "

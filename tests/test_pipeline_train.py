@@ -114,3 +114,17 @@ def test_without_a_terminal_a_bar_prints_a_line_every_few_seconds_at_most(tmp_pa
     stream.close()
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert lines == ["run: 1/500 iterations, loss 1, 0 s", "run: 500/500 iterations, loss 0.002, 0 s (done)"]
+
+
+def test_evaluation_labels_name_the_config_where_two_models_would_read_the_same():
+    import dataclasses
+
+    from lsr1.config import ExperimentConfig
+    from pipeline.evaluate import _labels
+
+    default = ExperimentConfig()  # the dataclass defaults are the paper's formulation: ours applies the penalty
+    ours = dataclasses.replace(default, name="quadratic", lsr1=dataclasses.replace(default.lsr1, secant_penalty="applied"))
+    mix = dataclasses.replace(ours, name="mix")
+    without = dataclasses.replace(ours, name="quadratic_noproj", lsr1=dataclasses.replace(ours.lsr1, lambda_sec=0.0))
+    assert _labels([ours, without]) == ["L-SR1", "L-SR1 w/o projection"]
+    assert _labels([ours, without, mix]) == ["L-SR1 (quadratic)", "L-SR1 w/o projection", "L-SR1 (mix)"]
