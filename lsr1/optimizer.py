@@ -102,7 +102,7 @@ class LearnedSR1(torch.optim.Optimizer):
             raise RuntimeError("LearnedSR1.step needs a closure that re-evaluates the loss, as torch.optim.LBFGS does")
         with torch.enable_grad():
             loss = closure()
-        params, f, evaluations = self._params(), float(loss), 1
+        params, f, evaluations = self._params(), float(loss.detach()), 1
         budget = math.inf if self.max_eval is None else self.max_eval
         for iteration in range(self.max_iter):
             if self.line_search == "armijo" and evaluations == budget:  # no call left to test a step
@@ -124,7 +124,7 @@ class LearnedSR1(torch.optim.Optimizer):
             if iteration + 1 == self.max_iter or evaluations == budget:
                 break
             with torch.enable_grad():  # the gradients at the new point (at x again after no acceptable step)
-                f = float(closure())
+                f = float(closure().detach())
             evaluations += 1
         return loss
 
