@@ -132,8 +132,8 @@ def _models(suffix: str, general: tuple[str, ...] = ()) -> Grid:
 
 
 def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
-    """L-SR1 (ours, without its secant penalty: model and L tuned; the paper-literal one as in Table 7) and
-    BFGS-LSTM, from the shipped models."""
+    """L-SR1 (ours, ours with Armijo backtracking and ours without its secant penalty: model and L tuned;
+    the paper-literal one as in Table 7) and BFGS-LSTM, from the shipped models."""
     return {
         "L-SR1": (lambda p, setting: _shipped(setting), _models("", ("mix",))),
         "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting), p.problem), _models("", ("mix",))),
