@@ -126,5 +126,6 @@ def test_evaluation_labels_name_the_config_where_two_models_would_read_the_same(
     ours = dataclasses.replace(default, name="quadratic", lsr1=dataclasses.replace(default.lsr1, secant_penalty="applied"))
     mix = dataclasses.replace(ours, name="mix")
     without = dataclasses.replace(ours, name="quadratic_noproj", lsr1=dataclasses.replace(ours.lsr1, lambda_sec=0.0))
-    assert _labels([ours, without]) == ["L-SR1", "L-SR1 w/o projection"]
-    assert _labels([ours, without, mix]) == ["L-SR1 (quadratic)", "L-SR1 w/o projection", "L-SR1 (mix)"]
+    configs = [ours, without, mix]
+    assert _labels(configs[:2], [c.name for c in configs[:2]]) == ["L-SR1", "L-SR1 w/o projection"]
+    assert _labels(configs, [c.name for c in configs]) == ["L-SR1 (quadratic)", "L-SR1 w/o projection", "L-SR1 (mix)"]
