@@ -44,7 +44,7 @@ class MLPRegression(Problem):
 
     def __init__(self, inputs: Tensor, targets: Tensor, x0: Tensor) -> None:
         super().__init__(x0)
-        batch, _, d = inputs.shape
+        d = inputs.shape[2]
         self.hidden = (x0.shape[1] - 1) // (d + 2)
         if inputs.shape[0] != x0.shape[0] or targets.shape != inputs.shape[:2] or self.hidden * (d + 2) + 1 != x0.shape[1]:
             raise ValueError(
