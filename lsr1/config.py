@@ -71,6 +71,9 @@ class LSR1Config:
     input_scaling: str = "none"  # "rms": each encoder input divided by its RMS over the problem's coordinates
     global_features: bool = False  # add cos(p, q), cos(d, g), log(||q||/||g||), log(1 + k) to every coordinate
     curvature_scale: str = "none"  # "secant": B scaled by s = |p.q| / q.q of the last step (v by sqrt(s))
+    # s of the first step, which has no step before it: "pair" from (p0, q0) = (x0, g0) as Alg. 1 seeds E, or
+    # "one" (|x0.g0| / |g0|^2 says where x0 lies, not the curvature; docs/results.md §4)
+    first_scale: str = "pair"
     encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
@@ -114,6 +117,7 @@ class LSR1Config:
             self.curvature_scale in ("none", "secant"),
             f"lsr1.curvature_scale must be 'none' or 'secant', got {self.curvature_scale!r}",
         )
+        _check(self.first_scale in ("pair", "one"), f"lsr1.first_scale must be 'pair' or 'one', got {self.first_scale!r}")
         _check(self.vector_init_scale > 0, f"lsr1.vector_init_scale must be > 0, got {self.vector_init_scale}")
         _check(self.vector_norm in ("none", "sqrt_dim"), f"lsr1.vector_norm must be 'none' or 'sqrt_dim', got {self.vector_norm!r}")
         unknown = [n for n in self.encoder_inputs if n not in ENCODER_INPUTS]

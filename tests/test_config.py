@@ -54,6 +54,7 @@ def test_unknown_key_lists_the_valid_ones():
         ("lsr1.identity_in_step=maybe", "true or false"),
         ("meta.lr", "section.key=value"),
         ("lsr1.vector_norm=l2", "vector_norm must be"),
+        ("lsr1.first_scale=zero", "first_scale must be"),
     ],
 )
 def test_bad_values_are_clear_errors(override, message):

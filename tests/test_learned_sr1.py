@@ -197,6 +197,23 @@ def test_applied_penalty_measures_the_operator_of_the_step():
     assert_close(x2, x1 - state.alpha * torch.einsum("bij,bj->bi", dense, problem.grad(x1)))  # the same operator
 
 
+@pytest.mark.parametrize("first_scale", ["pair", "one"])
+def test_first_scale_sets_only_the_first_steps_curvature_scale(first_scale):
+    """With curvature_scale 'secant' the first step's s comes from (x0, g0) ('pair') or is 1 ('one'); every
+    later step's s is |p.q| / q.q of the step before it either way."""
+    model = _small(curvature_scale="secant", identity_in_step=True, first_scale=first_scale).double().eval()
+    problem = random_quadratics(3, 5, seed=2, dtype=torch.float64)
+    x0 = problem.x0
+    g0 = problem.grad(x0)
+    x1, state, first = model.step(model.init(x0, g0), x0, g0)
+    g1 = problem.grad(x1)
+    _, _, second = model.step(state, x1, g1)
+    pair = (x0 * g0).sum(-1).abs() / g0.pow(2).sum(-1)
+    assert_close(first["curvature_scale"], pair if first_scale == "pair" else torch.ones_like(pair))
+    p, q = x1 - x0, g1 - g0
+    assert_close(second["curvature_scale"], (p * q).sum(-1).abs() / q.pow(2).sum(-1))
+
+
 def test_paper_penalty_is_equation_8_as_written():
     model = _small(secant_penalty="paper", identity_in_step=True, curvature_scale="secant", lambda_sec=2.0).double()
     problem = random_quadratics(2, 4, seed=8, dtype=torch.float64)

@@ -8,7 +8,8 @@ Each step, three element-wise MLPs read the optimisation state coordinate by coo
     d_k     = (c s_k I + sum_i v_i v_i^T) g_{k-1}        c = 1 with `identity_in_step` (Eq. 7), else 0 (Alg. 1)
     x_k     = x_{k-1} - alpha_k * d_k
 The preconditioner is PSD by construction. s_k = |p_{k-1}.q_{k-1}| / ||q_{k-1}||^2 (`curvature_scale: secant`, the
-inverse curvature along the last step) or 1 (the paper); n = N (`vector_norm: sqrt_dim`) or 1 (the paper).
+inverse curvature along the last step; s_1 = 1 with `first_scale: one`) or 1 (the paper); n = N
+(`vector_norm: sqrt_dim`) or 1 (the paper).
 With `input_scaling: rms` each encoder input is divided by its RMS over the problem's coordinates, so that
 E sees the same numbers whatever the scale of the problem; `global_features` adds per-problem scalars
 (cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate.
@@ -143,11 +144,12 @@ class LSR1(LearnedOptimizer):
         return inputs
 
     @torch.no_grad()
-    def _scale(self, p: Tensor, q: Tensor) -> Tensor:
+    def _scale(self, p: Tensor, q: Tensor, count: int) -> Tensor:
         """s = |p.q| / q.q per problem (B, 1) for `curvature_scale: secant` (the Barzilai-Borwein step that
         L-BFGS starts from: 1 / the curvature along p), where it is positive and finite (else 1); 1 for
-        "none". A statistic, held constant in the meta-gradient."""
-        if self.config.curvature_scale == "none":
+        "none", and for the first step with `first_scale: one`. A statistic, held constant in the
+        meta-gradient."""
+        if self.config.curvature_scale == "none" or (count == 0 and self.config.first_scale == "one"):
             return p.new_ones(p.shape[0], 1)
         s = (p * q).sum(-1, keepdim=True).abs() / q.pow(2).sum(-1, keepdim=True)
         return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
@@ -161,7 +163,7 @@ class LSR1(LearnedOptimizer):
             weights = state.active.unsqueeze(-1)  # (B, 1): each coordinate's weight, 0 for a frozen problem
             inputs = torch.where(weights.unsqueeze(-1) > 0, inputs, torch.zeros_like(inputs))
         features = self.encoder(inputs, weights)  # (B, N, M)
-        scale = self._scale(p, q)  # (B, 1)
+        scale = self._scale(p, q, state.count)  # (B, 1)
         v = self.vector_generator(features, weights).squeeze(-1)  # (B, N)
         vector_scale = scale / x.shape[-1] if self.config.vector_norm == "sqrt_dim" else scale
         v = v * vector_scale.sqrt()
