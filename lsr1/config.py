@@ -74,6 +74,10 @@ class LSR1Config:
     # s of the first step, which has no step before it: "pair" from (p0, q0) = (x0, g0) as Alg. 1 seeds E, or
     # "one" (|x0.g0| / |g0|^2 says where x0 lies, not the curvature; docs/results.md §4)
     first_scale: str = "pair"
+    # hold the step index of the global feature log(1 + k) at K - 1 past the meta-training horizon K, so that
+    # longer runs see only step indices that training saw (never binds in training; no effect without
+    # global_features; docs/results.md §4)
+    cap_step_index: bool = False
     encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)

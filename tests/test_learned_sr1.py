@@ -214,6 +214,29 @@ def test_first_scale_sets_only_the_first_steps_curvature_scale(first_scale):
     assert_close(second["curvature_scale"], (p * q).sum(-1).abs() / q.pow(2).sum(-1))
 
 
+def test_cap_step_index_holds_the_step_feature_past_the_training_horizon_only():
+    """With cap_step_index the step k = 2, 3, ... of a model meta-trained with K = 3 unrolled steps feeds E
+    the step index 2: a K-step unroll is unchanged, the steps after it repeat step K's index."""
+    options = dict(global_features=True, input_scaling="rms", curvature_scale="secant", identity_in_step=True)
+    torch.manual_seed(0)
+    plain = LSR1(LSR1Config(hidden_dim=16, buffer_size=3, **options)).double().eval()
+    capped = LSR1(LSR1Config(hidden_dim=16, buffer_size=3, cap_step_index=True, **options), horizon=3).double().eval()
+    capped.load_state_dict(plain.state_dict())
+    problem = random_quadratics(2, 4, seed=3, dtype=torch.float64)
+    x, g = problem.x0, problem.grad(problem.x0)
+    state = plain.init(x, g)
+    for k in range(5):
+        p, q = x - state.x_prev, g - state.g_prev
+        held = plain._features(state._replace(count=min(k, 2)), x, g, p, q)
+        assert_close(capped._features(state, x, g, p, q), held)
+        if k <= 2:
+            assert_close(plain._features(state, x, g, p, q), held)  # inside the horizon: no change
+        x_next, state, _ = plain.step(state, x, g)
+        x, g = x_next, problem.grad(x_next)
+    with pytest.raises(ValueError, match="horizon"):
+        LSR1(LSR1Config(cap_step_index=True, global_features=True))
+
+
 def test_paper_penalty_is_equation_8_as_written():
     model = _small(secant_penalty="paper", identity_in_step=True, curvature_scale="secant", lambda_sec=2.0).double()
     problem = random_quadratics(2, 4, seed=8, dtype=torch.float64)

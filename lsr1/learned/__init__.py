@@ -27,7 +27,7 @@ def make_learner(config: ExperimentConfig) -> LearnedOptimizer:
     if config.learner == "bfgs_steps":
         return BFGSSteps(config.bfgs_steps)
     if config.task.name != "hmr":
-        return LSR1(config.lsr1)  # the config only allows "lgd" with HMR
+        return LSR1(config.lsr1, config.meta.unroll_steps)  # the config only allows "lgd" with HMR
     # imported here: lsr1.hmr.initializer builds on lsr1.learned.base
     from lsr1.hmr.initializer import Initializer, WithInitializer
     from lsr1.tasks.hmr import CONTEXT_DIM, NUM_BETAS, pose_size, rest_theta
@@ -37,7 +37,7 @@ def make_learner(config: ExperimentConfig) -> LearnedOptimizer:
     if config.learner == "lgd":
         update = LGD(config.lgd, CONTEXT_DIM, pose_dim, NUM_BETAS)
     else:
-        update = LSR1(config.lsr1)
+        update = LSR1(config.lsr1, config.meta.unroll_steps)
     h = config.hmr
     initializer = Initializer(CONTEXT_DIM, rest_theta(h.rotation), pose_dim, h.init_hidden_dim, h.init_dropout)
     return WithInitializer(initializer, update)

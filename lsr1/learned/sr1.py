@@ -12,7 +12,8 @@ inverse curvature along the last step; s_1 = 1 with `first_scale: one`) or 1 (th
 (`vector_norm: sqrt_dim`) or 1 (the paper).
 With `input_scaling: rms` each encoder input is divided by its RMS over the problem's coordinates, so that
 E sees the same numbers whatever the scale of the problem; `global_features` adds per-problem scalars
-(cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate.
+(cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate, k held at K - 1 past
+the meta-training horizon K with `cap_step_index`.
 
 The secant penalty of the meta-loss (weight lambda_sec) pulls the preconditioner toward the inverse Hessian:
     "paper"    ||p - B~ q||^2 with B~ = I + sum v v^T, as Eq. 8 is written;
@@ -91,11 +92,15 @@ def _log_ratio(a: Tensor, b: Tensor, limit: float = 10.0) -> Tensor:
 
 
 class LSR1(LearnedOptimizer):
-    """The learned optimizer; `config` fixes the architecture, `buffer_size` may differ at test time."""
+    """The learned optimizer; `config` fixes the architecture, `buffer_size` may differ at test time.
+    horizon: the number K of unrolled steps it is meta-trained with (`cap_step_index` needs it)."""
 
-    def __init__(self, config: LSR1Config | None = None) -> None:
+    def __init__(self, config: LSR1Config | None = None, horizon: int | None = None) -> None:
         super().__init__()
         self.config = config = config or LSR1Config()
+        if config.cap_step_index and horizon is None:
+            raise ValueError("lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.unroll_steps)")
+        self.last_trained_step = horizon - 1 if config.cap_step_index and horizon is not None else None
         self.buffer_size = config.buffer_size
         self.gamma1 = config.gamma1
         self.gamma2 = config.gamma2
@@ -137,7 +142,8 @@ class LSR1(LearnedOptimizer):
             inputs = inputs / rms.clamp_min(torch.finfo(x.dtype).tiny)
         if self.config.global_features:
             with torch.no_grad():
-                count = x.new_full((x.shape[0],), math.log1p(state.count))
+                step = state.count if self.last_trained_step is None else min(state.count, self.last_trained_step)
+                count = x.new_full((x.shape[0],), math.log1p(step))
                 cosines = [F.cosine_similarity(a, b, dim=-1, eps=torch.finfo(x.dtype).tiny) for a, b in ((p, q), (state.d, g))]
                 scalars = torch.stack([*cosines, _log_ratio(q, g), count], dim=-1)  # (B, 4)
             inputs = torch.cat([inputs, scalars.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)
