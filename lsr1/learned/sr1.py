@@ -98,9 +98,11 @@ class LSR1(LearnedOptimizer):
     def __init__(self, config: LSR1Config | None = None, horizon: int | None = None) -> None:
         super().__init__()
         self.config = config = config or LSR1Config()
-        if config.cap_step_index and horizon is None:
-            raise ValueError("lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.unroll_steps)")
-        self.last_trained_step = horizon - 1 if config.cap_step_index and horizon is not None else None
+        self.last_trained_step: int | None = None  # the step index of the global features stops here
+        if config.cap_step_index:
+            if horizon is None:
+                raise ValueError("lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.unroll_steps)")
+            self.last_trained_step = horizon - 1
         self.buffer_size = config.buffer_size
         self.gamma1 = config.gamma1
         self.gamma2 = config.gamma2
