@@ -25,6 +25,7 @@ __all__ = [
     "LGDConfig",
     "LSR1Config",
     "MetaConfig",
+    "PAPER_INPUTS",
     "TaskConfig",
     "apply_overrides",
     "config_from_dict",
@@ -33,7 +34,8 @@ __all__ = [
     "load_config",
 ]
 
-ENCODER_INPUTS = ("x", "p", "d", "g", "q")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3)
+ENCODER_INPUTS = ("x", "p", "d", "g", "q", "r")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3), r
+PAPER_INPUTS = ENCODER_INPUTS[:5]  # r = p_{k-1} - B_{k-1} q_{k-1}, the SR1 residual, is ours (docs/results.md §9)
 TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "least_squares", "logistic", "logsumexp", "mlp", "hmr")
 MIXABLE_TASKS = ("quadratic", "least_squares", "logistic", "logsumexp", "mlp")  # task.train_tasks: log-scale meta-losses
 # the update module; "lgd" is LGD's MLP update (Song et al. 2020), HMR only; "bfgs_steps" the LSTM
@@ -65,7 +67,9 @@ class LSR1Config:
     # the secant penalty: "paper" ||p - (I + sum v v^T) q||^2 as Eq. 8 is written, or "applied"
     # ||p - diag(alpha)(c s I + sum v v^T) q||^2 / ||p||^2, the operator that made the step (DESIGN §3)
     secant_penalty: str = "paper"
-    identity_in_step: bool = False  # d = (c I + sum v v^T) g with c = 1 (Eq. 7; times s) instead of c = 0 (Alg. 1)
+    identity_in_step: bool = False  # d = (c I + sum v v^T) g with c = identity_weight (Eq. 7: 1; times s) instead of c = 0 (Alg. 1)
+    # c below 1 leaves the PSD vectors room along q: with c = 1 and the secant scale, p - c s q has r.q <= 0
+    identity_weight: float = 1.0
     secant_target: str = "new_step"  # pair of the secant penalty: "new_step" (p_k, q_k) or "last_step" (p_{k-1}, q_{k-1})
     secant_normalize: bool = False  # "paper" only: divide by (||p||^2 + ||B~q||^2) / 2: scale-free, in [0, 4]
     input_scaling: str = "none"  # "rms": each encoder input divided by its RMS over the problem's coordinates
@@ -78,7 +82,7 @@ class LSR1Config:
     # longer runs see only step indices that training saw (never binds in training; no effect without
     # global_features; docs/results.md §4)
     cap_step_index: bool = False
-    encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
+    encoder_inputs: list[str] = field(default_factory=lambda: list(PAPER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
     vector_init_scale: float = 0.1  # P's last layer starts this much smaller than torch's default
@@ -92,6 +96,7 @@ class LSR1Config:
         _check(self.buffer_size >= 1, f"lsr1.buffer_size must be >= 1, got {self.buffer_size}")
         _check(self.hidden_dim >= 1, f"lsr1.hidden_dim must be >= 1, got {self.hidden_dim}")
         _check(self.gamma1 > 0, f"lsr1.gamma1 must be > 0, got {self.gamma1}")
+        _check(self.identity_weight > 0, f"lsr1.identity_weight must be > 0 (identity_in_step: false drops the identity), got {self.identity_weight}")
         _check(self.lambda_sec >= 0, f"lsr1.lambda_sec must be >= 0, got {self.lambda_sec}")
         _check(0.0 <= self.dropout < 1.0, f"lsr1.dropout must be in [0, 1), got {self.dropout}")
         _check(

@@ -52,6 +52,7 @@ def test_unknown_key_lists_the_valid_ones():
         ("task.name=sphere", "unknown task"),
         ("meta.betas=[0.9]", "expected 2 items"),
         ("lsr1.identity_in_step=maybe", "true or false"),
+        ("lsr1.identity_weight=0", "identity_weight must be > 0"),
         ("meta.lr", "section.key=value"),
         ("lsr1.vector_norm=l2", "vector_norm must be"),
         ("lsr1.first_scale=zero", "first_scale must be"),

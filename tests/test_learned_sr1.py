@@ -77,14 +77,15 @@ def test_step_follows_algorithm_1():
     assert torch.count_nonzero(state.buffer[:, :-1]) == 0
 
 
-def test_identity_in_step_adds_g():
-    a, b = _small().double().eval(), _small(identity_in_step=True).double().eval()
+@pytest.mark.parametrize("weight", [1.0, 0.25])
+def test_identity_in_step_adds_c_times_g(weight):
+    a, b = _small().double().eval(), _small(identity_in_step=True, identity_weight=weight).double().eval()
     b.load_state_dict(a.state_dict())
     x0, g0 = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
     xa, _, info = a.step(a.init(x0, g0), x0, g0)
     xb, _, _ = b.step(b.init(x0, g0), x0, g0)
     alpha = a.gamma1 * torch.exp(a.gamma2 * a.lr_generator(a.encoder(torch.stack([x0, x0, g0, g0, g0], -1))).squeeze(-1))
-    assert_close(xb, xa - alpha * g0)
+    assert_close(xb, xa - alpha * weight * g0)
 
 
 def test_encoder_inputs_subset_changes_encoder_width():
@@ -227,14 +228,37 @@ def test_cap_step_index_holds_the_step_feature_past_the_training_horizon_only():
     state = plain.init(x, g)
     for k in range(5):
         p, q = x - state.x_prev, g - state.g_prev
-        held = plain._features(state._replace(count=min(k, 2)), x, g, p, q)
-        assert_close(capped._features(state, x, g, p, q), held)
+        scale = plain._scale(p, q, state.count)
+        held = plain._features(state._replace(count=min(k, 2)), x, g, p, q, scale)
+        assert_close(capped._features(state, x, g, p, q, scale), held)
         if k <= 2:
-            assert_close(plain._features(state, x, g, p, q), held)  # inside the horizon: no change
+            assert_close(plain._features(state, x, g, p, q, scale), held)  # inside the horizon: no change
         x_next, state, _ = plain.step(state, x, g)
         x, g = x_next, problem.grad(x_next)
     with pytest.raises(ValueError, match="horizon"):
         LSR1(LSR1Config(cap_step_index=True, global_features=True))
+
+
+def test_residual_input_is_the_sr1_residual_of_the_buffer_before_the_push():
+    """Encoder input r = p - (c s I + sum v v^T) q with the vectors of the steps before (here c = 0, Alg. 1);
+    pushing SR1's own vector r / sqrt(r.q) would make it zero (the secant equation along the last step)."""
+    config = LSR1Config(hidden_dim=16, buffer_size=4, encoder_inputs=["x", "p", "d", "g", "q", "r"], curvature_scale="secant")
+    model = LSR1(config).double().eval()
+    problem = random_quadratics(2, 4, seed=5, dtype=torch.float64)
+    x, g = problem.x0, problem.grad(problem.x0)
+    state = model.init(x, g)
+    for k in range(4):
+        p, q = x - state.x_prev, g - state.g_prev
+        scale = model._scale(p, q, state.count)
+        r = p - torch.einsum("bln,blm,bm->bn", state.buffer, state.buffer, q)
+        assert_close(model._features(state, x, g, p, q, scale)[..., -1], r)
+        if k == 3:  # three vectors pushed, the oldest slot still empty: the SR1 vector drops nothing
+            curvature = (r * q).sum(-1, keepdim=True)
+            assert bool((curvature > 0).all())
+            secant = state._replace(buffer=fifo_push(state.buffer, r / curvature.sqrt()))
+            assert_close(model._features(secant, x, g, p, q, scale)[..., -1], torch.zeros_like(r), atol=1e-12, rtol=0)
+        x_next, state, _ = model.step(state, x, g)
+        x, g = x_next, problem.grad(x_next)
 
 
 def test_paper_penalty_is_equation_8_as_written():

@@ -5,11 +5,14 @@ Each step, three element-wise MLPs read the optimisation state coordinate by coo
     v_k     = sqrt(s_k / n) P(f_k)                                        (B, N)   pushed into a FIFO buffer of L
     alpha_k = gamma1 * exp(gamma2 * G(f_k))                               (B, N)   element-wise step sizes
               (G(f_k) through tanh with `bounded_step_size`, so that a gamma2 with real range cannot overflow)
-    d_k     = (c s_k I + sum_i v_i v_i^T) g_{k-1}        c = 1 with `identity_in_step` (Eq. 7), else 0 (Alg. 1)
+    d_k     = (c s_k I + sum_i v_i v_i^T) g_{k-1}        c = identity_weight (1, Eq. 7) with `identity_in_step`, else 0 (Alg. 1)
     x_k     = x_{k-1} - alpha_k * d_k
 The preconditioner is PSD by construction. s_k = |p_{k-1}.q_{k-1}| / ||q_{k-1}||^2 (`curvature_scale: secant`, the
 inverse curvature along the last step; s_1 = 1 with `first_scale: one`) or 1 (the paper); n = N
 (`vector_norm: sqrt_dim`) or 1 (the paper).
+Encoder input "r" (ours, not in the paper's list) is the SR1 residual r_k = p_{k-1} - (c s_k I + sum_i v_i v_i^T) q_{k-1}
+of the buffer before v_k joins it: SR1's own update is v = r / sqrt(r.q), which an element-wise P cannot
+form from x, p, d, g, q alone (B q is not element-wise).
 With `input_scaling: rms` each encoder input is divided by its RMS over the problem's coordinates, so that
 E sees the same numbers whatever the scale of the problem; `global_features` adds per-problem scalars
 (cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate, k held at K - 1 past
@@ -107,9 +110,10 @@ class LSR1(LearnedOptimizer):
         self.gamma1 = config.gamma1
         self.gamma2 = config.gamma2
         self.lambda_sec = config.lambda_sec
-        self.identity_weight = 1.0 if config.identity_in_step else 0.0
+        self.identity_weight = config.identity_weight if config.identity_in_step else 0.0
         self.last_step_secant = config.secant_target == "last_step"
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
+        self._residual_input = "r" in config.encoder_inputs
         # eval_norm: BatchNorm at evaluation never mixes problems (DESIGN §3): running statistics, or each
         # problem's own statistics over its coordinates
         mlp = dict(hidden=config.hidden_dim, dropout=config.dropout, bn_momentum=config.bn_momentum, norm=config.eval_norm)
@@ -134,10 +138,12 @@ class LSR1(LearnedOptimizer):
             alpha=zeros, scale=x0.new_ones(batch, 1), active=x0.new_ones(batch),
         )  # fmt: skip
 
-    def _features(self, state: LSR1State, x: Tensor, g: Tensor, p: Tensor, q: Tensor) -> Tensor:
+    def _features(self, state: LSR1State, x: Tensor, g: Tensor, p: Tensor, q: Tensor, scale: Tensor) -> Tensor:
         """The encoder's input (B, N, I [+ 4]). Scales and global features are statistics of the state, held
         constant in the meta-gradient (their gradients are 0/0 where a frozen problem has p = 0)."""
-        candidates = (x, p, state.d, g, q)  # the order of ENCODER_INPUTS
+        candidates = [x, p, state.d, g, q]  # the order of ENCODER_INPUTS
+        if self._residual_input:
+            candidates.append(p - precondition(state.buffer, q, self._identity(scale)))
         inputs = torch.stack([candidates[i] for i in self._inputs], dim=-1)  # (B, N, I)
         if self.config.input_scaling == "rms":
             rms = inputs.detach().pow(2).mean(1, keepdim=True).sqrt()
@@ -165,13 +171,13 @@ class LSR1(LearnedOptimizer):
     def step(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, LSR1State, Info]:
         p = x - state.x_prev  # p_{k-1}
         q = g - state.g_prev  # q_{k-1}
-        inputs = self._features(state, x, g, p, q)
+        scale = self._scale(p, q, state.count)  # (B, 1)
+        inputs = self._features(state, x, g, p, q, scale)
         weights = None  # every row counts equally in BN's training statistics: the unweighted kernels
         if not bool(state.active.all()):  # a frozen problem's state may hold the Inf it diverged to
             weights = state.active.unsqueeze(-1)  # (B, 1): each coordinate's weight, 0 for a frozen problem
             inputs = torch.where(weights.unsqueeze(-1) > 0, inputs, torch.zeros_like(inputs))
         features = self.encoder(inputs, weights)  # (B, N, M)
-        scale = self._scale(p, q, state.count)  # (B, 1)
         v = self.vector_generator(features, weights).squeeze(-1)  # (B, N)
         vector_scale = scale / x.shape[-1] if self.config.vector_norm == "sqrt_dim" else scale
         v = v * vector_scale.sqrt()
