@@ -8,11 +8,13 @@ restarted worker neither loses nor repeats an iteration in the metric history.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,20 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """One process at a time through a SQLite store's first use. A new store creates its schema then, and
+    two processes doing it at once (parallel runs, a sweep's trials) fail on each other's half-made
+    tables, or both create the same experiment; the lock is `<database>.lock` beside it."""
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class Run:
     """The MLflow run of one training run; `Run.open` finds it again by name when a run resumes."""
 
@@ -44,15 +60,16 @@ class Run:
     @classmethod
     def open(cls, uri: str, experiment: str, name: str, config: ExperimentConfig, tags: dict[str, str] | None = None) -> "Run":
         """The run named `name` in `experiment` (created with its params if new, reopened if it exists)."""
-        client = MlflowClient(uri)
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            artifacts = None
-            if uri.startswith("sqlite:"):  # keep artifacts next to the database, not under whatever the cwd is
-                artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / experiment).resolve().as_uri()
-            experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
-        else:
-            experiment_id = found.experiment_id
+        with _store_lock(uri):  # the schema of a new store (made by the client) and the experiment, by one process
+            client = MlflowClient(uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                artifacts = None
+                if uri.startswith("sqlite:"):  # keep artifacts next to the database, not under whatever the cwd is
+                    artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / experiment).resolve().as_uri()
+                experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
+            else:
+                experiment_id = found.experiment_id
         existing = cls.find(uri, experiment, name)
         if existing is not None:
             client.update_run(existing.run_id, status="RUNNING")

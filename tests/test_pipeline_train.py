@@ -1,6 +1,8 @@
 """pipeline.train: the local loop and Ray Train on the shared local Ray instance, with a real MLflow store."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -129,3 +131,27 @@ def test_evaluation_labels_name_the_config_where_two_models_would_read_the_same(
     configs = [ours, without, mix]
     assert _labels(configs[:2], [c.name for c in configs[:2]]) == ["L-SR1", "L-SR1 w/o projection"]
     assert _labels(configs, [c.name for c in configs]) == ["L-SR1 (quadratic)", "L-SR1 w/o projection", "L-SR1 (mix)"]
+
+
+def test_runs_started_together_on_a_new_store_all_open(tmp_path):
+    """Parallel runs (or a sweep's trials) on a fresh SQLite store: each creates the schema and the
+    experiment on first use, and without the store lock all but one can fail on the others' half-made
+    tables. Four processes open their runs at the same instant; all must succeed."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = time.time() + 8  # after every interpreter has imported mlflow
+    script = (
+        "import sys, time\n"
+        "from lsr1.config import load_config\n"
+        "from pipeline.tracking import Run\n"
+        "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+        "Run.open(sys.argv[2], 'together', sys.argv[3], load_config('configs/smoke.yaml'))\n"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(start), uri, f"run{i}"], stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, "\n".join(errors)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
+    assert sorted(r.data.tags["lsr1.run_name"] for r in runs) == ["run0", "run1", "run2", "run3"]
