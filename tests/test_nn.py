@@ -1,11 +1,22 @@
 import copy
+import logging
+import shutil
 
 import pytest
 import torch
 from torch import nn
 
+from lsr1 import native
 from lsr1.nn import BasicBlock, ElementwiseMLP, linear_bn
 from tests.helpers import assert_close
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """Each training-mode test runs on the C kernels and on torch's operators."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "linear_bn", lambda: None)
+    return request.param
 
 
 def _reference(x, linear, bn, prelu):
@@ -23,7 +34,7 @@ def _trained_modules():
 
 
 @pytest.mark.parametrize("with_prelu", [True, False])
-def test_linear_bn_matches_torch_modules_in_training(with_prelu):
+def test_linear_bn_matches_torch_modules_in_training(with_prelu, path):
     x = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
     (linear, bn, prelu), ref = _trained_modules()
     weight = torch.randn(40, 5, dtype=torch.float64)
@@ -62,7 +73,7 @@ def test_linear_bn_problem_statistics_in_eval_normalise_each_problem_alone():
 
 
 @pytest.mark.parametrize("with_prelu", [True, False])
-def test_weighted_batch_statistics_leave_out_rows_of_weight_zero(with_prelu):
+def test_weighted_batch_statistics_leave_out_rows_of_weight_zero(with_prelu, path):
     """Rows of weight 0 (frozen problems) are normalised with the others' statistics but do not move them:
     the live rows' outputs and gradients equal those of the live rows alone, and the running statistics
     are those of the live rows."""
@@ -84,6 +95,71 @@ def test_weighted_batch_statistics_leave_out_rows_of_weight_zero(with_prelu):
         assert_close(got, expected, what="parameter gradient")
     assert_close(bn.running_mean, ref[1].running_mean, what="running mean")
     assert_close(bn.running_var, ref[1].running_var, what="running var")
+
+
+def test_native_kernels_build_where_there_is_a_c_compiler():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine: the torch path is the one in use")
+    assert native.linear_bn() is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_prelu", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_native_kernels_agree_with_torch_operators(dtype, with_prelu, weighted, monkeypatch):
+    """Outputs, every gradient (the residual's included) and the running statistics of the C kernels equal
+    those of torch's operators to rounding, on a hidden-layer shape of a meta-iteration."""
+    if native.linear_bn() is None:
+        pytest.skip("the C kernels could not be built here")
+    rows, width = 96, 33
+    linear, bn, prelu = nn.Linear(width, width).to(dtype), nn.BatchNorm1d(width, momentum=0.1).to(dtype), nn.PReLU(init=0.3).to(dtype)
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+        linear.bias.normal_(std=3.0)  # a bias far from zero: the kernels add it to the mean only
+    x = torch.randn(rows, width, dtype=dtype, requires_grad=True)
+    residual = torch.randn(rows, width, dtype=dtype, requires_grad=True)
+    weights = (torch.rand(rows, dtype=dtype) > 0.3).to(dtype) if weighted else None
+    upstream = torch.randn(rows, width, dtype=dtype)
+    results = []
+    for use_native in (True, False):
+        if not use_native:
+            monkeypatch.setattr(native, "linear_bn", lambda: None)
+        mods = copy.deepcopy((linear, bn, prelu))
+        out = linear_bn(x, mods[0], mods[1], mods[2] if with_prelu else None, weights=weights, residual=residual)
+        params = [x, residual, mods[0].weight, mods[0].bias, mods[1].weight, mods[1].bias] + ([mods[2].weight] if with_prelu else [])
+        grads = torch.autograd.grad((out * upstream).sum(), params)
+        results.append([out, *grads, mods[1].running_mean, mods[1].running_var])
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    for i, (got, want) in enumerate(zip(*results)):
+        # the bias gradient is zero up to rounding (the bias cancels in BatchNorm): compare on the others' scale
+        assert_close(got, want, atol=tol * max(1.0, float(want.detach().abs().max())) if i != 4 else tol * 100, rtol=tol, what=f"result {i}")
+
+
+def test_linear_bn_adds_the_residual_and_passes_it_the_output_gradient(path):
+    x = torch.randn(20, 6, dtype=torch.float64, requires_grad=True)
+    residual = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
+    (linear, bn, prelu), (ref_linear, ref_bn, ref_prelu) = _trained_modules()
+    out = linear_bn(x, linear, bn, prelu, residual=residual)
+    assert_close(out, _reference(x, ref_linear, ref_bn, ref_prelu) + residual, what="forward")
+    upstream = torch.randn(20, 5, dtype=torch.float64)
+    assert_close(torch.autograd.grad((out * upstream).sum(), residual)[0], upstream, what="residual gradient")
+
+
+def test_native_build_failure_falls_back_to_torch_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LSR1_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    native.linear_bn.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="lsr1.native"):
+            assert native.linear_bn() is None
+        assert "cannot build linear_bn_kernels.c" in caplog.text and "torch's operators" in caplog.text
+        assert not list(tmp_path.iterdir())  # no half-written library left behind
+        (linear, bn, prelu), ref = _trained_modules()  # and training still works, on torch's operators
+        x = torch.randn(10, 6, dtype=torch.float64)
+        assert_close(linear_bn(x, linear, bn, prelu), _reference(x, *ref))
+    finally:
+        native.linear_bn.cache_clear()
 
 
 def test_elementwise_mlp_is_table5_and_acts_per_coordinate():

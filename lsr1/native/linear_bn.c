@@ -17,7 +17,7 @@
  * residual: (rows, cols) added to the output, or NULL. The running statistics move toward the batch's
  * (mean of z + bias, variance times unbias) by factor, as torch's lerp_ does; rstd = 1 / sqrt(var + eps)
  * and scale = rstd * gamma are kept for the backward. work: 2 * cols scratch. */
-void NAME(linear_bn_forward)(T *restrict z, const T *restrict residual, T *restrict out, const T *restrict bias,
+VECTORISED void NAME(linear_bn_forward)(T *restrict z, const T *restrict residual, T *restrict out, const T *restrict bias,
                              const T *restrict gamma, const T *restrict beta, const T *restrict slope,
                              const T *restrict share, double eps, long rows, long cols, T *restrict running_mean,
                              T *restrict running_var, double factor, double unbias, T *restrict rstd,
@@ -75,7 +75,7 @@ void NAME(linear_bn_forward)(T *restrict z, const T *restrict residual, T *restr
 /* The gradients of linear_bn_forward's output with respect to z (grad_z, (rows, cols); the matmuls for x
  * and W are torch's), the bias (the sum of grad_z over rows), gamma, beta and the slope. centered, rstd,
  * scale: from the forward; work: 4 * cols scratch. */
-void NAME(linear_bn_backward)(const T *restrict grad_out, const T *restrict centered, const T *restrict rstd,
+VECTORISED void NAME(linear_bn_backward)(const T *restrict grad_out, const T *restrict centered, const T *restrict rstd,
                               const T *restrict scale, const T *restrict beta, const T *restrict slope,
                               const T *restrict share, long rows, long cols, T *restrict grad_z,
                               T *restrict grad_bias, T *restrict grad_gamma, T *restrict grad_beta,
