@@ -53,28 +53,25 @@ class _LinearBatchNorm(torch.autograd.Function):
         running: tuple[Tensor, Tensor, float, float],
     ) -> Tensor:
         kernels = native.linear_bn()
-        ctx.native = kernels is not None and kernels.supports(x, weight, bias, gamma, beta, slope, residual, share)
+        ctx.native = kernels is not None and kernels.supports(x, weight, residual, share)
         if ctx.native:
             centered = torch.mm(x, weight.t())  # centred in place by the kernel
             res = residual.contiguous() if residual is not None else None
-            out, rstd, scale = kernels.forward(centered, bias, gamma, beta, slope, res, share, eps, *running)
-            normed = None  # the backward kernel recomputes it from centered
-        else:
-            out, centered, rstd, scale, normed = _batch_norm_ops(x, weight, bias, gamma, beta, slope, share, eps, running)
-            if residual is not None:
-                out = out + residual
-        ctx.save_for_backward(x, weight, centered, rstd, scale, beta, normed, slope, share)
-        return out
+            out, stats = kernels.forward(centered, bias, gamma, beta, slope, res, share, eps, *running)
+            ctx.save_for_backward(x, weight, centered, stats, beta, slope, share)  # normed is recomputed from centered
+            return out
+        out, centered, rstd, scale, normed = _batch_norm_ops(x, weight, bias, gamma, beta, slope, share, eps, running)
+        ctx.save_for_backward(x, weight, centered, rstd, scale, normed, slope, share)
+        return out if residual is None else out + residual
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, centered, rstd, scale, beta, normed, slope, share = ctx.saved_tensors
         if ctx.native:
-            grad_z, grad_bias, grad_gamma, grad_beta, grad_slope = native.linear_bn().backward(
-                grad_out, centered, rstd, scale, beta, slope, share
-            )
+            x, weight, centered, stats, beta, slope, share = ctx.saved_tensors
+            grad_z, grad_bias, grad_gamma, grad_beta, grad_slope = native.linear_bn().backward(grad_out, centered, stats, beta, slope, share)
         else:
+            x, weight, centered, rstd, scale, normed, slope, share = ctx.saved_tensors
             grad_z, grad_gamma, grad_beta, grad_slope = _batch_norm_backward_ops(grad_out, centered, rstd, scale, normed, slope, share)
             grad_bias = grad_z.sum(0)
         grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None

@@ -60,42 +60,47 @@ class LinearBatchNormKernels:
             self._forward[dtype], self._backward[dtype] = forward, backward
 
     @staticmethod
-    def supports(*tensors: Tensor | None) -> bool:
-        """True when every tensor given is a CPU float32/float64 tensor of one dtype (None is skipped)."""
-        given = [t for t in tensors if t is not None]
-        return all(t.device.type == "cpu" and t.dtype == given[0].dtype for t in given) and given[0].dtype in SUFFIX
+    def supports(x: Tensor, weight: Tensor, residual: Tensor | None, share: Tensor | None) -> bool:
+        """True for float32/float64 CPU tensors of one dtype (the BatchNorm's own parameters have the
+        Linear's dtype and device: one module, one .to())."""
+        dtype = x.dtype
+        return (
+            dtype in SUFFIX and x.device.type == "cpu" and weight.dtype == dtype and weight.device.type == "cpu"
+            and (residual is None or (residual.dtype == dtype and residual.device.type == "cpu"))
+            and (share is None or (share.dtype == dtype and share.device.type == "cpu"))
+        )  # fmt: skip
 
     def forward(
         self, z: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, slope: Tensor | None, residual: Tensor | None,
         share: Tensor | None, eps: float, running_mean: Tensor, running_var: Tensor, factor: float, unbias: float,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor]:
         """z: contiguous (R, C) x W^T, centred in place; the running statistics are updated in place.
-        Returns out, rstd, scale."""
+        Returns out and (4, C) statistics for the backward (rstd, scale, then scratch)."""
         rows, cols = z.shape
         out = torch.empty_like(z)
-        rstd, scale, *work = z.new_empty(4, cols).unbind(0)
+        stats = z.new_empty(4, cols)
+        base, row = stats.data_ptr(), cols * stats.element_size()
         self._forward[z.dtype](
             z.data_ptr(), _address(residual), out.data_ptr(), bias.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
             _address(slope), _address(share), eps, rows, cols, running_mean.data_ptr(), running_var.data_ptr(), factor,
-            unbias, rstd.data_ptr(), scale.data_ptr(), work[0].data_ptr(),
+            unbias, base, base + row, base + 2 * row,
         )  # fmt: skip
-        return out, rstd, scale
+        return out, stats
 
     def backward(
-        self, grad_out: Tensor, centered: Tensor, rstd: Tensor, scale: Tensor, beta: Tensor, slope: Tensor | None,
-        share: Tensor | None,
+        self, grad_out: Tensor, centered: Tensor, stats: Tensor, beta: Tensor, slope: Tensor | None, share: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """Returns grad_z (R, C) and the gradients of the bias, gamma, beta and slope."""
         rows, cols = centered.shape
         grad_out = grad_out.contiguous()
         grad_z = torch.empty_like(centered)
-        grad_bias, grad_gamma, grad_beta, grad_slope, *work = centered.new_empty(8, cols).unbind(0)  # 4 C of scratch
+        grads = centered.new_empty(8, cols)  # bias, gamma, beta, the slope's (first entry), 4 C of scratch
+        base, row, rstd = grads.data_ptr(), cols * grads.element_size(), stats.data_ptr()
         self._backward[centered.dtype](
-            grad_out.data_ptr(), centered.data_ptr(), rstd.data_ptr(), scale.data_ptr(), beta.data_ptr(), _address(slope),
-            _address(share), rows, cols, grad_z.data_ptr(), grad_bias.data_ptr(), grad_gamma.data_ptr(), grad_beta.data_ptr(),
-            grad_slope.data_ptr(), work[0].data_ptr(),
+            grad_out.data_ptr(), centered.data_ptr(), rstd, rstd + row, beta.data_ptr(), _address(slope), _address(share),
+            rows, cols, grad_z.data_ptr(), base, base + row, base + 2 * row, base + 3 * row, base + 4 * row,
         )  # fmt: skip
-        return grad_z, grad_bias, grad_gamma, grad_beta, grad_slope[:1] if slope is not None else None
+        return grad_z, grads[0], grads[1], grads[2], grads[3, :1] if slope is not None else None
 
 
 def _build(compiler: str) -> Path:
