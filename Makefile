@@ -85,8 +85,11 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT)
 
 # A local Ray head for `ray job submit` (jobs run `python` from this PATH, hence the venv first)
+# `ray start` enables token auth only where a token exists (~/.ray/auth_token; a fresh machine has none), and
+# `make submit` and the README's `ray job submit` ask for it: make one first (an existing token is kept)
 cluster-up: $(STAMP)
-	PATH=$(BIN):$$PATH $(BIN)/ray start --head --dashboard-port=$(RAY_DASHBOARD_PORT) --include-dashboard=true --disable-usage-stats
+	$(BIN)/ray get-auth-token --generate >/dev/null
+	PATH=$(BIN):$$PATH RAY_AUTH_MODE=token $(BIN)/ray start --head --dashboard-port=$(RAY_DASHBOARD_PORT) --include-dashboard=true --disable-usage-stats
 
 cluster-down:
 	$(BIN)/ray stop

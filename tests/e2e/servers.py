@@ -92,10 +92,14 @@ def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subproces
     (for `ray start --address`)."""
     from pipeline.train import free_ports
 
+    # `ray start` turns token auth on only where a token exists (a fresh machine has none until some ray.init
+    # made one), and the clients here ask for it: make the token first, as `make cluster-up` does
+    ensured = ray("get-auth-token", "--generate", env=env)
+    assert ensured.returncode == 0, f"ray get-auth-token --generate failed: {ensured.stderr[-2000:]}"
     gcs, dashboard, client = free_ports(3)
     head = start_group([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
                         f"--ray-client-server-port={client}", *node_ports(), "--disable-usage-stats", "--include-dashboard=true",
-                        *options], env, log)  # fmt: skip
+                        *options], {**env, "RAY_AUTH_MODE": "token"}, log)  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"
     try:
         wait_until(lambda: ray("job", "list", "--address", address, env=env).returncode == 0, head, "the Ray head", log)
