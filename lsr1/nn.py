@@ -53,23 +53,23 @@ class _LinearBatchNorm(torch.autograd.Function):
         running: tuple[Tensor, Tensor, float, float],
     ) -> Tensor:
         kernels = native.linear_bn()
-        ctx.native = kernels is not None and kernels.supports(x, weight, residual, share)
-        if ctx.native:
+        ctx.kernels = kernels if kernels is not None and kernels.supports(x, weight, residual, share) else None
+        if ctx.kernels is not None:
             centered = torch.mm(x, weight.t())  # centred in place by the kernel
             res = residual.contiguous() if residual is not None else None
             out, stats = kernels.forward(centered, bias, gamma, beta, slope, res, share, eps, *running)
             ctx.save_for_backward(x, weight, centered, stats, beta, slope, share)  # normed is recomputed from centered
             return out
         out, centered, rstd, scale, normed = _batch_norm_ops(x, weight, bias, gamma, beta, slope, share, eps, running)
-        ctx.save_for_backward(x, weight, centered, rstd, scale, normed, slope, share)
+        ctx.save_for_backward(x, weight, centered, rstd, scale, normed if slope is not None else None, slope, share)
         return out if residual is None else out + residual
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        if ctx.native:
+        if ctx.kernels is not None:
             x, weight, centered, stats, beta, slope, share = ctx.saved_tensors
-            grad_z, grad_bias, grad_gamma, grad_beta, grad_slope = native.linear_bn().backward(grad_out, centered, stats, beta, slope, share)
+            grad_z, grad_bias, grad_gamma, grad_beta, grad_slope = ctx.kernels.backward(grad_out, centered, stats, beta, slope, share)
         else:
             x, weight, centered, rstd, scale, normed, slope, share = ctx.saved_tensors
             grad_z, grad_gamma, grad_beta, grad_slope = _batch_norm_backward_ops(grad_out, centered, rstd, scale, normed, slope, share)
@@ -105,7 +105,7 @@ def _batch_norm_ops(
 
 
 def _batch_norm_backward_ops(
-    grad_out: Tensor, centered: Tensor, rstd: Tensor, scale: Tensor, normed: Tensor, slope: Tensor | None, share: Tensor | None
+    grad_out: Tensor, centered: Tensor, rstd: Tensor, scale: Tensor, normed: Tensor | None, slope: Tensor | None, share: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The backward of `_batch_norm_ops` with torch's operators: grad_z, grad_gamma, grad_beta, grad_slope."""
     rows = grad_out.shape[0]
