@@ -466,6 +466,7 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int, c
 
     best = dest / "best.pt"
     payload = load_checkpoint(best)
+    last = load_checkpoint(dest / "last.pt") if (dest / "last.pt").exists() else payload  # how far training went
     console.phase(f"test split: the best checkpoint (iteration {payload['best_iteration']}), {test_steps} inner steps")
     config_path = dest / "config.yaml"
     config_path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -475,11 +476,11 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int, c
     summary = {
         "best_val_loss": payload["best_val_loss"],
         "best_iteration": payload["best_iteration"],
-        "iterations": payload["iteration"],
-        "skipped": payload["skipped"],
+        "iterations": last["iteration"],
+        "skipped": last["skipped"],
     }
-    run.log_metrics([(payload["iteration"], {k: float(v) for k, v in summary.items()})])
-    summary |= log_evaluation(run, groups, dest / "test", payload["iteration"])
+    run.log_metrics([(last["iteration"], {k: float(v) for k, v in summary.items()})])
+    summary |= log_evaluation(run, groups, dest / "test", last["iteration"])
     console.phase("MLflow: config, checkpoint, metrics, test figures and the model")
     # LGD baselines of a preset are registered beside its L-SR1 models, not as new versions of them
     summary["registered_model"] = run.log_model(payload, f"{config.name}-lgd" if config.learner == "lgd" else config.name)

@@ -38,6 +38,16 @@ def test_local_run_logs_params_metrics_artifacts_and_model(mlflow_store, tmp_pat
     assert evaluate_main(["--run", "0" * 32, "--out", str(tmp_path / "eval2")]) == 2
 
 
+def test_the_summary_counts_every_iteration_when_the_best_checkpoint_is_earlier(mlflow_store, tmp_path, capsys):
+    # at lr 0.2 the smoke run blows up after its first validation: the best checkpoint is iteration 3 of 6
+    args = ["--config", "configs/smoke.yaml", "--smoke-test", "--local", "--name", "late", "--runs-dir", str(tmp_path / "runs")]
+    assert main(args + ["--set", "meta.lr=0.2"]) == 0
+    client = MlflowClient(mlflow_store)
+    metrics = _run(client, "smoke", "late").data.metrics
+    assert metrics["best_iteration"] == 3 and metrics["iterations"] == 6
+    assert [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("iterations ")] == [["iterations", "6"]]
+
+
 def test_same_name_resumes_and_continues(mlflow_store, tmp_path):
     args = ["--config", "configs/smoke.yaml", "--local", "--name", "again", "--runs-dir", str(tmp_path / "runs"), "--set", "meta.val_every=3"]
     assert main(args + ["--set", "meta.iterations=3"]) == 0
