@@ -287,8 +287,12 @@ class MetaConfig:
     select_metric: str = "val_loss"  # validation metric (lower is better) that picks best.pt, e.g. val_pa_mpjpe
     checkpoint_every_s: float = 120.0
     seed: int = 0
+    # "float64": the learner, its training batches and validation in double precision. A log10-gap
+    # meta-objective reaches float32's resolution as problems converge (docs/results.md §3)
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        _check(self.dtype in ("float32", "float64"), f"meta.dtype must be 'float32' or 'float64', got {self.dtype!r}")
         for key in ("iterations", "unroll_steps", "val_every"):
             _check(getattr(self, key) >= 1, f"meta.{key} must be >= 1, got {getattr(self, key)}")
         _check(self.lr > 0, f"meta.lr must be > 0, got {self.lr}")
@@ -327,6 +331,10 @@ class ExperimentConfig:
         _check(
             self.learner != "bfgs_steps" or self.task.name != "hmr",
             "learner 'bfgs_steps' is for analytic tasks; HMR's learners are 'lsr1' and 'lgd'",
+        )
+        _check(
+            self.meta.dtype == "float32" or self.task.name != "hmr",
+            "meta.dtype 'float64' is for analytic tasks; HMR's body model and data are float32",
         )
 
 

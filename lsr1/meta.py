@@ -316,7 +316,8 @@ def train(
     retain_freed_memory()
     chief = hooks.rank == 0
     torch.manual_seed(meta.seed)
-    learner = make_learner(config).to(device)
+    dtype = getattr(torch, meta.dtype)
+    learner = make_learner(config).to(device=device, dtype=dtype)
     meta_optimizer = torch.optim.AdamW(learner.parameters(), lr=meta.lr, betas=meta.betas, weight_decay=meta.weight_decay)
     scheduler = None
     if meta.lr_decay_every is not None:
@@ -347,10 +348,11 @@ def train(
     if hooks.wrap is not None:
         loss_module = hooks.wrap(loss_module)
     if val_problems is None:
-        val_problems = problem_set(config.task, "val", device=device, hmr=config.hmr)
+        val_problems = problem_set(config.task, "val", device=device, dtype=dtype, hmr=config.hmr)
+    val_problems = val_problems.to(device, dtype)
     if train_problems is None:
         train_problems = (
-            problem_set(config.task, "train", i, device=device, hmr=config.hmr) for i in range(start, meta.iterations)
+            problem_set(config.task, "train", i, device=device, dtype=dtype, hmr=config.hmr) for i in range(start, meta.iterations)
         )
     share = slice(hooks.rank, None, hooks.world_size)
 
@@ -364,7 +366,7 @@ def train(
         if problem is None:
             break
         tic = time.perf_counter()
-        problem = (problem if worker_batches else problem.select(share)).to(device)
+        problem = (problem if worker_batches else problem.select(share)).to(device, dtype)
         if hooks.agree(problem.finite()):
             result = meta_step(loss_module, meta_optimizer, problem, meta.grad_clip, hooks.agree)
         else:  # a NaN or Inf in the batch itself: nothing to learn from, and no worker steps

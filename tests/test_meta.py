@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -140,3 +141,19 @@ def test_divergence_guard_keeps_the_meta_gradient_finite():
     loss.backward()
     assert torch.isfinite(loss) and parts["diverged"] > 0
     assert all(torch.isfinite(p.grad).all() for p in learner.parameters() if p.grad is not None)
+
+
+def test_float64_meta_training_checkpoints_in_double_and_loads_in_either_precision(tmp_path):
+    from pipeline.evaluate import load_learner
+
+    seen = []
+    hooks = TrainHooks(on_iteration=lambda i, m: seen.append(m["loss"]))
+    summary = train(_smoke("meta.iterations=4", "meta.val_every=2", "meta.dtype=float64"), tmp_path / "run", progress=False, hooks=hooks)
+    assert summary.iterations == 4 and len(seen) == 4 and all(math.isfinite(loss) for loss in seen)
+    payload = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert {t.dtype for t in payload["model"].values() if t.is_floating_point()} == {torch.float64}
+    config, model, _ = load_learner(tmp_path / "run" / "best.pt")  # the evaluation's own loading, as for float32 runs
+    assert config.meta.dtype == "float64" and next(model.parameters()).dtype == torch.float64
+    single = make_learner(config)  # a float32 model (the drop-in optimizer's) takes the weights as they are
+    single.load_state_dict(payload["model"])
+    assert next(single.parameters()).dtype == torch.float32
