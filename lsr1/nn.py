@@ -62,7 +62,7 @@ class _LinearBatchNorm(torch.autograd.Function):
             return out
         out, centered, rstd, scale, normed = _batch_norm_ops(x, weight, bias, gamma, beta, slope, share, eps, running)
         ctx.save_for_backward(x, weight, centered, rstd, scale, normed if slope is not None else None, slope, share)
-        return out if residual is None else out + residual
+        return _plus(out, residual)
 
     @staticmethod
     @once_differentiable

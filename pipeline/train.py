@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -466,7 +467,8 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int, c
 
     best = dest / "best.pt"
     payload = load_checkpoint(best)
-    last = load_checkpoint(dest / "last.pt") if (dest / "last.pt").exists() else payload  # how far training went
+    # how far training went: the last line of the metrics log (last.pt would hold the same, at a checkpoint's size)
+    last = json.loads((dest / "metrics.jsonl").read_text().splitlines()[-1])
     console.phase(f"test split: the best checkpoint (iteration {payload['best_iteration']}), {test_steps} inner steps")
     config_path = dest / "config.yaml"
     config_path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
