@@ -78,7 +78,8 @@ class LSR1Config:
     # s of the first step, which has no step before it: "pair" from (p0, q0) = (x0, g0) as Alg. 1 seeds E, or
     # "one" (|x0.g0| / |g0|^2 says where x0 lies, not the curvature; docs/results.md §4)
     first_scale: str = "pair"
-    # hold the step index of the global feature log(1 + k) at K - 1 past the meta-training horizon K, so that
+    # hold the step index of the global feature log(1 + k) at the last one meta-training reaches (meta.burn_in +
+    # K - 1), so that
     # longer runs see only step indices that training saw (never binds in training; no effect without
     # global_features; docs/results.md §4)
     cap_step_index: bool = False
@@ -275,6 +276,10 @@ class MetaConfig:
 
     iterations: int = 200
     unroll_steps: int = 16  # K
+    # each meta-iteration first takes m inner steps without a graph, m drawn uniformly from 0..burn_in, then
+    # unrolls K: meta-training sees the states of steps up to burn_in + K, not only the first K that a short
+    # unroll trains for (short-horizon bias; docs/results.md §4). 0: the paper's unroll from x_0
+    burn_in: int = 0
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
@@ -295,6 +300,7 @@ class MetaConfig:
         _check(self.dtype in ("float32", "float64"), f"meta.dtype must be 'float32' or 'float64', got {self.dtype!r}")
         for key in ("iterations", "unroll_steps", "val_every"):
             _check(getattr(self, key) >= 1, f"meta.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.burn_in >= 0, f"meta.burn_in must be >= 0, got {self.burn_in}")
         _check(self.lr > 0, f"meta.lr must be > 0, got {self.lr}")
         _check(
             self.divergence_guard is None or self.divergence_guard > 0,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
-from lsr1.config import ExperimentConfig, config_to_dict
+from lsr1.config import ExperimentConfig, MetaConfig, config_to_dict
 from lsr1.learned import LearnedOptimizer, make_learner
 from lsr1.optim.base import Optimizer
 from lsr1.tasks import Problem, problem_set
@@ -88,6 +88,7 @@ def unroll(
     keep_iterates: bool = False,
     divergence_guard: float | None = None,
     meta_objective: bool = False,
+    burn_in: int = 0,
 ) -> Unroll:
     """Run `steps` iterations from problem.x0, keeping the graph through the optimizer for meta-gradients.
 
@@ -100,6 +101,9 @@ def unroll(
     penalties are zero, so one diverging problem does not make the whole meta-loss infinite, and a learner
     with `with_active(state, alive)` leaves it out of BatchNorm's batch statistics, so that it does not drag
     the other problems along either. info["diverged"] marks frozen problems.
+
+    burn_in: first take this many steps without a graph (the guard applies to them too); the result then
+    holds x_0 and the `steps` iterates after them, and x_0 keeps its graph for an initializer's loss.
     """
     initial_point = getattr(optimizer, "initial_point", None)
     x = problem.x0 if initial_point is None else initial_point(problem)
@@ -114,8 +118,13 @@ def unroll(
     if divergence_guard is not None:
         f0 = values[0].detach()
         limit = f0 + divergence_guard * (f0.abs() + 1.0)
-    for _ in range(steps):
-        x_next, state, info = optimizer.step(state, x, g)
+    for step in range(burn_in + steps):
+        recorded = step >= burn_in
+        if not recorded:
+            with torch.no_grad():
+                x_next, state, info = optimizer.step(state, x.detach(), g)
+        else:
+            x_next, state, info = optimizer.step(state, x, g)
         if divergence_guard is not None:
             # decided before f(x_next) enters the graph: an Inf there would turn the meta-gradient into NaN
             with torch.no_grad():
@@ -125,6 +134,10 @@ def unroll(
             info = {**info, "diverged": (~alive).to(trial.dtype)}
             if with_active is not None:
                 state = with_active(state, alive)
+        if not recorded:
+            x = x_next.detach()
+            g = problem.grad(x)
+            continue
         value = problem.value(x_next)
         objective = problem.meta_objective(x_next, value) if meta_objective else None
         x = x_next
@@ -173,7 +186,8 @@ class MetaLoss(nn.Module):
 
     The objective is the mean of `problem.meta_objective` (f itself for analytic tasks; Eq. 13's terms for
     HMR) over the iterates x_1..x_K, and also over x_0 when the learner predicts it (`initial_point`, as
-    LGD supervises its initial estimate), plus the learner's penalties (the secant term).
+    LGD supervises its initial estimate), plus the learner's penalties (the secant term). With burn_in = m
+    the K iterates are x_{m+1}..x_{m+K}, after m steps without a graph (`unroll`).
     """
 
     def __init__(
@@ -182,7 +196,7 @@ class MetaLoss(nn.Module):
         super().__init__()
         self.learner, self.steps, self.second_order, self.divergence_guard = learner, steps, second_order, divergence_guard
 
-    def forward(self, problem: Problem) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, problem: Problem, burn_in: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         result = unroll(
             self.learner,
             problem,
@@ -190,6 +204,7 @@ class MetaLoss(nn.Module):
             second_order=self.second_order,
             divergence_guard=self.divergence_guard,
             meta_objective=True,
+            burn_in=burn_in,
         )
         first = 0 if hasattr(self.learner, "initial_point") else 1
         objective = result.objectives[first:].mean()
@@ -213,12 +228,14 @@ def meta_step(
     problem: Problem,
     grad_clip: float | None = None,
     agree: Callable[[bool], bool] = lambda ok: ok,
+    burn_in: int = 0,
 ) -> StepResult:
-    """One meta-iteration. Skips the update (and restores BatchNorm statistics) when the loss or the
-    meta-gradient is not finite; `agree` lets distributed workers take that decision together."""
+    """One meta-iteration (after burn_in steps without a graph, see `unroll`). Skips the update (and
+    restores BatchNorm statistics) when the loss or the meta-gradient is not finite; `agree` lets
+    distributed workers take that decision together."""
     buffers = [b.detach().clone() for b in loss_module.buffers()]
     meta_optimizer.zero_grad(set_to_none=True)
-    loss, parts = loss_module(problem)
+    loss, parts = loss_module(problem, burn_in)
     loss.backward()  # always, so that every worker joins the gradient all-reduce
     params = [p for p in loss_module.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
@@ -367,8 +384,9 @@ def train(
             break
         tic = time.perf_counter()
         problem = (problem if worker_batches else problem.select(share)).to(device, dtype)
+        burn_in = _burn_in(meta, iteration)
         if hooks.agree(problem.finite()):
-            result = meta_step(loss_module, meta_optimizer, problem, meta.grad_clip, hooks.agree)
+            result = meta_step(loss_module, meta_optimizer, problem, meta.grad_clip, hooks.agree, burn_in)
         else:  # a NaN or Inf in the batch itself: nothing to learn from, and no worker steps
             log.warning("iteration %d: the batch contains NaN or Inf; step skipped", iteration)
             result = StepResult(math.nan, math.nan, True, {})
@@ -387,11 +405,12 @@ def train(
             "problems_per_s": problem.batch_size / seconds,
             "data_wait_s": wait,
             "data_wait_fraction": wait / (wait + seconds),
+            "burn_in": burn_in,
             **result.parts,
         }
         validating = iteration % meta.val_every == 0 or iteration == meta.iterations
         if validating:
-            metrics.update(validate(learner, val_problems, meta.unroll_steps))
+            metrics.update(validate(learner, val_problems, meta.burn_in + meta.unroll_steps))  # the horizon trained for
             if meta.select_metric not in metrics:
                 valid = sorted(key for key in metrics if key.startswith("val_"))
                 raise ValueError(f"meta.select_metric {meta.select_metric!r} is not reported by validation; valid: {valid}")
@@ -424,6 +443,15 @@ def train(
         skipped=progress_state["skipped"],
         last=metrics,
     )
+
+
+def _burn_in(meta: MetaConfig, iteration: int) -> int:
+    """The detached steps of this meta-iteration, uniform in 0..meta.burn_in: drawn from the seed and the
+    iteration alone, so that every worker draws the same and a resumed run the same as an unbroken one."""
+    if meta.burn_in == 0:
+        return 0
+    generator = torch.Generator().manual_seed(meta.seed * 1_000_003 + iteration)
+    return int(torch.randint(meta.burn_in + 1, (), generator=generator))
 
 
 def _architecture(config: ExperimentConfig) -> dict[str, Any]:

@@ -181,3 +181,16 @@ def test_hmr_evaluation_of_a_frame_does_not_depend_on_the_other_frames(hmr_data,
     for i in (0, 3, 5):
         alone = run(model, test.select(slice(i, i + 1)), 3).iterates
         assert torch.allclose(alone[:, 0], together[:, i], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("learner", ["lsr1", "lgd"])
+def test_with_burn_in_the_initializer_learns_from_its_own_term_and_the_update_from_the_late_steps(hmr_data, learner):  # noqa: F811
+    config = hmr_config(hmr_data, f"learner={learner}", "lgd.hidden_dim=32", "hmr.init_hidden_dim=32", "task.batch_size=16")
+    torch.manual_seed(0)
+    model = make_learner(config)
+    problem = problem_set(config.task, "train", 0, hmr=config.hmr)
+    loss, _ = MetaLoss(model, 2)(problem, burn_in=3)
+    loss.backward()
+    for part in (model.initializer, model.update):
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)

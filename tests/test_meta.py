@@ -157,3 +157,35 @@ def test_float64_meta_training_checkpoints_in_double_and_loads_in_either_precisi
     single = make_learner(config)  # a float32 model (the drop-in optimizer's) takes the weights as they are
     single.load_state_dict(payload["model"])
     assert next(single.parameters()).dtype == torch.float32
+
+
+def test_burn_in_unrolls_the_same_trajectory_with_a_graph_only_over_the_last_k_steps():
+    config = _smoke("lsr1.global_features=true", "lsr1.input_scaling=rms", "lsr1.identity_in_step=true")
+    learner = make_learner(config).double()
+    problem = problem_set(config.task, "train", 0, dtype=torch.float64)
+    burn_in, steps = 3, 4
+    full = unroll(learner, problem, burn_in + steps, keep_iterates=True)
+    grad_enabled = []
+    hook = learner.encoder.register_forward_pre_hook(lambda module, args: grad_enabled.append(torch.is_grad_enabled()))
+    burned = unroll(learner, problem, steps, keep_iterates=True, burn_in=burn_in)
+    hook.remove()
+    assert grad_enabled == [False] * burn_in + [True] * steps
+    assert burned.iterates.shape[0] == steps + 1 and burned.values.shape[0] == steps + 1
+    assert_close(burned.iterates[1:].detach(), full.iterates[burn_in + 1:].detach(), atol=1e-12, rtol=1e-12)
+    assert_close(burned.values[0].detach(), full.values[0].detach())
+    assert_close(burned.values[1:].detach(), full.values[burn_in + 1:].detach(), atol=1e-12, rtol=1e-12)
+    assert burned.values[-1].requires_grad
+
+
+def test_burn_in_is_drawn_from_the_seed_and_iteration_and_sets_the_horizon(tmp_path):
+    from lsr1.meta import _burn_in
+
+    config = _smoke("meta.burn_in=6", "meta.unroll_steps=4", "lsr1.global_features=true", "lsr1.cap_step_index=true")
+    draws = [_burn_in(config.meta, i) for i in range(1, 200)]
+    assert draws == [_burn_in(config.meta, i) for i in range(1, 200)]  # every worker and a resumed run agree
+    assert set(draws) == set(range(7))
+    assert make_learner(config).last_trained_step == 6 + 4 - 1
+    assert _burn_in(_smoke().meta, 5) == 0
+    summary = train(_smoke("meta.burn_in=6", "meta.iterations=4", "meta.val_every=4"), tmp_path / "run", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary.skipped == 0 and [line["burn_in"] for line in lines] == [_burn_in(_smoke("meta.burn_in=6").meta, i) for i in (1, 2, 3, 4)]

@@ -26,8 +26,9 @@ def make_learner(config: ExperimentConfig) -> LearnedOptimizer:
     (`config.learner`), and for HMR an initializer network in front of it (one module, one state_dict)."""
     if config.learner == "bfgs_steps":
         return BFGSSteps(config.bfgs_steps)
+    horizon = config.meta.burn_in + config.meta.unroll_steps  # the last step meta-training reaches
     if config.task.name != "hmr":
-        return LSR1(config.lsr1, config.meta.unroll_steps)  # the config only allows "lgd" with HMR
+        return LSR1(config.lsr1, horizon)  # the config only allows "lgd" with HMR
     # imported here: lsr1.hmr.initializer builds on lsr1.learned.base
     from lsr1.hmr.initializer import Initializer, WithInitializer
     from lsr1.tasks.hmr import CONTEXT_DIM, NUM_BETAS, pose_size, rest_theta
@@ -37,7 +38,7 @@ def make_learner(config: ExperimentConfig) -> LearnedOptimizer:
     if config.learner == "lgd":
         update = LGD(config.lgd, CONTEXT_DIM, pose_dim, NUM_BETAS)
     else:
-        update = LSR1(config.lsr1, config.meta.unroll_steps)
+        update = LSR1(config.lsr1, horizon)
     h = config.hmr
     initializer = Initializer(CONTEXT_DIM, rest_theta(h.rotation), pose_dim, h.init_hidden_dim, h.init_dropout)
     return WithInitializer(initializer, update)

@@ -16,7 +16,7 @@ form from x, p, d, g, q alone (B q is not element-wise).
 With `input_scaling: rms` each encoder input is divided by its RMS over the problem's coordinates, so that
 E sees the same numbers whatever the scale of the problem; `global_features` adds per-problem scalars
 (cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate, k held at K - 1 past
-the meta-training horizon K with `cap_step_index`.
+the meta-training horizon with `cap_step_index`.
 
 The secant penalty of the meta-loss (weight lambda_sec) pulls the preconditioner toward the inverse Hessian:
     "paper"    ||p - B~ q||^2 with B~ = I + sum v v^T, as Eq. 8 is written;
@@ -96,7 +96,8 @@ def _log_ratio(a: Tensor, b: Tensor, limit: float = 10.0) -> Tensor:
 
 class LSR1(LearnedOptimizer):
     """The learned optimizer; `config` fixes the architecture, `buffer_size` may differ at test time.
-    horizon: the number K of unrolled steps it is meta-trained with (`cap_step_index` needs it)."""
+    horizon: the last step meta-training reaches, K unrolled steps after up to meta.burn_in detached ones
+    (`cap_step_index` needs it)."""
 
     def __init__(self, config: LSR1Config | None = None, horizon: int | None = None) -> None:
         super().__init__()
@@ -104,7 +105,7 @@ class LSR1(LearnedOptimizer):
         self.last_trained_step: int | None = None  # the step index of the global features stops here
         if config.cap_step_index:
             if horizon is None:
-                raise ValueError("lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.unroll_steps)")
+                raise ValueError("lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.burn_in + meta.unroll_steps)")
             self.last_trained_step = horizon - 1
         self.buffer_size = config.buffer_size
         self.gamma1 = config.gamma1
