@@ -62,13 +62,18 @@ Method = Callable[[Problem], tuple[Optimizer, Problem]]
 
 def step_curves(problem: Problem, methods: dict[str, Method], steps: int, chunk: int = 1024) -> list[StepCurves]:
     """Run every method for `steps` iterations (no graph, eval mode) on `chunk` problems at a time and
-    average `problem.evaluation_metrics` over all problems at every iterate x_0..x_K."""
+    average `problem.evaluation_metrics` over all problems at every iterate x_0..x_K, and "evaluations":
+    the evaluations of f and its gradient spent by step k (one per step, or a line search's trials)."""
     sums: dict[str, dict[str, Tensor]] = {name: {} for name in methods}
     for start in range(0, problem.batch_size, chunk):
         part = problem.select(slice(start, start + chunk))
         for name, method in methods.items():
             optimizer, begin = method(part)
-            for k, x in enumerate(run(optimizer, begin, steps).iterates):
+            result = run(optimizer, begin, steps)
+            per_step = result.info.get("evaluations", torch.ones(steps, part.batch_size)).double().sum(1).cpu()
+            spent = sums[name].setdefault("evaluations", torch.zeros(steps + 1, dtype=torch.float64))
+            spent[1:] += per_step.cumsum(0)
+            for k, x in enumerate(result.iterates):
                 for metric, value in part.evaluation_metrics(x).items():
                     total = sums[name].setdefault(metric, torch.zeros(steps + 1, dtype=torch.float64))
                     total[k] += value.double().sum().cpu()

@@ -180,18 +180,21 @@ def evaluate_hmr(
     (out / "models.json").write_text(json.dumps(sizes, indent=1))
     at = sorted({k for k in (0, 1, 2, 5, 10, steps) if k <= steps})
     summary = hmr_summary(everything)
-    rows = [f"| initializer only ({names[0]}) | {summary['test_pa_mpjpe_init']:.1f} | {summary['test_mpjpe_init']:.1f} |"]
-    rows += [f"| {c.name} | {float(c.metrics[pa][-1]):.1f} | {float(c.metrics[mp][-1]):.1f} |" for c in everything]
+    rows = [f"| initializer only ({names[0]}) | {summary['test_pa_mpjpe_init']:.1f} | {summary['test_mpjpe_init']:.1f} | 0 |"]
+    rows += [f"| {c.name} | {float(c.metrics[pa][-1]):.1f} | {float(c.metrics[mp][-1]):.1f} | {float(c.metrics['evaluations'][-1]):.1f} |"
+             for c in everything]  # fmt: skip
     sources = "\n".join(f"- {m['name']}: `{m['checkpoint']}` (iteration {m['iteration']}; parameters: initializer "
                         f"{m['initializer_params']:,}, update module {m['update_params']:,})" for m in sizes)
     joints = "the H36M regressor" if pa.endswith("h36m") else "SMPL joints (no H36M regressor configured)"
     (out / "results.md").write_text(
         f"# HMR test results: {problem.batch_size} 3DPW test frames from `{config.hmr.pw3d_dir}`, {steps} inner steps\n\n"
         f"Checkpoints:\n{sources}\n\nEvaluation joints: 14, from {joints}; errors in mm.\n\n"
-        f"| method | PA-MPJPE | MPJPE |\n|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"| method | PA-MPJPE | MPJPE | evaluations of f and its gradient |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"## PA-MPJPE per inner step\n\n{markdown_table(everything, pa, at)}\n\n"
         f"## MPJPE per inner step\n\n{markdown_table(everything, mp, at)}\n\n"
-        f"## Reprojection error per inner step\n\n{markdown_table(everything, 'reprojection', at)}\n"
+        f"## Reprojection error per inner step\n\n{markdown_table(everything, 'reprojection', at)}\n\n"
+        f"## Evaluations of f and its gradient by inner step (mean per frame; L-BFGS's line search tries more than one)\n\n"
+        f"{markdown_table(everything, 'evaluations', at)}\n"
     )
     return everything
 

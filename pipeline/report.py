@@ -182,15 +182,16 @@ def hmr_table_block(root: Path, uri: str) -> str:
     steps = len(curves[0][pa]) - 1
     at = sorted({k for k in (0, 1, 4, steps) if k <= steps})
     lines = ["| method | " + " | ".join(f"PA-MPJPE k = {k}" for k in at) + " | lowest (step) | "
-             + " | ".join(f"reprojection k = {k}" for k in at[1:]) + " | parameters: initializer + update | paper (3DPW, Table 1) |",
-             "|---" * (2 * len(at) + 3) + "|"]  # fmt: skip
+             + " | ".join(f"reprojection k = {k}" for k in at[1:]) + f" | evaluations by k = {steps} | parameters: initializer + update | paper (3DPW, Table 1) |",
+             "|---" * (2 * len(at) + 4) + "|"]  # fmt: skip
     for c in curves:
         errors = c[pa]
         best = min(range(len(errors)), key=errors.__getitem__)
         m = models.get(c["name"])
         size = f"{m['initializer_params']:,} + {m['update_params']:,}" if m else "—"
+        spent = f"{c['evaluations'][-1]:.1f}" if "evaluations" in c else "—"  # curves.json written before they were counted
         lines.append(f"| {c['name']} | " + " | ".join(f"{errors[k]:.1f}" for k in at) + f" | {errors[best]:.1f} ({best}) | "
-                     + " | ".join(f"{c['reprojection'][k]:.4g}" for k in at[1:]) + f" | {size} | {PAPER_TABLE1.get(c['name'], '—')} |")  # fmt: skip
+                     + " | ".join(f"{c['reprojection'][k]:.4g}" for k in at[1:]) + f" | {spent} | {size} | {PAPER_TABLE1.get(c['name'], '—')} |")  # fmt: skip
     return "\n".join(lines) + f"\n\n(mm; step 0 is the method's initializer alone; MLflow run `{run_id}`, {pa.split('_')[-1].upper()} joints; figures in `{figures}/`.)"
 
 

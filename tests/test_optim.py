@@ -153,3 +153,14 @@ def test_backtracking_keeps_a_diverging_step_rule_monotone_and_leaves_good_steps
     assert (safe[1:] <= safe[:-1] + 1e-12).all() and (safe[-1] < safe[0]).all()
     plain, guarded = run(GradientDescent(0.5), problem, 5), run(Backtracked(GradientDescent(0.5), problem), problem, 5)
     assert torch.equal(plain.values, guarded.values)  # every step of 0.5 already decreases f enough
+
+
+def test_step_curves_count_the_line_search_evaluations_of_every_step():
+    from lsr1.analysis import step_curves
+
+    problem = random_quadratics(6, 5, seed=3, dtype=torch.float64)
+    lbfgs, gd = step_curves(problem, {"L-BFGS": lambda part: (LBFGS(part, memory=3), part),
+                                       "GD": lambda part: (GradientDescent(0.1), part)}, steps=6, chunk=4)  # fmt: skip
+    per_step = run(LBFGS(problem, memory=3), problem, 6).info["evaluations"].double().mean(1)
+    assert_close(lbfgs.metrics["evaluations"], torch.cat([per_step.new_zeros(1), per_step.cumsum(0)]))
+    assert float(lbfgs.metrics["evaluations"][-1]) > 6 and gd.metrics["evaluations"].tolist() == list(range(7))

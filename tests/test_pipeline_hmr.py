@@ -117,3 +117,4 @@ def test_ground_truth_as_the_prediction_has_zero_3dpw_error(hmr_data):  # noqa: 
         assert curve.metrics[key][0] > 10 and curve.metrics[key][1] < 1.0, key  # mm, from the rest pose to ~0
     assert curve.metrics["reprojection"][1] < 0.5 * curve.metrics["reprojection"][0]  # the detections are noisy
     assert np.isfinite(torch.stack(list(curve.metrics.values())).numpy()).all()
+    assert curve.metrics["evaluations"].tolist() == [0.0, 1.0]  # one gradient per step, no line search

@@ -96,14 +96,16 @@ def test_the_hmr_table_has_parameter_counts_and_copies_its_figures(tmp_path, mlf
     from lsr1.config import ExperimentConfig
 
     run = Run.open(mlflow_store, "hmr_demo", "evaluate-hmr-table", ExperimentConfig())
-    (tmp_path / "curves.json").write_text(json.dumps([{"name": "L-SR1 w/o secant term", "pa_mpjpe14_smpl": [150.0, 120.0, 130.0],
-                                                       "mpjpe14_smpl": [1.0, 1.0, 1.0], "reprojection": [0.5, 0.25, 0.2]}]))  # fmt: skip
+    curve = {"name": "L-SR1 w/o secant term", "pa_mpjpe14_smpl": [150.0, 120.0, 130.0], "mpjpe14_smpl": [1.0, 1.0, 1.0], "reprojection": [0.5, 0.25, 0.2]}
+    counted = {**curve, "name": "L-BFGS (m=10) from the L-SR1 initializer", "evaluations": [0.0, 1.5, 3.25]}
+    (tmp_path / "curves.json").write_text(json.dumps([curve, counted]))
     (tmp_path / "models.json").write_text(json.dumps([{"name": "L-SR1 w/o secant term", "initializer_params": 1234567, "update_params": 890}]))
     (tmp_path / "pa_mpjpe.png").write_bytes(b"png")
     for name in ("curves.json", "models.json", "pa_mpjpe.png"):
         run.log_artifact(tmp_path / name, "test")
     out = render_blocks("<!-- report:hmr_table -->\n<!-- /report:hmr_table -->\n", tmp_path, mlflow_store)
-    assert "| L-SR1 w/o secant term | 150.0 | 120.0 | 130.0 | 120.0 (1) | 0.25 | 0.2 | 1,234,567 + 890 | — |" in out
+    assert "| L-SR1 w/o secant term | 150.0 | 120.0 | 130.0 | 120.0 (1) | 0.25 | 0.2 | — | 1,234,567 + 890 | — |" in out  # older curves: not counted
+    assert "| L-BFGS (m=10) from the L-SR1 initializer | 150.0 | 120.0 | 130.0 | 120.0 (1) | 0.25 | 0.2 | 3.2 | — | — |" in out
     assert (tmp_path / "docs/hmr/pa_mpjpe.png").read_bytes() == b"png"
 
 
