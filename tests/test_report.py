@@ -24,7 +24,7 @@ def _sources(root, uri):
 
     run = Run.open(uri, "hmr_demo", "evaluate-hmr-table", ExperimentConfig())
     curves = root / "curves.json"
-    curves.write_text(json.dumps([{"name": "L-SR1", "pa_mpjpe14_smpl": [150.0, 140.0], "mpjpe14_smpl": [230.0, 220.0], "reprojection": [0.5, 0.25]},
+    curves.write_text(json.dumps([{"name": "L-SR1", "pa_mpjpe14_smpl": [150.0, 140.0], "mpjpe14_smpl": [230.0, 220.0], "reprojection": [0.5, 0.25], "evaluations": [0.0, 1.0]},
                                   {"name": "LGD", "pa_mpjpe14_smpl": [160.0, 135.0], "mpjpe14_smpl": [240.0, 200.0], "reprojection": [0.5, 0.125]}]))  # fmt: skip
     run.log_artifact(curves, "test")
     return run
@@ -37,9 +37,10 @@ def test_every_block_is_rendered_from_its_source_and_the_prose_is_kept(tmp_path,
     # ratios: A 1 and 2, B 100 and 1 -> rho(1) 0.5 each; A's profile reaches 1 at tau = 2, B's at 100
     assert "| A | 0.964 | 1 | 0.50 | 1.00 |" in out and "| B | 0.750 | 1 | 0.50 | 0.50 |" in out
     assert "| logistic | 20 | 20 | 30 | 1.50× | 2.00× |" in out
-    # per step: PA-MPJPE at k = 0 and 1, the lowest and its step, reprojection at k = 1, no parameter counts
-    assert "| L-SR1 | 150.0 | 140.0 | 140.0 (1) | 0.25 | — | 51.58 at step 13 (51.74 at 4); 10.4 M |" in out
-    assert "| LGD | 160.0 | 135.0 | 135.0 (1) | 0.125 | — | 55.90 at step 4; 17.4 M |" in out
+    # per step: PA-MPJPE at k = 0 and 1, the lowest and its step, reprojection at k = 1, evaluations (where
+    # counted), no parameter counts
+    assert "| L-SR1 | 150.0 | 140.0 | 140.0 (1) | 0.25 | 1.0 | — | 51.58 at step 13 (51.74 at 4); 10.4 M |" in out
+    assert "| LGD | 160.0 | 135.0 | 135.0 (1) | 0.125 | — | — | 55.90 at step 4; 17.4 M |" in out
     assert run.run_id in out
     assert "| lsr1_ms | 1.5 |" in out and "| ratio | 0.5 |" in out
     assert render_blocks(out, tmp_path, mlflow_store) == out  # rendering again changes nothing
