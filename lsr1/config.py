@@ -92,8 +92,18 @@ class LSR1Config:
     # BatchNorm at evaluation, never coupling problems (DESIGN §3): torch's "running" statistics, or each
     # "problem"'s own statistics over its coordinates; training uses the batch's (frozen problems left out)
     eval_norm: str = "problem"
+    # m > 0: the identity part of B (c s I with `identity_in_step`) becomes c H, with H the L-BFGS inverse
+    # Hessian of the last m measured pairs (p, q) and H0 = s I (s I until the first pair passes the curvature
+    # test): the learned rank-one terms and step sizes then correct a quasi-Newton operator that carries the
+    # curvature already measured (docs/results.md §9). 0: c s I, Eq. 7
+    lbfgs_memory: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.lbfgs_memory >= 0, f"lsr1.lbfgs_memory must be >= 0, got {self.lbfgs_memory}")
+        _check(
+            self.lbfgs_memory == 0 or self.identity_in_step,
+            "lsr1.lbfgs_memory replaces the identity of the step: it needs lsr1.identity_in_step: true",
+        )
         _check(self.buffer_size >= 1, f"lsr1.buffer_size must be >= 1, got {self.buffer_size}")
         _check(self.hidden_dim >= 1, f"lsr1.hidden_dim must be >= 1, got {self.hidden_dim}")
         _check(self.gamma1 > 0, f"lsr1.gamma1 must be > 0, got {self.gamma1}")

@@ -382,3 +382,31 @@ def test_shipped_quadratic_models_load_and_step_finitely_on_their_test_problems(
     result = run(pretrained.load(name, dtype=torch.float64), test, 5)
     assert torch.isfinite(result.values).all()
     assert "trained_with" in pretrained.info(name) and "command" in pretrained.info(name)
+
+
+def test_lbfgs_memory_makes_the_identity_part_of_b_the_lbfgs_inverse_hessian_of_the_measured_steps():
+    from lsr1.optim.lbfgs import two_loop
+
+    options = dict(identity_in_step=True, curvature_scale="secant", lbfgs_memory=3)
+    model = _small(**options).double().eval()
+    problem = random_quadratics(4, 6, seed=2, dtype=torch.float64)
+    x, g = problem.x0, problem.grad(problem.x0)
+    state = model.init(x, g)
+    steps = []
+    for k in range(5):
+        x_next, state, _ = model.step(state, x, g)
+        if k == 0:  # (x_0, g_0) is not a step: nothing measured yet, so the identity part is s I
+            assert int(torch.count_nonzero(state.pair_rho)) == 0
+            assert_close(state.d, precondition(state.buffer, g, state.scale))
+        x, g = x_next, problem.grad(x_next)
+        steps.append(x - state.x_prev)
+    # the last three steps taken are the memory (every step passes the curvature test on these PD quadratics)
+    assert_close(state.pair_p, torch.stack(steps[-4:-1], dim=1))
+    u = torch.randn(4, 6, dtype=torch.float64)
+    assert_close(model._operator(state.buffer, state.pairs, state.scale, u), precondition(state.buffer, u, 0.0) + two_loop(state.pairs, u))
+    assert_close(model._operator(torch.zeros_like(state.buffer), state.pairs, state.scale, u), two_loop(state.pairs, u))
+
+
+def test_lbfgs_memory_needs_the_identity_in_the_step():
+    with pytest.raises(ValueError, match="identity_in_step"):
+        LSR1Config(lbfgs_memory=4)

@@ -40,6 +40,7 @@ from lsr1.config import ENCODER_INPUTS, LSR1Config
 from lsr1.learned.base import LearnedOptimizer
 from lsr1.nn import ElementwiseMLP
 from lsr1.optim.base import Info, check_pair, fifo_push
+from lsr1.optim.lbfgs import LBFGSMemory, empty_memory, lbfgs_memory_update, two_loop
 
 __all__ = ["GLOBAL_FEATURES", "LSR1", "LSR1State", "applied_secant_residual", "precondition", "secant_residual", "with_buffer_size"]
 
@@ -56,6 +57,15 @@ class LSR1State(NamedTuple):
     alpha: Tensor  # (B, N) the step sizes of the last step (the applied operator's diagonal)
     scale: Tensor  # (B, 1) s of the last step
     active: Tensor  # (B,) 1 for a live problem, 0 for one the divergence guard froze (out of BN's statistics)
+    # the last lbfgs_memory measured pairs (p, q) for the L-BFGS part of B (LBFGSMemory's fields, kept flat
+    # so that torch.optim's state_dict round trip rebuilds them); no slots when lbfgs_memory is 0
+    pair_p: Tensor  # (B, m, N)
+    pair_q: Tensor  # (B, m, N)
+    pair_rho: Tensor  # (B, m)
+
+    @property
+    def pairs(self) -> LBFGSMemory:
+        return LBFGSMemory(self.pair_p, self.pair_q, self.pair_rho)
 
 
 def precondition(buffer: Tensor, g: Tensor, identity_weight: float | Tensor) -> Tensor:
@@ -85,7 +95,10 @@ def secant_residual(buffer: Tensor, p: Tensor, q: Tensor, normalize: bool = Fals
 def applied_secant_residual(buffer: Tensor, alpha: Tensor, identity: Tensor | float, p: Tensor, q: Tensor) -> Tensor:
     """||p - M q||^2 / ||p||^2 with M = diag(alpha) (identity I + sum_i v_i v_i^T), the operator the step
     applied (the `applied` penalty). alpha, p, q: (B, N); identity: c s, a number or (B, 1) -> (B,)."""
-    mq = alpha * precondition(buffer, q, identity)
+    return _relative_miss(p, alpha * precondition(buffer, q, identity))
+
+
+def _relative_miss(p: Tensor, mq: Tensor) -> Tensor:
     return (p - mq).pow(2).sum(-1) / p.pow(2).sum(-1).clamp_min(torch.finfo(p.dtype).tiny)
 
 
@@ -137,6 +150,7 @@ class LSR1(LearnedOptimizer):
         return LSR1State(
             x_prev=zeros, g_prev=zeros, d=g0, buffer=buffer, residual=x0.new_zeros(batch), count=0,
             alpha=zeros, scale=x0.new_ones(batch, 1), active=x0.new_ones(batch),
+            **dict(zip(("pair_p", "pair_q", "pair_rho"), empty_memory(x0, self.config.lbfgs_memory))),
         )  # fmt: skip
 
     def _features(self, state: LSR1State, x: Tensor, g: Tensor, p: Tensor, q: Tensor, scale: Tensor) -> Tensor:
@@ -144,7 +158,7 @@ class LSR1(LearnedOptimizer):
         constant in the meta-gradient (their gradients are 0/0 where a frozen problem has p = 0)."""
         candidates = [x, p, state.d, g, q]  # the order of ENCODER_INPUTS
         if self._residual_input:
-            candidates.append(p - precondition(state.buffer, q, self._identity(scale)))
+            candidates.append(p - self._operator(state.buffer, state.pairs, scale, q))
         inputs = torch.stack([candidates[i] for i in self._inputs], dim=-1)  # (B, N, I)
         if self.config.input_scaling == "rms":
             rms = inputs.detach().pow(2).mean(1, keepdim=True).sqrt()
@@ -173,6 +187,9 @@ class LSR1(LearnedOptimizer):
         p = x - state.x_prev  # p_{k-1}
         q = g - state.g_prev  # q_{k-1}
         scale = self._scale(p, q, state.count)  # (B, 1)
+        pairs = state.pairs
+        if self.config.lbfgs_memory and state.count > 0:  # (p_0, q_0) = (x_0, g_0) is not a step
+            pairs, _ = lbfgs_memory_update(pairs, p.detach(), q.detach())  # a statistic, like s
         inputs = self._features(state, x, g, p, q, scale)
         weights = None  # every row counts equally in BN's training statistics: the unweighted kernels
         if not bool(state.active.all()):  # a frozen problem's state may hold the Inf it diverged to
@@ -187,23 +204,30 @@ class LSR1(LearnedOptimizer):
             log_step = torch.tanh(log_step)
         alpha = self.gamma1 * torch.exp(self.gamma2 * log_step)
         buffer = fifo_push(state.buffer, v)
-        identity = self._identity(scale)
-        d = precondition(buffer, g, identity)
+        d = self._operator(buffer, pairs, scale, g)
         x_next = x - alpha * d
         residual = state.residual  # the first step has no previous pair: (p_0, q_0) = (x_0, g_0) only seeds E
         if self.last_step_secant and state.count > 0:
-            residual = self._residual(buffer, alpha, identity, p, q)
+            residual = self._residual(buffer, pairs, alpha, scale, p, q)
         info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1), "curvature_scale": scale.squeeze(-1)}
-        new_state = LSR1State(x, g, d, buffer, residual, state.count + 1, alpha, scale, state.active)
+        new_state = LSR1State(x, g, d, buffer, residual, state.count + 1, alpha, scale, state.active, *pairs)
         return x_next, new_state, info
 
     def _identity(self, scale: Tensor) -> Tensor | float:
         """c s: the identity's weight in B, (B, 1); 0 without `identity_in_step` (Alg. 1)."""
         return self.identity_weight * scale if self.identity_weight else 0.0
 
-    def _residual(self, buffer: Tensor, alpha: Tensor, identity: Tensor | float, p: Tensor, q: Tensor) -> Tensor:
+    def _operator(self, buffer: Tensor, pairs: LBFGSMemory, scale: Tensor, u: Tensor) -> Tensor:
+        """B u (B, N) without forming B: c s u + sum v v^T u, or with `lbfgs_memory` c H u + sum v v^T u."""
+        if not self.config.lbfgs_memory:
+            return precondition(buffer, u, self._identity(scale))
+        measured = pairs.rho[:, -1:] > 0  # (B, 1): a pair has passed the curvature test
+        base = torch.where(measured, two_loop(pairs, u), scale * u)
+        return precondition(buffer, u, 0.0) + self.identity_weight * base
+
+    def _residual(self, buffer: Tensor, pairs: LBFGSMemory, alpha: Tensor, scale: Tensor, p: Tensor, q: Tensor) -> Tensor:
         if self.config.secant_penalty == "applied":
-            return applied_secant_residual(buffer, alpha, identity, p, q)
+            return _relative_miss(p, alpha * self._operator(buffer, pairs, scale, q))
         return secant_residual(buffer, p, q, self.config.secant_normalize)
 
     def meta_penalty(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
@@ -213,7 +237,7 @@ class LSR1(LearnedOptimizer):
         if self.last_step_secant:
             residual = state.residual
         else:
-            residual = self._residual(state.buffer, state.alpha, self._identity(state.scale), x - state.x_prev, g - state.g_prev)
+            residual = self._residual(state.buffer, state.pairs, state.alpha, state.scale, x - state.x_prev, g - state.g_prev)
         return self.lambda_sec * residual, {"secant_residual": residual}
 
 
