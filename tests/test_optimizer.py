@@ -26,7 +26,7 @@ def _closure(opt, model, x, y):
     return closure
 
 
-@pytest.mark.parametrize("name", ["quadratic", "mix"])
+@pytest.mark.parametrize("name", ["quadratic", "mix", "mix_lbfgs"])
 def test_it_fits_a_small_regression_model(name):
     model, x, y = _regression()
     opt = LearnedSR1(model.parameters(), pretrained=name)
