@@ -62,10 +62,15 @@ def _label(config: ExperimentConfig) -> str:
 
 
 def _labels(configs: list[ExperimentConfig], tags: list[str]) -> list[str]:
-    """_label of each, with its tag where two would read the same (two shipped L-SR1 models: their config
-    names; two HMR runs of one preset: their folders)."""
+    """_label of each, with its tag (`_tag`) where two would read the same."""
     labels = [_label(c) for c in configs]
     return [n if labels.count(n) == 1 else f"{n} ({tag})" for n, tag in zip(labels, tags)]
+
+
+def _tag(checkpoint: Path) -> str:
+    """What tells a checkpoint apart: a shipped model's name (lsr1/weights/mix_lbfgs.pt), a run's folder
+    (runs/demo-lsr1/best.pt)."""
+    return checkpoint.parent.name if checkpoint.stem in ("best", "last") else checkpoint.stem
 
 
 def load_learner(path: Path) -> tuple[ExperimentConfig, LearnedOptimizer, int | None]:
@@ -92,7 +97,7 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
     task = models[0][0].task
     problem = problem_set(task, "test", dtype=torch.float64)
     groups: dict[str, list[Curves]] = {}
-    labels = _labels([c for c, _, _ in models], [c.name for c, _, _ in models])
+    labels = _labels([c for c, _, _ in models], [_tag(p) for p in checkpoints])
     if models[0][0].learner == "bfgs_steps":  # no buffer size: against the step-size baselines of its paper
         group = [curves(label, m, problem, steps) for label, (_, m, _) in zip(labels, models)]
         group.append(curves("BFGS-Armijo", BFGS(problem, line_search="armijo"), problem, steps))
@@ -160,7 +165,7 @@ def evaluate_hmr(
     names: labels of the first checkpoints (default, and for the rest: L-SR1 / LGD, with the folder if twice)."""
     config = models[0][0]
     problem = problem_set(config.task, "test", hmr=config.hmr)
-    labels = _labels([c for c, _, _ in models], [p.parent.name for p in checkpoints])
+    labels = _labels([c for c, _, _ in models], [_tag(p) for p in checkpoints])
     names = list(names) + labels[len(names):]
     methods = {name: (lambda part, m=model: (m, part)) for name, (_, model, _) in zip(names, models)}
     first = models[0][1]

@@ -128,11 +128,12 @@ def test_without_a_terminal_a_bar_prints_a_line_every_few_seconds_at_most(tmp_pa
     assert lines == ["run: 1/500 iterations, loss 1, 0 s", "run: 500/500 iterations, loss 0.002, 0 s (done)"]
 
 
-def test_evaluation_labels_name_the_config_where_two_models_would_read_the_same():
+def test_evaluation_labels_name_the_checkpoint_where_two_models_would_read_the_same():
     import dataclasses
+    from pathlib import Path
 
     from lsr1.config import ExperimentConfig
-    from pipeline.evaluate import _labels
+    from pipeline.evaluate import _labels, _tag
 
     default = ExperimentConfig()  # the dataclass defaults are the paper's formulation: ours applies the penalty
     ours = dataclasses.replace(default, name="quadratic", lsr1=dataclasses.replace(default.lsr1, secant_penalty="applied"))
@@ -141,6 +142,9 @@ def test_evaluation_labels_name_the_config_where_two_models_would_read_the_same(
     configs = [ours, without, mix]
     assert _labels(configs[:2], [c.name for c in configs[:2]]) == ["L-SR1", "L-SR1 w/o projection"]
     assert _labels(configs, [c.name for c in configs]) == ["L-SR1 (quadratic)", "L-SR1 w/o projection", "L-SR1 (mix)"]
+    # two shipped models of one preset (mix, mix_lbfgs) by their names; two runs by their folders
+    paths = [Path("lsr1/weights/mix.pt"), Path("lsr1/weights/mix_lbfgs.pt"), Path("runs/demo-lsr1/best.pt")]
+    assert _labels([mix, mix, mix], [_tag(p) for p in paths]) == ["L-SR1 (mix)", "L-SR1 (mix_lbfgs)", "L-SR1 (demo-lsr1)"]
 
 
 def test_runs_started_together_on_a_new_store_all_open(tmp_path):
