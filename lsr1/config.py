@@ -79,9 +79,8 @@ class LSR1Config:
     # "one" (|x0.g0| / |g0|^2 says where x0 lies, not the curvature; docs/results.md §4)
     first_scale: str = "pair"
     # hold the step index of the global feature log(1 + k) at the last one meta-training reaches (meta.burn_in +
-    # K - 1), so that
-    # longer runs see only step indices that training saw (never binds in training; no effect without
-    # global_features; docs/results.md §4)
+    # K - 1), so that longer runs see only step indices that training saw (never binds in training; no effect
+    # without global_features; docs/results.md §4)
     cap_step_index: bool = False
     encoder_inputs: list[str] = field(default_factory=lambda: list(PAPER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2

@@ -11,6 +11,7 @@ plain function the Ray Train layer calls on every worker; it knows nothing of Ra
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -120,10 +121,7 @@ def unroll(
         limit = f0 + divergence_guard * (f0.abs() + 1.0)
     for step in range(burn_in + steps):
         recorded = step >= burn_in
-        if not recorded:
-            with torch.no_grad():
-                x_next, state, info = optimizer.step(state, x.detach(), g)
-        else:
+        with contextlib.nullcontext() if recorded else torch.no_grad():
             x_next, state, info = optimizer.step(state, x, g)
         if divergence_guard is not None:
             # decided before f(x_next) enters the graph: an Inf there would turn the meta-gradient into NaN

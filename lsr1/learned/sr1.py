@@ -15,8 +15,10 @@ of the buffer before v_k joins it: SR1's own update is v = r / sqrt(r.q), which 
 form from x, p, d, g, q alone (B q is not element-wise).
 With `input_scaling: rms` each encoder input is divided by its RMS over the problem's coordinates, so that
 E sees the same numbers whatever the scale of the problem; `global_features` adds per-problem scalars
-(cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate, k held at K - 1 past
-the meta-training horizon with `cap_step_index`.
+(cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate, k held at the last
+step meta-training reaches (meta.burn_in + K - 1) with `cap_step_index`.
+With `lbfgs_memory: m` the identity part c s_k I becomes c H_k, the L-BFGS inverse Hessian of the last m
+measured pairs (p, q) with H0 = s_k I: the learned terms then correct a quasi-Newton operator.
 
 The secant penalty of the meta-loss (weight lambda_sec) pulls the preconditioner toward the inverse Hessian:
     "paper"    ||p - B~ q||^2 with B~ = I + sum v v^T, as Eq. 8 is written;
