@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
-from lsr1.learned import LSR1, LearnedOptimizer, make_learner, with_buffer_size
+from lsr1.learned import LSR1, LearnedOptimizer, make_learner, with_buffer_size, with_lbfgs_memory
 
 __all__ = ["WEIGHTS_DIR", "available", "export", "info", "load"]
 
@@ -37,19 +37,22 @@ def info(name: str) -> dict[str, Any]:
     return {"config": payload["config"], **payload.get("summary", {})}
 
 
-def load(name: str, buffer_size: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LearnedOptimizer:
+def load(
+    name: str, buffer_size: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, lbfgs_memory: int | None = None
+) -> LearnedOptimizer:
     """A shipped model in eval mode; `buffer_size` overrides the trained L of an L-SR1 model (the paper
-    tests with other L than trained)."""
+    tests with other L than trained), `lbfgs_memory` the trained m of one with the L-BFGS operator."""
     path = _path(name)
     payload = load_checkpoint(path)
     model = make_learner(config_of(payload, path))
     model.load_state_dict(payload["model"])
     model = model.to(device=device, dtype=dtype).eval()
-    if buffer_size is None:
+    if buffer_size is None and lbfgs_memory is None:
         return model
     if not isinstance(model, LSR1):
-        raise ValueError(f"buffer_size is an L-SR1 setting; {name!r} is a {type(model).__name__}")
-    return with_buffer_size(model, buffer_size)
+        raise ValueError(f"buffer_size and lbfgs_memory are L-SR1 settings; {name!r} is a {type(model).__name__}")
+    model = model if buffer_size is None else with_buffer_size(model, buffer_size)
+    return model if lbfgs_memory is None else with_lbfgs_memory(model, lbfgs_memory)
 
 
 def export(checkpoint: str | Path, name: str, summary: dict[str, Any] | None = None, directory: Path = WEIGHTS_DIR) -> Path:

@@ -9,7 +9,8 @@ rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. "L-SR1 (paper)" is the paper-literal 
 problem's family (quadratic100_paper, rosenbrock_paper, rastrigin_paper; Table 7) at its test-time L = 64.
 "L-SR1" (the project's formulation) and "L-SR1 w/o projection" are tuned like the learning rates below: per
 kind, the model (the family's own, `_noproj` without the secant penalty, or for "L-SR1" also the
-general-purpose `mix`) and the test-time L of BUFFER_GRID with the best tuning score. "L-SR1 + Armijo" is
+general-purpose `mix` and `mix_lbfgs`), the test-time L of BUFFER_GRID and, for a model with the L-BFGS
+operator, its L-BFGS memory (as trained, or L-BFGS's 64) with the best tuning score. "L-SR1 + Armijo" is
 "L-SR1" with Armijo backtracking along each learned step (`lsr1.optim.Backtracked`, as `lsr1.LearnedSR1`
 does), tuned the same way: L-BFGS's steps come from a line search too.
 The second learned optimizer, BFGS-LSTM (learned coordinate-wise BFGS step sizes), was meta-trained on
@@ -54,6 +55,7 @@ LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 BUFFER_SIZE = 64  # test-time L of Table 7, and the L-BFGS memory
 BUFFER_GRID = (8, 16, 32, 64)  # the test-time L that the project's L-SR1 solvers are tuned over
 LEARNED_MODEL = {"quadratic": "quadratic100", "rosenbrock": "rosenbrock", "rastrigin": "rastrigin"}
+GENERAL_MODELS = ("mix", "mix_lbfgs")  # general-purpose models that "L-SR1" is also tuned over
 BFGS_STEPS_MODEL = {"quadratic": "bfgs_steps_least_squares", "rosenbrock": "bfgs_steps_logsumexp", "rastrigin": "bfgs_steps_logsumexp"}
 RELATIVE_FLOOR = 1e-15  # distances below this fraction of the start count as exact (keeps ratios finite)
 
@@ -107,7 +109,7 @@ def tuning_set(seed: int = 0) -> list[ProfileProblem]:
     return out
 
 
-Setting = Any  # what a solver is tuned over: a learning rate, or (shipped model, test-time L)
+Setting = Any  # what a solver is tuned over: a learning rate, or (shipped model, test-time L, L-BFGS memory or None)
 SolverFactory = Callable[[ProfileProblem, Setting], Optimizer]
 Grid = Callable[[str], tuple[Setting, ...]] | None  # kind -> the settings to tune over; None: not tuned
 
@@ -122,30 +124,35 @@ def hand_designed_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
     }
 
 
-def _shipped(setting: tuple[str, int]) -> Optimizer:
-    name, buffer_size = setting
-    return pretrained.load(name, buffer_size=buffer_size, dtype=torch.float64)
+def _shipped(setting: tuple[str, int, int | None]) -> Optimizer:
+    name, buffer_size, lbfgs_memory = setting
+    return pretrained.load(name, buffer_size=buffer_size, dtype=torch.float64, lbfgs_memory=lbfgs_memory)
+
+
+def _memories(name: str) -> tuple[int | None, ...]:
+    """The L-BFGS memories a model is tuned over: as trained, and L-BFGS's own where it has the operator."""
+    return (None, BUFFER_SIZE) if pretrained.info(name)["config"]["lsr1"].get("lbfgs_memory") else (None,)
 
 
 def _models(suffix: str, general: tuple[str, ...] = ()) -> Grid:
-    return lambda kind: tuple((name, size) for name in (LEARNED_MODEL[kind] + suffix, *general) for size in BUFFER_GRID)
+    return lambda kind: tuple((name, size, m) for name in (LEARNED_MODEL[kind] + suffix, *general) for size in BUFFER_GRID for m in _memories(name))
 
 
 def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
     """L-SR1 (ours, ours with Armijo backtracking and ours without its secant penalty: model and L tuned;
     the paper-literal one as in Table 7) and BFGS-LSTM, from the shipped models."""
     return {
-        "L-SR1": (lambda p, setting: _shipped(setting), _models("", ("mix",))),
-        "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting), p.problem), _models("", ("mix",))),
+        "L-SR1": (lambda p, setting: _shipped(setting), _models("", GENERAL_MODELS)),
+        "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting), p.problem), _models("", GENERAL_MODELS)),
         "L-SR1 w/o projection": (lambda p, setting: _shipped(setting), _models("_noproj")),
-        "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE)), None),
+        "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE, None)), None),
         "BFGS-LSTM": (lambda p, _: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64), None),
     }
 
 
 def learned_models(problems: list[ProfileProblem]) -> set[str]:
     """The shipped models that the learned solvers need on these problems."""
-    return {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_paper")} | {"mix"} | {BFGS_STEPS_MODEL[p.kind] for p in problems}
+    return {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_paper")} | set(GENERAL_MODELS) | {BFGS_STEPS_MODEL[p.kind] for p in problems}
 
 
 def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float:
@@ -158,8 +165,11 @@ def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float
 
 
 def label(setting: Setting) -> str:
-    """A setting as tuning.json and results.md write it: "0.3", or "mix, L = 64"."""
-    return f"{setting[0]}, L = {setting[1]}" if isinstance(setting, tuple) else f"{setting:g}"
+    """A setting as tuning.json and results.md write it: "0.3", "mix, L = 64" or "mix_lbfgs, L = 8, m = 64"."""
+    if not isinstance(setting, tuple):
+        return f"{setting:g}"
+    name, size, memory = setting
+    return f"{name}, L = {size}" + ("" if memory is None else f", m = {memory}")
 
 
 def tune(factory: SolverFactory, problems: list[ProfileProblem], steps: int, grid: tuple[Setting, ...] = LR_GRID) -> tuple[Setting, dict[str, float]]:

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lsr1.config import LSR1Config
-from lsr1.learned import LSR1, applied_secant_residual, precondition, secant_residual, with_buffer_size
+from lsr1.learned import LSR1, applied_secant_residual, precondition, secant_residual, with_buffer_size, with_lbfgs_memory
+from lsr1.meta import run
 from lsr1.optim.base import fifo_push
 from lsr1.tasks import Quadratic, random_quadratics
 from tests.helpers import assert_close, smoketest_meta_step, smoketest_optimizer
@@ -118,6 +119,20 @@ def test_with_buffer_size_shares_weights():
     assert other.encoder is model.encoder
     with pytest.raises(ValueError):
         with_buffer_size(model, 0)
+
+
+def test_with_lbfgs_memory_keeps_more_pairs_with_the_same_weights():
+    model = LSR1(LSR1Config(hidden_dim=8, buffer_size=3, identity_in_step=True, lbfgs_memory=2)).double().eval()
+    wider = with_lbfgs_memory(model, 5)
+    assert wider.config.lbfgs_memory == 5 and model.config.lbfgs_memory == 2 and wider.encoder is model.encoder
+    problem = random_quadratics(2, 6, seed=0, dtype=torch.float64)
+    short, long = run(model, problem, 4), run(wider, problem, 4)
+    # identical while at most two pairs are measured (steps 1-3), different once a third one is kept
+    assert torch.equal(short.values[:4], long.values[:4]) and not torch.equal(short.values[4], long.values[4])
+    with pytest.raises(ValueError, match="trained with the L-BFGS operator"):
+        with_lbfgs_memory(_small(), 4)
+    with pytest.raises(ValueError, match=">= 1"):
+        with_lbfgs_memory(model, 0)
 
 
 def test_bad_inputs_give_clear_errors():
@@ -374,7 +389,6 @@ def test_old_batch_wide_evaluation_is_refused_with_the_reason():
 def test_shipped_quadratic_models_load_and_step_finitely_on_their_test_problems(name):
     from lsr1 import pretrained
     from lsr1.checkpoint import config_of, load_checkpoint
-    from lsr1.meta import run
     from lsr1.tasks import problem_set
 
     config = config_of(load_checkpoint(pretrained.WEIGHTS_DIR / f"{name}.pt"))

@@ -79,3 +79,15 @@ def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
     for kind, name in BFGS_STEPS_MODEL.items():  # the second learned optimizer, on the same problems
         trajectory = run(pretrained.load(name, dtype=torch.float64), problems[kind].problem, steps=2)
         assert torch.isfinite(trajectory.values).all() and pretrained.info(name)["meta_iterations"] > 0, name
+
+
+def test_l_sr1_is_tuned_over_the_general_models_and_the_lbfgs_memory_of_those_with_the_operator():
+    from lsr1.profiles import BUFFER_GRID, BUFFER_SIZE, _models, _shipped, label
+
+    grid = _models("", ("mix", "mix_lbfgs"))("quadratic")
+    assert ("quadratic100", 8, None) in grid and ("mix", 8, BUFFER_SIZE) not in grid  # no L-BFGS operator there
+    assert {m for name, size, m in grid if name == "mix_lbfgs"} == {None, BUFFER_SIZE}
+    assert len(grid) == 4 * len(BUFFER_GRID)
+    assert label(("mix_lbfgs", 8, 64)) == "mix_lbfgs, L = 8, m = 64" and label(("mix", 16, None)) == "mix, L = 16" and label(0.3) == "0.3"
+    model = _shipped(("mix_lbfgs", 8, BUFFER_SIZE))
+    assert model.buffer_size == 8 and model.config.lbfgs_memory == BUFFER_SIZE and model.encoder.fc1.weight.dtype == torch.float64

@@ -3,7 +3,7 @@ from lsr1.config import ExperimentConfig
 from lsr1.learned.base import LearnedOptimizer
 from lsr1.learned.bfgs_steps import BFGSSteps, BFGSStepsState
 from lsr1.learned.lgd import LGD, LGDState
-from lsr1.learned.sr1 import LSR1, LSR1State, applied_secant_residual, precondition, secant_residual, with_buffer_size
+from lsr1.learned.sr1 import LSR1, LSR1State, applied_secant_residual, precondition, secant_residual, with_buffer_size, with_lbfgs_memory
 
 __all__ = [
     "BFGSSteps",
@@ -18,6 +18,7 @@ __all__ = [
     "precondition",
     "secant_residual",
     "with_buffer_size",
+    "with_lbfgs_memory",
 ]
 
 

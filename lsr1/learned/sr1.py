@@ -31,6 +31,7 @@ No N x N matrix is ever formed: B g costs O(L N).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -44,7 +45,7 @@ from lsr1.nn import ElementwiseMLP
 from lsr1.optim.base import Info, check_pair, fifo_push
 from lsr1.optim.lbfgs import LBFGSMemory, empty_memory, lbfgs_memory_update, two_loop
 
-__all__ = ["GLOBAL_FEATURES", "LSR1", "LSR1State", "applied_secant_residual", "precondition", "secant_residual", "with_buffer_size"]
+__all__ = ["GLOBAL_FEATURES", "LSR1", "LSR1State", "applied_secant_residual", "precondition", "secant_residual", "with_buffer_size", "with_lbfgs_memory"]
 
 GLOBAL_FEATURES = 4  # cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)
 
@@ -249,4 +250,16 @@ def with_buffer_size(model: LSR1, buffer_size: int) -> LSR1:
         raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
     other = copy.copy(model)  # shares the parameter tensors
     other.buffer_size = buffer_size
+    return other
+
+
+def with_lbfgs_memory(model: LSR1, memory: int) -> LSR1:
+    """The same trained weights with another L-BFGS memory m: the pairs are measured statistics, not
+    learned, so a model trained with the L-BFGS operator can keep as many as L-BFGS itself does."""
+    if not model.config.lbfgs_memory:
+        raise ValueError("lbfgs_memory can only be changed on a model trained with the L-BFGS operator (lsr1.lbfgs_memory > 0)")
+    if memory < 1:
+        raise ValueError(f"lbfgs_memory must be >= 1, got {memory}")
+    other = copy.copy(model)
+    other.config = dataclasses.replace(model.config, lbfgs_memory=memory)
     return other
