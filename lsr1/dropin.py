@@ -1,16 +1,17 @@
 """`lsr1.LearnedSR1` as a drop-in optimizer against the best learning rate of `torch.optim.Adam`, on a
 held-out set of small problems written as a user writes them (an nn.Module, data, a loss).
 
-    python -m lsr1.dropin [--pretrained mix] [--evaluations 100] [--split test] [--out runs/dropin]
+    python -m lsr1.dropin [--pretrained mix_lbfgs] [--evaluations 100] [--split test] [--out runs/dropin]
 
 The problems: least squares, logistic regression, two small MLPs (regression and classification) and
 random quadratics of N = 5, 20 and 50, each at two seeds. None is a training problem of a shipped model:
-the quadratics are drawn from their own seeds (the `quadratic` models trained at N = 2; `mix` saw random
-quadratics of the same kind at N = 5 to 50, from other seeds), and least squares and logistic regression
-are built here as a user builds them (nn.Linear on Gaussian data), not by the generators `mix` trained on
-(`lsr1.tasks.convex`: conditioned design matrices); the MLPs have two hidden layers of 16 units, while the
-MLPs of the `mlp` training task (`lsr1.tasks.mlp`; no shipped model) have one hidden layer of 2-8. `--split validation` draws the
-same 18 problems from other seeds: models are chosen there, never on the test split.
+the quadratics are drawn from their own seeds (the `quadratic` models trained at N = 2; `mix` and
+`mix_lbfgs` saw random quadratics of the same kind at N = 5 to 50, from other seeds), and least squares and
+logistic regression are built here as a user builds them (nn.Linear on Gaussian data), not by the
+generators the `mix` models trained on (`lsr1.tasks.convex`: conditioned design matrices); the MLPs have
+two hidden layers of 16 units, while the MLPs of the `mlp` training task (`lsr1.tasks.mlp`; no shipped
+model) have one hidden layer of 2-8. `--split validation` draws the same 18 problems from other seeds:
+models are chosen there, never on the test split.
 
 The budget is the same number of loss-and-gradient evaluations (closure calls) for every method, so the
 Armijo backtracking of LearnedSR1 (its default) is paid for. Adam gets its best learning rate of a grid,
@@ -185,7 +186,7 @@ def compare(pretrained: str, evaluations: int, progress: bool = True, split: str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrained", default="mix", help="a shipped model (python -m lsr1.pretrained)")
+    parser.add_argument("--pretrained", default="mix_lbfgs", help="a shipped model (python -m lsr1.pretrained)")
     parser.add_argument("--evaluations", type=int, default=100, help="loss-and-gradient evaluations per method")
     parser.add_argument("--split", choices=SPLITS, default="test", help="the test problems, or other seeds of the same kinds")
     parser.add_argument("--out", type=Path, default=None, help="also write results.json and results.md here")

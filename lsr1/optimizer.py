@@ -23,8 +23,10 @@ class LearnedSR1(torch.optim.Optimizer):
     """L-SR1 over all parameters at once.
 
     pretrained: a shipped model name (`lsr1.pretrained.available()`) or an `LSR1` module. The default,
-        "mix", was meta-trained on quadratics, least squares and logistic regression at N = 5 to 50
-        (configs/mix.yaml) and has the best validation loss of the shipped general-purpose models.
+        "mix_lbfgs", was meta-trained on quadratics, least squares and logistic regression at N = 5 to 50
+        (configs/mix.yaml) with its learned terms on top of an L-BFGS inverse Hessian of the last 8 steps
+        (`lsr1.lbfgs_memory`); it has the best validation loss of the shipped general-purpose models
+        (docs/results.md §9). "mix" is the same training without the L-BFGS part.
     buffer_size: L at use time (default: as trained).
     line_search: "armijo" halves the learned step until the loss decreases enough (at most
         `max_backtracks` extra closure calls, else no move), which keeps a model trained on other problems
@@ -41,7 +43,7 @@ class LearnedSR1(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        pretrained: str | LSR1 = "mix",
+        pretrained: str | LSR1 = "mix_lbfgs",
         buffer_size: int | None = None,
         line_search: str | None = "armijo",
         max_backtracks: int = 10,

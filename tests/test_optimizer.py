@@ -88,9 +88,10 @@ def test_clear_errors():
         LearnedSR1(model.parameters(), pretrained="quadratic", line_search="wolfe")
 
 
-def test_the_default_model_is_the_one_meta_trained_on_a_mix_of_families():
-    assert inspect.signature(LearnedSR1).parameters["pretrained"].default == "mix"
-    assert pretrained.info("mix")["config"]["task"]["train_tasks"] == ["quadratic", "least_squares", "logistic"]
+def test_the_default_model_is_the_one_meta_trained_on_a_mix_of_families_with_the_lbfgs_operator():
+    assert inspect.signature(LearnedSR1).parameters["pretrained"].default == "mix_lbfgs"
+    config = pretrained.info("mix_lbfgs")["config"]
+    assert config["task"]["train_tasks"] == ["quadratic", "least_squares", "logistic"] and config["lsr1"]["lbfgs_memory"] == 8
 
 
 def _counting(closure):
