@@ -42,6 +42,7 @@ MIXABLE_TASKS = ("quadratic", "least_squares", "logistic", "logsumexp", "mlp")  
 # coordinate-wise step sizes for BFGS (arXiv 2412.00059), analytic tasks only
 LEARNERS = ("lsr1", "lgd", "bfgs_steps")
 ROTATIONS = ("axis_angle", "6d")
+LINE_SEARCH_KINDS = ("none", "armijo")  # lsr1.line_search
 NORMS = ("running", "problem")  # BatchNorm's statistics at evaluation (lsr1.nn)
 
 
@@ -96,8 +97,13 @@ class LSR1Config:
     # test): the learned rank-one terms and step sizes then correct a quasi-Newton operator that carries the
     # curvature already measured (docs/results.md §9). 0: c s I, Eq. 7
     lbfgs_memory: int = 0
+    # "armijo": every step, in meta-training too, is shortened by Armijo backtracking along the learned
+    # direction (lsr1.optim.armijo_step; the step length is a statistic without a meta-gradient), as L-BFGS's
+    # steps come from a line search; an operator that overshoots then cannot diverge. "none": the step as learned
+    line_search: str = "none"
 
     def __post_init__(self) -> None:
+        _check(self.line_search in LINE_SEARCH_KINDS, f"lsr1.line_search must be one of {LINE_SEARCH_KINDS}, got {self.line_search!r}")
         _check(self.lbfgs_memory >= 0, f"lsr1.lbfgs_memory must be >= 0, got {self.lbfgs_memory}")
         _check(
             self.lbfgs_memory == 0 or self.identity_in_step,

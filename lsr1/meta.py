@@ -31,6 +31,7 @@ from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
 from lsr1.config import ExperimentConfig, MetaConfig, config_to_dict
 from lsr1.learned import LearnedOptimizer, make_learner
 from lsr1.optim.base import Optimizer
+from lsr1.optim.safeguard import armijo_step
 from lsr1.tasks import Problem, problem_set
 
 __all__ = [
@@ -105,6 +106,9 @@ def unroll(
 
     burn_in: first take this many steps without a graph (the guard applies to them too); the result then
     holds x_0 and the `steps` iterates after them, and x_0 keeps its graph for an initializer's loss.
+
+    A learner whose `unroll_line_search` is "armijo" (`lsr1.line_search`) has each step shortened by Armijo backtracking on f here,
+    where f is known (`lsr1.optim.armijo_step`); info["evaluations"] then counts the search's evaluations.
     """
     initial_point = getattr(optimizer, "initial_point", None)
     x = problem.x0 if initial_point is None else initial_point(problem)
@@ -113,6 +117,7 @@ def unroll(
     state = optimizer.init(x, g) if init_for is None else init_for(problem, x, g)
     penalty_of = getattr(optimizer, "meta_penalty", None)
     with_active = getattr(optimizer, "with_active", None)
+    searched = getattr(optimizer, "unroll_line_search", "none") == "armijo"
     values, penalties, infos, iterates = [problem.value(x)], [], [], [x]
     objectives = [problem.meta_objective(x, values[0])] if meta_objective else []
     alive = torch.ones_like(values[0], dtype=torch.bool)
@@ -123,6 +128,10 @@ def unroll(
         recorded = step >= burn_in
         with contextlib.nullcontext() if recorded else torch.no_grad():
             x_next, state, info = optimizer.step(state, x, g)
+            if searched:
+                x_next, t, evaluations = armijo_step(problem, x, g, x_next)
+                state = optimizer.with_step_length(state, t)
+                info = {**info, "step_length": t, "evaluations": evaluations.to(x.dtype)}
         if divergence_guard is not None:
             # decided before f(x_next) enters the graph: an Inf there would turn the meta-gradient into NaN
             with torch.no_grad():

@@ -98,6 +98,14 @@ def test_initializer_and_update_module_meta_train_as_one_learner(hmr_data, learn
     assert set(k.split(".")[0] for k in model.state_dict()) == {"initializer", "update"}
 
 
+def test_an_lsr1_update_with_a_line_search_searches_behind_the_initializer_too(hmr_data):  # noqa: F811
+    config = hmr_config(hmr_data, "lsr1.line_search=armijo", "hmr.init_hidden_dim=32", "task.batch_size=8")
+    model = make_learner(config).eval()
+    assert model.unroll_line_search == "armijo" and make_learner(hmr_config(hmr_data, "learner=lgd")).unroll_line_search == "none"
+    result = run(model, problem_set(config.task, "train", 0, hmr=config.hmr), 3)
+    assert (result.values[1:] <= result.values[:-1]).all() and (result.info["evaluations"] >= 1).all()
+
+
 def test_meta_loss_supervises_the_predicted_start_and_every_step(hmr_data):  # noqa: F811
     config = hmr_config(hmr_data, "hmr.init_hidden_dim=32", "task.batch_size=16")
     torch.manual_seed(0)

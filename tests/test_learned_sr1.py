@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -424,3 +426,29 @@ def test_lbfgs_memory_makes_the_identity_part_of_b_the_lbfgs_inverse_hessian_of_
 def test_lbfgs_memory_needs_the_identity_in_the_step():
     with pytest.raises(ValueError, match="identity_in_step"):
         LSR1Config(lbfgs_memory=4)
+
+
+def test_line_search_armijo_shortens_every_step_in_the_driver_and_keeps_the_meta_gradient_of_the_direction():
+    from lsr1.config import ConfigError
+    from lsr1.meta import unroll
+    from lsr1.optim import Backtracked
+
+    options = dict(identity_in_step=True, curvature_scale="secant", lbfgs_memory=3, gamma1=2.0)  # long steps
+    torch.manual_seed(0)
+    searched = _small(**options, line_search="armijo").double()
+    plain = copy.deepcopy(searched)
+    plain.unroll_line_search = "none"
+    problem = random_quadratics(4, 6, seed=3, dtype=torch.float64)
+    # evaluation: the same iterates as the plain model wrapped in the test-time safeguard
+    ours, wrapped = run(searched, problem, 6), run(Backtracked(plain.eval(), problem), problem, 6)
+    assert torch.equal(ours.iterates, wrapped.iterates)
+    assert torch.equal(ours.info["evaluations"], wrapped.info["evaluations"]) and (ours.info["evaluations"] >= 1).all()
+    assert (ours.values[1:] <= ours.values[:-1]).all() and (ours.info["step_length"] < 1).any()
+    # training: the step length is a statistic, the direction carries the meta-gradient
+    searched.train()
+    result = unroll(searched, problem, 3)
+    result.values[1:].mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in searched.parameters() if p.requires_grad)
+    assert searched.vector_generator.fc2.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="line_search"):
+        LSR1Config(line_search="wolfe")

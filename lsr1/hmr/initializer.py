@@ -64,5 +64,12 @@ class WithInitializer(LearnedOptimizer):
     def step(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Any, Info]:
         return self.update.step(state, x, g)
 
+    @property
+    def unroll_line_search(self) -> str:
+        return getattr(self.update, "unroll_line_search", "none")
+
+    def with_step_length(self, state: Any, t: Tensor) -> Any:
+        return self.update.with_step_length(state, t)
+
     def meta_penalty(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
         return self.update.meta_penalty(state, x, g)

@@ -28,6 +28,10 @@ class LearnedOptimizer(nn.Module):
         """
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), {}
 
+    def with_step_length(self, state: Any, t: Tensor) -> Any:
+        """The state after a line search took t (B,) times the proposed step. Default: unchanged."""
+        return state
+
     def with_active(self, state: Any, active: Tensor) -> Any:
         """The state with problems marked live (True) or frozen by the divergence guard (False), for a state
         with an `active` field (B,): its BatchNorm statistics leave frozen problems out. Others: unchanged."""

@@ -129,6 +129,7 @@ class LSR1(LearnedOptimizer):
         self.lambda_sec = config.lambda_sec
         self.identity_weight = config.identity_weight if config.identity_in_step else 0.0
         self.last_step_secant = config.secant_target == "last_step"
+        self.unroll_line_search = config.line_search  # applied by the driver (lsr1.meta.unroll), which holds f
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
         self._residual_input = "r" in config.encoder_inputs
         # eval_norm: BatchNorm at evaluation never mixes problems (DESIGN §3): running statistics, or each
@@ -232,6 +233,12 @@ class LSR1(LearnedOptimizer):
         if self.config.secant_penalty == "applied":
             return _relative_miss(p, alpha * self._operator(buffer, pairs, scale, q))
         return secant_residual(buffer, p, q, self.config.secant_normalize)
+
+    def with_step_length(self, state: LSR1State, t: Tensor) -> LSR1State:
+        """A line search took t times the step: the applied operator is t diag(alpha) B, so that the secant
+        penalty and the residual input measure the step actually taken (a penalty on the untaken one would
+        charge every shortened step, as the paper's form charges the Newton step)."""
+        return state._replace(alpha=state.alpha * t.unsqueeze(-1))
 
     def meta_penalty(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
         """lambda_sec * the secant residual (Eq. 9) of the operator of step k, and (p, q) either the step it

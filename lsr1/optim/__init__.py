@@ -6,12 +6,13 @@ from lsr1.optim.first_order import Adam, GradientDescent
 from lsr1.optim.hypergradient import BFGSDirection, HypergradientBFGS
 from lsr1.optim.lbfgs import LBFGS
 from lsr1.optim.linesearch import backtracking, line_search, strong_wolfe
-from lsr1.optim.safeguard import Backtracked
+from lsr1.optim.safeguard import Backtracked, armijo_step
 from lsr1.optim.sr1 import SR1
 
 __all__ = [
     "BFGS",
     "Backtracked",
+    "armijo_step",
     "BFGSDirection",
     "HypergradientBFGS",
     "LBFGS",

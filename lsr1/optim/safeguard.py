@@ -13,7 +13,18 @@ from lsr1.optim.base import Info, Optimizer
 from lsr1.optim.linesearch import backtracking
 from lsr1.tasks.base import Problem
 
-__all__ = ["Backtracked"]
+__all__ = ["Backtracked", "armijo_step"]
+
+
+def armijo_step(problem: Problem, x: Tensor, g: Tensor, proposal: Tensor, max_evals: int = 30) -> tuple[Tensor, Tensor, Tensor]:
+    """x + t (proposal - x) with the first t (from 1, by safeguarded interpolation) that decreases f enough
+    (Armijo, c1 = 1e-4); t = 0 (no move) when none is found. The search runs without a graph: in meta-training
+    the step length is a statistic and the meta-gradient flows through the direction. -> (x', t, evaluations)."""
+    d = proposal - x
+    with torch.no_grad():
+        x0, d0 = x.detach(), d.detach()
+        result = backtracking(problem, x0, problem.value(x0), g.detach(), d0, torch.ones_like(x0[:, 0]), max_evals=max_evals)
+    return x + result.t.unsqueeze(-1) * d, result.t, result.evaluations
 
 
 class Backtracked:
@@ -29,6 +40,7 @@ class Backtracked:
 
     def step(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Any, Info]:
         proposal, state, info = self.optimizer.step(state, x, g)
-        d = proposal - x
-        result = backtracking(self.problem, x, self.problem.value(x), g, d, torch.ones_like(x[:, 0]), max_evals=self.max_evals)
-        return x + result.t.unsqueeze(-1) * d, state, {**info, "step_length": result.t, "evaluations": result.evaluations.to(x.dtype)}
+        x_next, t, evaluations = armijo_step(self.problem, x, g, proposal, self.max_evals)
+        with_step_length = getattr(self.optimizer, "with_step_length", None)  # a learner's applied operator
+        state = state if with_step_length is None else with_step_length(state, t)
+        return x_next, state, {**info, "step_length": t, "evaluations": evaluations.to(x.dtype)}
