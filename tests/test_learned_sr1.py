@@ -452,3 +452,19 @@ def test_line_search_armijo_shortens_every_step_in_the_driver_and_keeps_the_meta
     assert searched.vector_generator.fc2.weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="line_search"):
         LSR1Config(line_search="wolfe")
+
+
+def test_after_a_shortened_step_the_applied_penalty_measures_the_step_taken():
+    model = _small(identity_in_step=True, curvature_scale="secant", secant_penalty="applied", lambda_sec=1.0).double().eval()
+    problem = random_quadratics(3, 5, seed=4, dtype=torch.float64)
+    x, g = problem.x0, problem.grad(problem.x0)
+    proposal, state, _ = model.step(model.init(x, g), x, g)
+    t = torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64)
+    short = x + t.unsqueeze(-1) * (proposal - x)
+    shortened = model.with_step_length(state, t)
+    penalty, _ = model.meta_penalty(shortened, short, problem.grad(short))
+    q = problem.grad(short) - g
+    expected = applied_secant_residual(state.buffer, state.alpha * t.unsqueeze(-1), state.scale, short - x, q)
+    assert_close(penalty, expected)
+    untaken, _ = model.meta_penalty(state, short, problem.grad(short))
+    assert torch.equal(penalty[0], untaken[0]) and not torch.isclose(penalty[1:], untaken[1:]).any()
