@@ -107,8 +107,9 @@ def unroll(
     burn_in: first take this many steps without a graph (the guard applies to them too); the result then
     holds x_0 and the `steps` iterates after them, and x_0 keeps its graph for an initializer's loss.
 
-    A learner whose `unroll_line_search` is "armijo" (`lsr1.line_search`) has each step shortened by Armijo backtracking on f here,
-    where f is known (`lsr1.optim.armijo_step`); info["evaluations"] then counts the search's evaluations.
+    A learner whose `unroll_line_search` is "armijo" (`lsr1.line_search`) has each step shortened by Armijo
+    backtracking on f here, where f is known (`lsr1.optim.armijo_step`); info["evaluations"] counts its
+    evaluations, and `with_step_length` tells the learner's state what fraction of its step was taken.
     """
     initial_point = getattr(optimizer, "initial_point", None)
     x = problem.x0 if initial_point is None else initial_point(problem)
