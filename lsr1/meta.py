@@ -109,7 +109,9 @@ def unroll(
 
     A learner whose `unroll_line_search` is "armijo" (`lsr1.line_search`) has each step shortened by Armijo
     backtracking on f here, where f is known (`lsr1.optim.armijo_step`); info["evaluations"] counts its
-    evaluations, and `with_step_length` tells the learner's state what fraction of its step was taken.
+    evaluations, and `with_step_length` tells the learner's state what fraction of its step was taken. The
+    search ends with f and its gradient at the accepted point, which the next step then uses (outside a
+    second-order graph) instead of evaluating them again.
     """
     initial_point = getattr(optimizer, "initial_point", None)
     x = problem.x0 if initial_point is None else initial_point(problem)
@@ -122,17 +124,17 @@ def unroll(
     values, penalties, infos, iterates = [problem.value(x)], [], [], [x]
     objectives = [problem.meta_objective(x, values[0])] if meta_objective else []
     alive = torch.ones_like(values[0], dtype=torch.bool)
+    f = values[0].detach()  # f(x) without a graph: the line search's start
     if divergence_guard is not None:
-        f0 = values[0].detach()
-        limit = f0 + divergence_guard * (f0.abs() + 1.0)
+        limit = f + divergence_guard * (f.abs() + 1.0)
     for step in range(burn_in + steps):
         recorded = step >= burn_in
         with contextlib.nullcontext() if recorded else torch.no_grad():
             x_next, state, info = optimizer.step(state, x, g)
             if searched:
-                x_next, t, evaluations = armijo_step(problem, x, g, x_next)
-                state = optimizer.with_step_length(state, t)
-                info = {**info, "step_length": t, "evaluations": evaluations.to(x.dtype)}
+                x_next, search = armijo_step(problem, x, f, g, x_next)
+                state = optimizer.with_step_length(state, search.t)
+                info = {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
         if divergence_guard is not None:
             # decided before f(x_next) enters the graph: an Inf there would turn the meta-gradient into NaN
             with torch.no_grad():
@@ -142,14 +144,17 @@ def unroll(
             info = {**info, "diverged": (~alive).to(trial.dtype)}
             if with_active is not None:
                 state = with_active(state, alive)
+        if searched:  # f and g at the accepted point came with the search; a frozen problem keeps its own
+            f = torch.where(alive, search.f, f)
+            g_searched = torch.where(alive.unsqueeze(-1), search.g, g.detach())
         if not recorded:
             x = x_next.detach()
-            g = problem.grad(x)
+            g = g_searched if searched else problem.grad(x)
             continue
         value = problem.value(x_next)
         objective = problem.meta_objective(x_next, value) if meta_objective else None
         x = x_next
-        g = problem.grad(x if second_order else x.detach())
+        g = g_searched if searched and not second_order else problem.grad(x if second_order else x.detach())
         values.append(value)
         if objective is not None:
             objectives.append(objective)

@@ -444,6 +444,12 @@ def test_line_search_armijo_shortens_every_step_in_the_driver_and_keeps_the_meta
     assert torch.equal(ours.iterates, wrapped.iterates)
     assert torch.equal(ours.info["evaluations"], wrapped.info["evaluations"]) and (ours.info["evaluations"] >= 1).all()
     assert (ours.values[1:] <= ours.values[:-1]).all() and (ours.info["step_length"] < 1).any()
+    # f and its gradient at the accepted point come from the search: one gradient per step, none twice
+    grads = []
+    counting = copy.copy(problem)
+    counting.grad = lambda x: grads.append(1) or problem.grad(x)
+    run(searched, counting, 6)
+    assert len(grads) == 1 + 6
     # training: the step length is a statistic, the direction carries the meta-gradient
     searched.train()
     result = unroll(searched, problem, 3)

@@ -10,21 +10,22 @@ import torch
 from torch import Tensor
 
 from lsr1.optim.base import Info, Optimizer
-from lsr1.optim.linesearch import backtracking
+from lsr1.optim.linesearch import LineSearchResult, backtracking
 from lsr1.tasks.base import Problem
 
 __all__ = ["Backtracked", "armijo_step"]
 
 
-def armijo_step(problem: Problem, x: Tensor, g: Tensor, proposal: Tensor, max_evals: int = 30) -> tuple[Tensor, Tensor, Tensor]:
+def armijo_step(problem: Problem, x: Tensor, f: Tensor, g: Tensor, proposal: Tensor, max_evals: int = 30) -> tuple[Tensor, LineSearchResult]:
     """x + t (proposal - x) with the first t (from 1, by safeguarded interpolation) that decreases f enough
-    (Armijo, c1 = 1e-4); t = 0 (no move) when none is found. The search runs without a graph: in meta-training
-    the step length is a statistic and the meta-gradient flows through the direction. -> (x', t, evaluations)."""
+    (Armijo, c1 = 1e-4); t = 0 (no move) when none is found. f, g: f and its gradient at x. The search runs
+    without a graph: in meta-training the step length is a statistic and the meta-gradient flows through the
+    direction. -> (x', the search's t, f(x'), grad f(x') and evaluations)."""
     d = proposal - x
     with torch.no_grad():
-        x0, d0 = x.detach(), d.detach()
-        result = backtracking(problem, x0, problem.value(x0), g.detach(), d0, torch.ones_like(x0[:, 0]), max_evals=max_evals)
-    return x + result.t.unsqueeze(-1) * d, result.t, result.evaluations
+        x0 = x.detach()
+        result = backtracking(problem, x0, f.detach(), g.detach(), d.detach(), torch.ones_like(x0[:, 0]), max_evals=max_evals)
+    return x + result.t.unsqueeze(-1) * d, result
 
 
 class Backtracked:
@@ -40,7 +41,7 @@ class Backtracked:
 
     def step(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Any, Info]:
         proposal, state, info = self.optimizer.step(state, x, g)
-        x_next, t, evaluations = armijo_step(self.problem, x, g, proposal, self.max_evals)
+        x_next, search = armijo_step(self.problem, x, self.problem.value(x), g, proposal, self.max_evals)
         with_step_length = getattr(self.optimizer, "with_step_length", None)  # a learner's applied operator
-        state = state if with_step_length is None else with_step_length(state, t)
-        return x_next, state, {**info, "step_length": t, "evaluations": evaluations.to(x.dtype)}
+        state = state if with_step_length is None else with_step_length(state, search.t)
+        return x_next, state, {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
