@@ -26,7 +26,11 @@ class LearnedSR1(torch.optim.Optimizer):
         "mix_lbfgs", was meta-trained on quadratics, least squares and logistic regression at N = 5 to 50
         (configs/mix.yaml) with its learned terms on top of an L-BFGS inverse Hessian of the last 8 steps
         (`lsr1.lbfgs_memory`); it has the best validation loss of the shipped general-purpose models
-        (docs/results.md §9). "mix" is the same training without the L-BFGS part.
+        (docs/results.md §9). "mix" is the same training without the L-BFGS part. A name is loaded with
+        the step index of its global features held at the last step meta-training reached
+        (`lsr1.pretrained.load(name, cap_step_index=True)`): a run here is longer than the 16 to 64 steps
+        the models were trained on, and what lies past that is an extrapolation (docs/results.md §9). A
+        module is used as it is.
     buffer_size: L at use time (default: as trained).
     line_search: "armijo" halves the learned step until the loss decreases enough (at most
         `max_backtracks` extra closure calls, else no move), which keeps a model trained on other problems
@@ -59,7 +63,7 @@ class LearnedSR1(torch.optim.Optimizer):
         if isinstance(pretrained, str):
             from lsr1 import pretrained as shipped
 
-            model = shipped.load(pretrained)
+            model = shipped.load(pretrained, cap_step_index=True)
         elif isinstance(pretrained, LSR1):
             model = pretrained
         else:

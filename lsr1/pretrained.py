@@ -6,6 +6,7 @@ summary of how it was trained (read it with `info(name)`).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,27 @@ def info(name: str) -> dict[str, Any]:
 
 
 def load(
-    name: str, buffer_size: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, lbfgs_memory: int | None = None
+    name: str,
+    buffer_size: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    lbfgs_memory: int | None = None,
+    cap_step_index: bool | None = None,
 ) -> LearnedOptimizer:
     """A shipped model in eval mode; `buffer_size` overrides the trained L of an L-SR1 model (the paper
-    tests with other L than trained), `lbfgs_memory` the trained m of one with the L-BFGS operator."""
+    tests with other L than trained), `lbfgs_memory` the trained m of one with the L-BFGS operator, and
+    `cap_step_index` whether the step index of its global features is held at the last step meta-training
+    reached (`lsr1.cap_step_index`; no effect on a model without global features). The hold never binds
+    in meta-training, so a model trained without it has the same weights as one trained with it: it only
+    decides what the model sees past its horizon."""
     path = _path(name)
     payload = load_checkpoint(path)
-    model = make_learner(config_of(payload, path))
+    config = config_of(payload, path)
+    if cap_step_index is not None:
+        if config.learner != "lsr1":
+            raise ValueError(f"cap_step_index is an L-SR1 setting; {name!r} is a {config.learner} model")
+        config = dataclasses.replace(config, lsr1=dataclasses.replace(config.lsr1, cap_step_index=cap_step_index))
+    model = make_learner(config)
     model.load_state_dict(payload["model"])
     model = model.to(device=device, dtype=dtype).eval()
     if buffer_size is None and lbfgs_memory is None:

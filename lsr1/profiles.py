@@ -9,8 +9,10 @@ rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. "L-SR1 (paper)" is the paper-literal 
 problem's family (quadratic100_paper, rosenbrock_paper, rastrigin_paper; Table 7) at its test-time L = 64.
 "L-SR1" (the project's formulation) and "L-SR1 w/o projection" are tuned like the learning rates below: per
 kind, the model (the family's own, `_noproj` without the secant penalty, or for "L-SR1" also the
-general-purpose `mix` and `mix_lbfgs`), the test-time L of BUFFER_GRID and, for a model with the L-BFGS
-operator, its L-BFGS memory (as trained, or L-BFGS's 64) with the best tuning score. "L-SR1 + Armijo" is
+general-purpose `mix` and `mix_lbfgs`), the test-time L of BUFFER_GRID, for a model with the L-BFGS
+operator its L-BFGS memory (as trained, or L-BFGS's 64), and for a model with global features whether
+their step index is held at the last step meta-training reached (`cap_step_index`: the models were
+meta-trained on 16 to 64 steps and run here for 100), with the best tuning score. "L-SR1 + Armijo" is
 "L-SR1" with Armijo backtracking along each learned step (`lsr1.optim.Backtracked`, as `lsr1.LearnedSR1`
 does), tuned the same way: L-BFGS's steps come from a line search too.
 The second learned optimizer, BFGS-LSTM (learned coordinate-wise BFGS step sizes), was meta-trained on
@@ -109,7 +111,7 @@ def tuning_set(seed: int = 0) -> list[ProfileProblem]:
     return out
 
 
-Setting = Any  # what a solver is tuned over: a learning rate, or (shipped model, test-time L, L-BFGS memory or None)
+Setting = Any  # what a solver is tuned over: a learning rate, or (shipped model, test-time L, L-BFGS memory or None, step index held or None)
 SolverFactory = Callable[[ProfileProblem, Setting], Optimizer]
 Grid = Callable[[str], tuple[Setting, ...]] | None  # kind -> the settings to tune over; None: not tuned
 
@@ -124,18 +126,32 @@ def hand_designed_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
     }
 
 
-def _shipped(setting: tuple[str, int, int | None]) -> Optimizer:
-    name, buffer_size, lbfgs_memory = setting
-    return pretrained.load(name, buffer_size=buffer_size, dtype=torch.float64, lbfgs_memory=lbfgs_memory)
+def _shipped(setting: tuple[str, int, int | None, bool | None]) -> Optimizer:
+    name, buffer_size, lbfgs_memory, cap_step_index = setting
+    return pretrained.load(name, buffer_size=buffer_size, dtype=torch.float64, lbfgs_memory=lbfgs_memory, cap_step_index=cap_step_index)
 
 
 def _memories(name: str) -> tuple[int | None, ...]:
     """The L-BFGS memories a model is tuned over: as trained, and L-BFGS's own where it has the operator."""
-    return (None, BUFFER_SIZE) if pretrained.info(name)["config"]["lsr1"].get("lbfgs_memory") else (None,)
+    return (None, BUFFER_SIZE) if _lsr1_config(name).get("lbfgs_memory") else (None,)
+
+
+def _caps(name: str) -> tuple[bool | None, ...]:
+    """Whether the step index is held at the training horizon: as trained, and held where the model has
+    global features that it does not hold already."""
+    config = _lsr1_config(name)
+    return (None, True) if config.get("global_features") and not config.get("cap_step_index") else (None,)
+
+
+def _lsr1_config(name: str) -> dict[str, Any]:
+    """A shipped model's L-SR1 options as stored (an option added after it was trained is absent: off)."""
+    return pretrained.info(name)["config"]["lsr1"]
 
 
 def _models(suffix: str, general: tuple[str, ...] = ()) -> Grid:
-    return lambda kind: tuple((name, size, m) for name in (LEARNED_MODEL[kind] + suffix, *general) for size in BUFFER_GRID for m in _memories(name))
+    return lambda kind: tuple(
+        (name, size, m, cap) for name in (LEARNED_MODEL[kind] + suffix, *general) for size in BUFFER_GRID for m in _memories(name) for cap in _caps(name)
+    )
 
 
 def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
@@ -145,7 +161,7 @@ def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
         "L-SR1": (lambda p, setting: _shipped(setting), _models("", GENERAL_MODELS)),
         "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting), p.problem), _models("", GENERAL_MODELS)),
         "L-SR1 w/o projection": (lambda p, setting: _shipped(setting), _models("_noproj")),
-        "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE, None)), None),
+        "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE, None, None)), None),
         "BFGS-LSTM": (lambda p, _: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64), None),
     }
 
@@ -165,11 +181,12 @@ def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float
 
 
 def label(setting: Setting) -> str:
-    """A setting as tuning.json and results.md write it: "0.3", "mix, L = 64" or "mix_lbfgs, L = 8, m = 64"."""
+    """A setting as tuning.json and results.md write it: "0.3", "mix, L = 64" or
+    "mix_lbfgs, L = 8, m = 64, step index held"."""
     if not isinstance(setting, tuple):
         return f"{setting:g}"
-    name, size, memory = setting
-    return f"{name}, L = {size}" + ("" if memory is None else f", m = {memory}")
+    name, size, memory, cap = setting
+    return f"{name}, L = {size}" + ("" if memory is None else f", m = {memory}") + (", step index held" if cap else "")
 
 
 def tune(factory: SolverFactory, problems: list[ProfileProblem], steps: int, grid: tuple[Setting, ...] = LR_GRID) -> tuple[Setting, dict[str, float]]:

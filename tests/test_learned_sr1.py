@@ -256,6 +256,20 @@ def test_cap_step_index_holds_the_step_feature_past_the_training_horizon_only():
         LSR1(LSR1Config(cap_step_index=True, global_features=True))
 
 
+def test_a_shipped_model_loaded_with_its_step_index_held_changes_only_past_its_training_horizon():
+    from lsr1 import pretrained
+
+    held = pretrained.load("mix_lbfgs", dtype=torch.float64, cap_step_index=True)  # meta-trained on K = 16 steps
+    plain = pretrained.load("mix_lbfgs", dtype=torch.float64)
+    assert held.last_trained_step == 15 and plain.last_trained_step is None
+    problem = random_quadratics(2, 12, seed=5, dtype=torch.float64)
+    a, b = run(held, problem, 20), run(plain, problem, 20)
+    # steps 0-15 see the same index; x_17 is the first iterate a held index made
+    assert torch.equal(a.values[:17], b.values[:17]) and not torch.equal(a.values[17:], b.values[17:])
+    with pytest.raises(ValueError, match="L-SR1 setting"):
+        pretrained.load("bfgs_steps_logistic", cap_step_index=True)
+
+
 def test_residual_input_is_the_sr1_residual_of_the_buffer_before_the_push():
     """Encoder input r = p - (c s I + sum v v^T) q with the vectors of the steps before (here c = 0, Alg. 1);
     pushing SR1's own vector r / sqrt(r.q) would make it zero (the secant equation along the last step)."""

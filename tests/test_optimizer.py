@@ -94,6 +94,15 @@ def test_the_default_model_is_the_one_meta_trained_on_a_mix_of_families_with_the
     assert config["task"]["train_tasks"] == ["quadratic", "least_squares", "logistic"] and config["lsr1"]["lbfgs_memory"] == 8
 
 
+def test_a_named_model_holds_its_step_index_at_the_training_horizon_and_a_module_is_used_as_it_is():
+    model = torch.nn.Linear(3, 1)
+    held = LearnedSR1(model.parameters(), pretrained="mix_lbfgs").model
+    assert held.config.cap_step_index and held.last_trained_step == 15  # meta-trained on K = 16 steps
+    as_given = LearnedSR1(model.parameters(), pretrained=pretrained.load("mix_lbfgs")).model
+    assert not as_given.config.cap_step_index and as_given.last_trained_step is None
+    assert LearnedSR1(model.parameters(), pretrained="quadratic_paper").model.last_trained_step == 15  # no global features: no effect
+
+
 def _counting(closure):
     """The closure, and a list whose one entry counts its calls."""
     calls = [0]

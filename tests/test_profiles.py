@@ -81,13 +81,17 @@ def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
         assert torch.isfinite(trajectory.values).all() and pretrained.info(name)["meta_iterations"] > 0, name
 
 
-def test_l_sr1_is_tuned_over_the_general_models_and_the_lbfgs_memory_of_those_with_the_operator():
+def test_l_sr1_is_tuned_over_the_general_models_the_lbfgs_memory_and_the_held_step_index():
     from lsr1.profiles import BUFFER_GRID, BUFFER_SIZE, _models, _shipped, label
 
     grid = _models("", ("mix", "mix_lbfgs"))("quadratic")
-    assert ("quadratic100", 8, None) in grid and ("mix", 8, BUFFER_SIZE) not in grid  # no L-BFGS operator there
-    assert {m for name, size, m in grid if name == "mix_lbfgs"} == {None, BUFFER_SIZE}
-    assert len(grid) == 4 * len(BUFFER_GRID)
-    assert label(("mix_lbfgs", 8, 64)) == "mix_lbfgs, L = 8, m = 64" and label(("mix", 16, None)) == "mix, L = 16" and label(0.3) == "0.3"
-    model = _shipped(("mix_lbfgs", 8, BUFFER_SIZE))
+    assert ("quadratic100", 8, None, None) in grid and ("mix", 8, BUFFER_SIZE, None) not in grid  # no L-BFGS operator there
+    assert {m for name, size, m, cap in grid if name == "mix_lbfgs"} == {None, BUFFER_SIZE}
+    assert {cap for *_, cap in grid} == {None, True}  # every model here has global features
+    assert len(grid) == 2 * 4 * len(BUFFER_GRID)
+    assert {cap for *_, cap in _models("_paper")("quadratic")} == {None}  # no global features: nothing to hold
+    assert label(("mix_lbfgs", 8, 64, True)) == "mix_lbfgs, L = 8, m = 64, step index held"
+    assert label(("mix", 16, None, None)) == "mix, L = 16" and label(0.3) == "0.3"
+    model = _shipped(("mix_lbfgs", 8, BUFFER_SIZE, True))
     assert model.buffer_size == 8 and model.config.lbfgs_memory == BUFFER_SIZE and model.encoder.fc1.weight.dtype == torch.float64
+    assert model.last_trained_step == 15
