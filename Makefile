@@ -59,6 +59,7 @@ HMR_PAPER := --set lsr1.gamma1=0.1 --set lsr1.gamma2=0.001 --set lsr1.bounded_st
 experiments: $(STAMP)
 	$(PY) -m pipeline.evaluate --checkpoint lsr1/weights/quadratic.pt --checkpoint lsr1/weights/quadratic_noproj.pt \
 	  --checkpoint lsr1/weights/quadratic_paper.pt --checkpoint lsr1/weights/mix.pt --checkpoint lsr1/weights/mix_lbfgs.pt \
+	  --checkpoint lsr1/weights/mix_lbfgs_long.pt \
 	  --buffer-sizes 2 4 8 --steps 20 \
 	  --out runs/quadratic-test --log-experiment quadratic
 	$(PY) -m pipeline.train --config configs/hmr_demo.yaml --set lsr1.lambda_sec=0 --name demo-lsr1-nosecant --workers 2

@@ -1,12 +1,12 @@
 """`lsr1.LearnedSR1` as a drop-in optimizer against the best learning rate of `torch.optim.Adam`, on a
 held-out set of small problems written as a user writes them (an nn.Module, data, a loss).
 
-    python -m lsr1.dropin [--pretrained mix_lbfgs] [--evaluations 100] [--split test] [--out runs/dropin]
+    python -m lsr1.dropin [--pretrained mix_lbfgs_long] [--evaluations 100] [--split test] [--out runs/dropin]
 
 The problems: least squares, logistic regression, two small MLPs (regression and classification) and
 random quadratics of N = 5, 20 and 50, each at two seeds. None is a training problem of a shipped model:
-the quadratics are drawn from their own seeds (the `quadratic` models trained at N = 2; `mix` and
-`mix_lbfgs` saw random quadratics of the same kind at N = 5 to 50, from other seeds), and least squares and
+the quadratics are drawn from their own seeds (the `quadratic` models trained at N = 2; the `mix`
+models saw random quadratics of the same kind at N = 5 to 50, from other seeds), and least squares and
 logistic regression are built here as a user builds them (nn.Linear on Gaussian data), not by the
 generators the `mix` models trained on (`lsr1.tasks.convex`: conditioned design matrices); the MLPs have
 two hidden layers of 16 units, while the MLPs of the `mlp` training task (`lsr1.tasks.mlp`; no shipped
@@ -186,7 +186,7 @@ def compare(pretrained: str, evaluations: int, progress: bool = True, split: str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrained", default="mix_lbfgs", help="a shipped model (python -m lsr1.pretrained)")
+    parser.add_argument("--pretrained", default="mix_lbfgs_long", help="a shipped model (python -m lsr1.pretrained)")
     parser.add_argument("--evaluations", type=int, default=100, help="loss-and-gradient evaluations per method")
     parser.add_argument("--split", choices=SPLITS, default="test", help="the test problems, or other seeds of the same kinds")
     parser.add_argument("--out", type=Path, default=None, help="also write results.json and results.md here")

@@ -23,14 +23,14 @@ class LearnedSR1(torch.optim.Optimizer):
     """L-SR1 over all parameters at once.
 
     pretrained: a shipped model name (`lsr1.pretrained.available()`) or an `LSR1` module. The default,
-        "mix_lbfgs", was meta-trained on quadratics, least squares and logistic regression at N = 5 to 50
-        (configs/mix.yaml) with its learned terms on top of an L-BFGS inverse Hessian of the last 8 steps
-        (`lsr1.lbfgs_memory`); it has the best validation loss of the shipped general-purpose models
-        (docs/results.md §9). "mix" is the same training without the L-BFGS part. A name is loaded with
-        the step index of its global features held at the last step meta-training reached
-        (`lsr1.pretrained.load(name, cap_step_index=True)`): a run here is longer than the 16 to 64 steps
-        the models were trained on, and what lies past that is an extrapolation (docs/results.md §9). A
-        module is used as it is.
+        "mix_lbfgs_long", was meta-trained on quadratics, least squares and logistic regression at N = 5 to
+        50 (configs/mix.yaml) with its learned terms on top of an L-BFGS inverse Hessian of the last 8
+        steps (`lsr1.lbfgs_memory`), and on long trajectories: each 16-step unroll starts after 0 to 48
+        detached steps (`meta.burn_in`). It has the best validation loss of the shipped general-purpose
+        models at 16 and at 64 steps (docs/results.md §9). "mix_lbfgs" is the same without the burn-in,
+        "mix" without the L-BFGS part either. A name is loaded with the step index of its global features
+        held at the last step meta-training reached (`lsr1.pretrained.load(name, cap_step_index=True)`):
+        past it, the model would see an index it never saw. A module is used as it is.
     buffer_size: L at use time (default: as trained).
     line_search: "armijo" halves the learned step until the loss decreases enough (at most
         `max_backtracks` extra closure calls, else no move), which keeps a model trained on other problems
@@ -47,7 +47,7 @@ class LearnedSR1(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        pretrained: str | LSR1 = "mix_lbfgs",
+        pretrained: str | LSR1 = "mix_lbfgs_long",
         buffer_size: int | None = None,
         line_search: str | None = "armijo",
         max_backtracks: int = 10,

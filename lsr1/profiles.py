@@ -9,7 +9,7 @@ rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. "L-SR1 (paper)" is the paper-literal 
 problem's family (quadratic100_paper, rosenbrock_paper, rastrigin_paper; Table 7) at its test-time L = 64.
 "L-SR1" (the project's formulation) and "L-SR1 w/o projection" are tuned like the learning rates below: per
 kind, the model (the family's own, `_noproj` without the secant penalty, or for "L-SR1" also the
-general-purpose `mix` and `mix_lbfgs`), the test-time L of BUFFER_GRID, for a model with the L-BFGS
+general-purpose `mix`, `mix_lbfgs` and `mix_lbfgs_long`), the test-time L of BUFFER_GRID, for a model with the L-BFGS
 operator its L-BFGS memory (as trained, or L-BFGS's 64), and for a model with global features whether
 their step index is held at the last step meta-training reached (`cap_step_index`: the models were
 meta-trained on 16 to 64 steps and run here for 100), with the best tuning score. "L-SR1 + Armijo" is
@@ -57,7 +57,7 @@ LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 BUFFER_SIZE = 64  # test-time L of Table 7, and the L-BFGS memory
 BUFFER_GRID = (8, 16, 32, 64)  # the test-time L that the project's L-SR1 solvers are tuned over
 LEARNED_MODEL = {"quadratic": "quadratic100", "rosenbrock": "rosenbrock", "rastrigin": "rastrigin"}
-GENERAL_MODELS = ("mix", "mix_lbfgs")  # general-purpose models that "L-SR1" is also tuned over
+GENERAL_MODELS = ("mix", "mix_lbfgs", "mix_lbfgs_long")  # general-purpose models that "L-SR1" is also tuned over
 BFGS_STEPS_MODEL = {"quadratic": "bfgs_steps_least_squares", "rosenbrock": "bfgs_steps_logsumexp", "rastrigin": "bfgs_steps_logsumexp"}
 RELATIVE_FLOOR = 1e-15  # distances below this fraction of the start count as exact (keeps ratios finite)
 

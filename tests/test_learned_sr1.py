@@ -401,7 +401,7 @@ def test_old_batch_wide_evaluation_is_refused_with_the_reason():
         LSR1Config(secant_penalty="applied", secant_normalize=True)
 
 
-@pytest.mark.parametrize("name", ["quadratic", "quadratic_paper", "quadratic_noproj", "mix", "mix_lbfgs"])
+@pytest.mark.parametrize("name", ["quadratic", "quadratic_paper", "quadratic_noproj", "mix", "mix_lbfgs", "mix_lbfgs_long"])
 def test_shipped_quadratic_models_load_and_step_finitely_on_their_test_problems(name):
     from lsr1 import pretrained
     from lsr1.checkpoint import config_of, load_checkpoint

@@ -26,7 +26,7 @@ def _closure(opt, model, x, y):
     return closure
 
 
-@pytest.mark.parametrize("name", ["quadratic", "mix", "mix_lbfgs"])
+@pytest.mark.parametrize("name", ["quadratic", "mix", "mix_lbfgs", "mix_lbfgs_long"])
 def test_it_fits_a_small_regression_model(name):
     model, x, y = _regression()
     opt = LearnedSR1(model.parameters(), pretrained=name)
@@ -88,16 +88,18 @@ def test_clear_errors():
         LearnedSR1(model.parameters(), pretrained="quadratic", line_search="wolfe")
 
 
-def test_the_default_model_is_the_one_meta_trained_on_a_mix_of_families_with_the_lbfgs_operator():
-    assert inspect.signature(LearnedSR1).parameters["pretrained"].default == "mix_lbfgs"
-    config = pretrained.info("mix_lbfgs")["config"]
+def test_the_default_model_is_the_one_meta_trained_on_long_trajectories_of_a_mix_of_families_with_the_lbfgs_operator():
+    assert inspect.signature(LearnedSR1).parameters["pretrained"].default == "mix_lbfgs_long"
+    config = pretrained.info("mix_lbfgs_long")["config"]
     assert config["task"]["train_tasks"] == ["quadratic", "least_squares", "logistic"] and config["lsr1"]["lbfgs_memory"] == 8
+    assert config["meta"]["burn_in"] == 48
 
 
 def test_a_named_model_holds_its_step_index_at_the_training_horizon_and_a_module_is_used_as_it_is():
     model = torch.nn.Linear(3, 1)
-    held = LearnedSR1(model.parameters(), pretrained="mix_lbfgs").model
-    assert held.config.cap_step_index and held.last_trained_step == 15  # meta-trained on K = 16 steps
+    held = LearnedSR1(model.parameters()).model
+    assert held.config.cap_step_index and held.last_trained_step == 63  # meta-trained on up to 48 + 16 steps
+    assert LearnedSR1(model.parameters(), pretrained="mix_lbfgs").model.last_trained_step == 15  # K = 16, no burn-in
     as_given = LearnedSR1(model.parameters(), pretrained=pretrained.load("mix_lbfgs")).model
     assert not as_given.config.cap_step_index and as_given.last_trained_step is None
     assert LearnedSR1(model.parameters(), pretrained="quadratic_paper").model.last_trained_step == 15  # no global features: no effect
