@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -153,6 +155,17 @@ def test_backtracking_keeps_a_diverging_step_rule_monotone_and_leaves_good_steps
     assert (safe[1:] <= safe[:-1] + 1e-12).all() and (safe[-1] < safe[0]).all()
     plain, guarded = run(GradientDescent(0.5), problem, 5), run(Backtracked(GradientDescent(0.5), problem), problem, 5)
     assert torch.equal(plain.values, guarded.values)  # every step of 0.5 already decreases f enough
+
+
+def test_backtracking_evaluates_f_at_its_trial_points_only():
+    problem = diagonal_quadratics(1, 8, seed=0, cond=100, dtype=torch.float64)
+    calls = []
+    counting = copy.copy(problem)
+    counting.value = lambda x: calls.append(1) or problem.value(x)
+    result = run(Backtracked(GradientDescent(3.0), counting), counting, 5)
+    # run records f(x_0)..f(x_5); the wrapper evaluates f(x_0) once, then only its search's trial points
+    # (the accepted one's value starts the next search)
+    assert len(calls) == 6 + 1 + int(result.info["evaluations"].sum())
 
 
 def test_step_curves_count_the_line_search_evaluations_of_every_step():

@@ -4,7 +4,7 @@ L-BFGS, whose steps come from a line search too, at the same number of iteration
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -13,7 +13,7 @@ from lsr1.optim.base import Info, Optimizer
 from lsr1.optim.linesearch import LineSearchResult, backtracking
 from lsr1.tasks.base import Problem
 
-__all__ = ["Backtracked", "armijo_step"]
+__all__ = ["Backtracked", "BacktrackedState", "armijo_step"]
 
 
 def armijo_step(problem: Problem, x: Tensor, f: Tensor, g: Tensor, proposal: Tensor, max_evals: int = 30) -> tuple[Tensor, LineSearchResult]:
@@ -28,6 +28,11 @@ def armijo_step(problem: Problem, x: Tensor, f: Tensor, g: Tensor, proposal: Ten
     return x + result.t.unsqueeze(-1) * d, result
 
 
+class BacktrackedState(NamedTuple):
+    inner: Any  # the wrapped optimizer's state
+    f: Tensor  # (B,) f at the iterate `step` returned last: the search's value there, not evaluated again
+
+
 class Backtracked:
     """optimizer's proposal x' = x + d, shortened to x + t d with the first t (from 1, by safeguarded
     interpolation) that decreases f enough (Armijo, c1 = 1e-4); t = 0 (no move) when none is found. The
@@ -36,12 +41,13 @@ class Backtracked:
     def __init__(self, optimizer: Optimizer, problem: Problem, max_evals: int = 30) -> None:
         self.optimizer, self.problem, self.max_evals = optimizer, problem, max_evals
 
-    def init(self, x0: Tensor, g0: Tensor) -> Any:
-        return self.optimizer.init(x0, g0)
+    def init(self, x0: Tensor, g0: Tensor) -> BacktrackedState:
+        return BacktrackedState(self.optimizer.init(x0, g0), self.problem.value(x0))
 
-    def step(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Any, Info]:
-        proposal, state, info = self.optimizer.step(state, x, g)
-        x_next, search = armijo_step(self.problem, x, self.problem.value(x), g, proposal, self.max_evals)
+    def step(self, state: BacktrackedState, x: Tensor, g: Tensor) -> tuple[Tensor, BacktrackedState, Info]:
+        proposal, inner, info = self.optimizer.step(state.inner, x, g)
+        x_next, search = armijo_step(self.problem, x, state.f, g, proposal, self.max_evals)
         with_step_length = getattr(self.optimizer, "with_step_length", None)  # a learner's applied operator
-        state = state if with_step_length is None else with_step_length(state, search.t)
-        return x_next, state, {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
+        inner = inner if with_step_length is None else with_step_length(inner, search.t)
+        info = {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
+        return x_next, BacktrackedState(inner, search.f), info
