@@ -131,27 +131,19 @@ def _shipped(setting: tuple[str, int, int | None, bool | None]) -> Optimizer:
     return pretrained.load(name, buffer_size=buffer_size, dtype=torch.float64, lbfgs_memory=lbfgs_memory, cap_step_index=cap_step_index)
 
 
-def _memories(name: str) -> tuple[int | None, ...]:
-    """The L-BFGS memories a model is tuned over: as trained, and L-BFGS's own where it has the operator."""
-    return (None, BUFFER_SIZE) if _lsr1_config(name).get("lbfgs_memory") else (None,)
-
-
-def _caps(name: str) -> tuple[bool | None, ...]:
-    """Whether the step index is held at the training horizon: as trained, and held where the model has
-    global features that it does not hold already."""
-    config = _lsr1_config(name)
-    return (None, True) if config.get("global_features") and not config.get("cap_step_index") else (None,)
-
-
-def _lsr1_config(name: str) -> dict[str, Any]:
-    """A shipped model's L-SR1 options as stored (an option added after it was trained is absent: off)."""
-    return pretrained.info(name)["config"]["lsr1"]
+def _settings(name: str) -> tuple[Setting, ...]:
+    """Every (name, L, m, hold) a shipped model is tuned over: each test-time L; the L-BFGS memory as
+    trained, and L-BFGS's own where it has the operator; the step index as trained, and held where it has
+    global features that it does not hold already. Options added after a model was trained are absent
+    from its stored config: off."""
+    config = pretrained.info(name)["config"]["lsr1"]  # read once: info loads the checkpoint
+    memories = (None, BUFFER_SIZE) if config.get("lbfgs_memory") else (None,)
+    caps = (None, True) if config.get("global_features") and not config.get("cap_step_index") else (None,)
+    return tuple((name, size, m, cap) for size in BUFFER_GRID for m in memories for cap in caps)
 
 
 def _models(suffix: str, general: tuple[str, ...] = ()) -> Grid:
-    return lambda kind: tuple(
-        (name, size, m, cap) for name in (LEARNED_MODEL[kind] + suffix, *general) for size in BUFFER_GRID for m in _memories(name) for cap in _caps(name)
-    )
+    return lambda kind: tuple(setting for name in (LEARNED_MODEL[kind] + suffix, *general) for setting in _settings(name))
 
 
 def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
