@@ -2,7 +2,8 @@
 
     training_dataset  read_parquet on the shards that `pipeline.prepare` listed (checksums verified first:
                       `prepared_files(..., verify=True)`),
-                      the data fraction (`lsr1.hmr.formats.in_fraction`), a global shuffle, then
+                      the data fraction (`lsr1.hmr.formats.in_fraction`), a global shuffle (seeded: a new
+                      order each epoch, the same ones on each run), then
                       map_batches(KeypointBatches) on an actor pool
     KeypointBatches   builds the joint model once per actor and turns frames into `HMRProblem` arrays
                       (`lsr1.tasks.hmr.amass_problem`: random global rotation, projection, confidence dropout)
@@ -97,14 +98,19 @@ def passes_per_epoch(shards: list[Path], batch_size: int, fraction: float) -> in
 
 
 def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.Dataset":
-    """The training dataset: rows of HMRProblem arrays, shuffled anew every epoch (see the module doc).
+    """The training dataset: rows of HMRProblem arrays, shuffled anew every epoch from task.seed, so that a
+    run is reproducible (see the module doc).
 
     config must have absolute paths (`absolute_paths`): the actor builds the body from them."""
     import ray.data
 
+    context = ray.data.DataContext.get_current()
     # the training progress bar is the one to watch; Ray Data's per-operator bars would print every second
     # into the job log for as long as training runs
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context.enable_progress_bars = False
+    # the same run twice sees the same batches: blocks stay in order, so that the workers' streaming_split
+    # deals them out by count rather than by who asked first (Ray Train copies these options at fit())
+    context.execution_options.preserve_order = True
     dataset = ray.data.read_parquet([str(s) for s in shards])
     if config.hmr.data_fraction < 1.0:
         dataset = dataset.map_batches(_keep_fraction, fn_kwargs={"fraction": config.hmr.data_fraction}, batch_format="pyarrow")
@@ -114,7 +120,9 @@ def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.
         dataset = dataset.materialize().map_batches(_repeat_rows, fn_kwargs={"times": passes}, batch_format="pyarrow")
     with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (pinned <2.61) yet
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=Warning)
-        return dataset.random_shuffle().map_batches(
+        # a new order every epoch, the same orders on every run of the config
+        shuffle = ray.data.RandomSeedConfig(seed=derive_seed(config.task.seed, "shuffle") % 2**32, reseed_after_execution=True)
+        return dataset.random_shuffle(seed=shuffle).map_batches(
             KeypointBatches,
             fn_constructor_kwargs={"hmr": config_to_dict(config.hmr), "seed": config.task.seed},
             batch_size=config.task.batch_size,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ from lsr1.hmr.formats import in_fraction
 from lsr1.meta import train
 from lsr1.tasks import problem_set
 from lsr1.tasks.hmr import HMRProblem, load_joint_model
+import pipeline.data
 from pipeline.data import absolute_paths, passes_per_epoch, training_dataset
 from pipeline.evaluate import main as evaluate_main
 from pipeline.prepare import prepare, prepared_files
@@ -51,6 +53,27 @@ def test_feed_turns_frames_into_keypoint_problems_and_keeps_the_data_fraction(ra
     assert 0 < kept.sum() < len(kept)
     passes = passes_per_epoch(shards, half.task.batch_size, 0.5)  # a small data set is read several times an epoch
     assert passes > 1 and training_dataset(half, shards).count() == kept.sum() * passes
+
+
+def test_feed_deals_the_same_batches_to_each_worker_on_every_run_and_reshuffles_each_epoch(ray_local, prepared, monkeypatch):
+    shards, _ = prepared_files(prepared.hmr.prepared_dir, verify=True)
+    monkeypatch.setattr(pipeline.data, "MIN_EPOCH_BATCHES", 1)  # an epoch is one pass over the frames
+
+    def epochs(count: int) -> list[list[np.ndarray]]:  # per epoch, what each of 2 workers reads, in order
+        splits = training_dataset(prepared, shards).streaming_split(2, equal=True)
+
+        def read(split) -> list[np.ndarray]:
+            return [np.concatenate([b["keypoints"] for b in split.iter_batches(batch_size=8, batch_format="numpy")]) for _ in range(count)]
+
+        with ThreadPoolExecutor(2) as pool:  # the splits are read side by side, as the workers read them
+            per_worker = list(pool.map(read, splits))
+        return [[worker[epoch] for worker in per_worker] for epoch in range(count)]
+
+    first, again = epochs(2), epochs(2)
+    for epoch, other_epoch in zip(first, again):
+        for worker, other in zip(epoch, other_epoch):
+            np.testing.assert_array_equal(worker, other)  # the same run twice: the same keypoints, in the same order
+    assert not np.array_equal(first[0][0], first[1][0])  # the next epoch is shuffled anew
 
 
 def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prepared, hmr_data, mlflow_store, tmp_path, capfd):  # noqa: F811
