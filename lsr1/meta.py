@@ -99,7 +99,7 @@ def unroll(
     keypoints). meta_objective: also record `problem.meta_objective` at every iterate (for MetaLoss).
 
     divergence_guard: freeze a problem at its last iterate once f would rise above
-    f(x_0) + guard * (|f(x_0)| + 1) (or is not finite). Its later loss terms repeat its last value and its
+    f(x_0) + guard * (|f(x_0)| + 1) (or is not finite), or its step is not finite. Its later loss terms repeat its last value and its
     penalties are zero, so one diverging problem does not make the whole meta-loss infinite, and a learner
     with `with_active(state, alive)` leaves it out of BatchNorm's batch statistics, so that it does not drag
     the other problems along either. info["diverged"] marks frozen problems.
@@ -131,15 +131,16 @@ def unroll(
         recorded = step >= burn_in
         with contextlib.nullcontext() if recorded else torch.no_grad():
             x_next, state, info = optimizer.step(state, x, g)
+            proposed = torch.isfinite(x_next.detach()).all(-1)  # a search stays at x rather than go to NaN
             if searched:
                 x_next, search = armijo_step(problem, x, f, g, x_next)
                 state = optimizer.with_step_length(state, search.t)
                 info = {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
         if divergence_guard is not None:
             # decided before f(x_next) enters the graph: an Inf there would turn the meta-gradient into NaN
-            with torch.no_grad():
-                trial = problem.value(x_next.detach())
-            alive = alive & torch.isfinite(trial) & (trial <= limit)
+            with torch.no_grad():  # a search has f(x_next) already (and x_next = x where it found no step)
+                trial = search.f if searched else problem.value(x_next.detach())
+            alive = alive & proposed & torch.isfinite(trial) & (trial <= limit)
             x_next = torch.where(alive.unsqueeze(-1), x_next, x)
             info = {**info, "diverged": (~alive).to(trial.dtype)}
             if with_active is not None:

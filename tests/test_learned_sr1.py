@@ -364,6 +364,24 @@ def test_unroll_marks_frozen_problems_inactive_in_the_state():
     assert result.state.active.tolist() == [1.0, 1.0, 0.0]
 
 
+def test_a_non_finite_step_under_the_line_search_freezes_its_problem_at_its_iterate():
+    from lsr1.meta import unroll
+
+    model = _small(identity_in_step=True, line_search="armijo").double()
+    problem = random_quadratics(3, 4, seed=2, dtype=torch.float64)
+    step = model.step
+
+    def poisoned(state, x, g):  # the step of problem 2 is NaN: the search keeps it at x, the guard freezes it
+        x_next, state, info = step(state, x, g)
+        return x_next.index_fill(0, torch.tensor([2]), float("nan")), state, info
+
+    model.step = poisoned
+    result = unroll(model, problem, 3, divergence_guard=10.0, keep_iterates=True)
+    assert result.info["diverged"][-1].tolist() == [0.0, 0.0, 1.0] and result.state.active.tolist() == [1.0, 1.0, 0.0]
+    assert torch.isfinite(result.iterates).all() and torch.equal(result.iterates[-1, 2], problem.x0[2])
+    assert (result.values[-1, :2] < result.values[0, :2]).all()
+
+
 def test_mixed_dimension_training_batches_and_validation_dimension():
     from lsr1.config import TaskConfig
     from lsr1.tasks import problem_set
@@ -464,9 +482,14 @@ def test_line_search_armijo_shortens_every_step_in_the_driver_and_keeps_the_meta
     counting.grad = lambda x: grads.append(1) or problem.grad(x)
     run(searched, counting, 6)
     assert len(grads) == 1 + 6
-    # training: the step length is a statistic, the direction carries the meta-gradient
+    # training: the step length is a statistic, the direction carries the meta-gradient; the divergence guard
+    # reads f at the accepted point from the search: batched calls for f(x_0), each round of trials, and
+    # each recorded f(x_k)
     searched.train()
-    result = unroll(searched, problem, 3)
+    values = []
+    counting.value = lambda x: values.append(1) or problem.value(x)
+    result = unroll(searched, counting, 3, divergence_guard=1e6)
+    assert len(values) == 1 + int(result.info["evaluations"].amax(-1).sum()) + 3
     result.values[1:].mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in searched.parameters() if p.requires_grad)
     assert searched.vector_generator.fc2.weight.grad.abs().sum() > 0

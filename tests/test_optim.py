@@ -168,6 +168,21 @@ def test_backtracking_evaluates_f_at_its_trial_points_only():
     assert len(calls) == 6 + 1 + int(result.info["evaluations"].sum())
 
 
+def test_backtracking_leaves_a_problem_with_a_non_finite_direction_where_it_is_without_evaluating():
+    from lsr1.optim import armijo_step
+
+    problem = diagonal_quadratics(3, 4, seed=0, cond=10, dtype=torch.float64)
+    x = problem.x0
+    f, g = problem.value(x), problem.grad(x)
+    proposal = x - g
+    proposal[1, 2] = float("nan")
+    proposal[2, 0] = float("inf")
+    x_next, search = armijo_step(problem, x, f, g, proposal)
+    assert torch.equal(x_next[1:], x[1:]) and torch.equal(search.t[1:], torch.zeros(2, dtype=x.dtype))
+    assert search.evaluations.tolist()[1:] == [0, 0] and torch.equal(search.f[1:], f[1:]) and torch.equal(search.g[1:], g[1:])
+    assert search.t[0] > 0 and search.f[0] < f[0]  # the finite problem beside them takes its step
+
+
 def test_step_curves_count_the_line_search_evaluations_of_every_step():
     from lsr1.analysis import step_curves
 

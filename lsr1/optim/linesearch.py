@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lsr1.tasks.base import Problem
 
-__all__ = ["LINE_SEARCHES", "LineSearchResult", "backtracking", "fixed_step", "line_search", "strong_wolfe"]
+__all__ = ["LINE_SEARCHES", "LineSearchResult", "backtracking", "fixed_step", "line_search", "stepped", "strong_wolfe"]
 
 LINE_SEARCHES = ("strong_wolfe", "armijo", "fixed")
 
@@ -141,9 +141,11 @@ def backtracking(
     c1: float = 1e-4,
     max_evals: int = 30,
 ) -> LineSearchResult:
-    """Armijo backtracking with safeguarded quadratic interpolation (steps shrink by 0.1 to 0.5), batched."""
+    """Armijo backtracking with safeguarded quadratic interpolation (steps shrink by 0.1 to 0.5), batched.
+    A problem whose g0.d is not finite (a direction with an Inf or NaN) can accept no step: it stays at x
+    (t = 0, f0, its gradient at x) without evaluating f."""
     gtd0 = (g0 * d).sum(-1)
-    done = torch.zeros_like(f0, dtype=torch.bool)
+    done = ~torch.isfinite(gtd0)
     evaluations = torch.zeros_like(f0, dtype=torch.long)
     t_out, f_out, t = torch.zeros_like(f0), f0, t0
     for _ in range(max_evals):
@@ -159,8 +161,13 @@ def backtracking(
         t_quad = -gtd0 * t * t / (2.0 * (f - f0 - gtd0 * t))
         t_quad = torch.where(torch.isfinite(t_quad), t_quad, 0.5 * t)
         t = torch.where(done, t, torch.minimum(torch.maximum(t_quad, 0.1 * t), 0.5 * t))
-    g_out = problem.grad(x + t_out.unsqueeze(-1) * d)
-    return LineSearchResult(t_out, f_out, g_out, evaluations)
+    return LineSearchResult(t_out, f_out, problem.grad(stepped(x, t_out, d)), evaluations)
+
+
+def stepped(x: Tensor, t: Tensor, d: Tensor) -> Tensor:
+    """x + t d per problem, and x itself where t = 0: a direction with an Inf or NaN leaves x unmoved
+    rather than NaN (0 * Inf)."""
+    return torch.where((t != 0).unsqueeze(-1), x + t.unsqueeze(-1) * d, x)
 
 
 def fixed_step(problem: Problem, x: Tensor, d: Tensor, t: Tensor) -> LineSearchResult:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lsr1.optim.base import Info, Optimizer
-from lsr1.optim.linesearch import LineSearchResult, backtracking
+from lsr1.optim.linesearch import LineSearchResult, backtracking, stepped
 from lsr1.tasks.base import Problem
 
 __all__ = ["Backtracked", "BacktrackedState", "armijo_step"]
@@ -25,7 +25,7 @@ def armijo_step(problem: Problem, x: Tensor, f: Tensor, g: Tensor, proposal: Ten
     with torch.no_grad():
         x0 = x.detach()
         result = backtracking(problem, x0, f.detach(), g.detach(), d.detach(), torch.ones_like(x0[:, 0]), max_evals=max_evals)
-    return x + result.t.unsqueeze(-1) * d, result
+    return stepped(x, result.t, d), result
 
 
 class BacktrackedState(NamedTuple):
