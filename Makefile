@@ -55,7 +55,7 @@ QUADRATIC_SWEEP := --config configs/quadratic.yaml --num-samples 1 --grace 1000 
 HMR_PAPER := --set lsr1.gamma1=0.1 --set lsr1.gamma2=0.001 --set lsr1.bounded_step_size=false --set lsr1.lambda_sec=1 \
 	--set lsr1.secant_penalty=paper --set lsr1.identity_in_step=false --set lsr1.curvature_scale=none \
 	--set lsr1.input_scaling=none --set lsr1.global_features=false --set lsr1.vector_norm=none --set lsr1.eval_norm=problem \
-	--set lsr1.line_search=none
+	--set lsr1.line_search=none --set lsr1.lbfgs_memory=0
 experiments: $(STAMP)
 	$(PY) -m pipeline.evaluate --checkpoint lsr1/weights/quadratic.pt --checkpoint lsr1/weights/quadratic_noproj.pt \
 	  --checkpoint lsr1/weights/quadratic_paper.pt --checkpoint lsr1/weights/mix.pt --checkpoint lsr1/weights/mix_lbfgs.pt \
