@@ -99,10 +99,11 @@ def unroll(
     keypoints). meta_objective: also record `problem.meta_objective` at every iterate (for MetaLoss).
 
     divergence_guard: freeze a problem at its last iterate once f would rise above
-    f(x_0) + guard * (|f(x_0)| + 1) (or is not finite), or its step is not finite. Its later loss terms repeat its last value and its
-    penalties are zero, so one diverging problem does not make the whole meta-loss infinite, and a learner
-    with `with_active(state, alive)` leaves it out of BatchNorm's batch statistics, so that it does not drag
-    the other problems along either. info["diverged"] marks frozen problems.
+    f(x_0) + guard * (|f(x_0)| + 1) (or is not finite), or once its step is not finite. Its later loss terms
+    repeat its last value and its penalties are zero, so one diverging problem does not make the whole
+    meta-loss infinite, and a learner with `with_active(state, alive)` leaves it out of BatchNorm's batch
+    statistics, so that it does not drag the other problems along either. info["diverged"] marks frozen
+    problems.
 
     burn_in: first take this many steps without a graph (the guard applies to them too); the result then
     holds x_0 and the `steps` iterates after them, and x_0 keeps its graph for an initializer's loss.
