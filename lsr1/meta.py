@@ -132,16 +132,16 @@ def unroll(
         recorded = step >= burn_in
         with contextlib.nullcontext() if recorded else torch.no_grad():
             x_next, state, info = optimizer.step(state, x, g)
-            proposed = torch.isfinite(x_next.detach()).all(-1)  # a search stays at x rather than go to NaN
             if searched:
+                finite = torch.isfinite(x_next.detach()).all(-1)  # the search keeps a non-finite step at x
                 x_next, search = armijo_step(problem, x, f, g, x_next)
                 state = optimizer.with_step_length(state, search.t)
                 info = {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
         if divergence_guard is not None:
             # decided before f(x_next) enters the graph: an Inf there would turn the meta-gradient into NaN
-            with torch.no_grad():  # a search has f(x_next) already (and x_next = x where it found no step)
-                trial = search.f if searched else problem.value(x_next.detach())
-            alive = alive & proposed & torch.isfinite(trial) & (trial <= limit)
+            with torch.no_grad():  # a search has f at its point already; a non-finite step counts as f = Inf
+                trial = search.f.masked_fill(~finite, math.inf) if searched else problem.value(x_next.detach())
+            alive = alive & torch.isfinite(trial) & (trial <= limit)
             x_next = torch.where(alive.unsqueeze(-1), x_next, x)
             info = {**info, "diverged": (~alive).to(trial.dtype)}
             if with_active is not None:
