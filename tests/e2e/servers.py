@@ -87,6 +87,18 @@ def node_ports() -> list[str]:
     return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)))] + ["--min-worker-port=0", "--max-worker-port=0"]
 
 
+def alive_nodes(address: str, env: dict[str, str]) -> list[dict]:
+    """The cluster's ALIVE nodes as `ray list nodes` gives them; none while the head has not registered itself yet
+    (the state API then prints "No resource in the cluster", not JSON, and still exits 0)."""
+    listed = ray("list", "nodes", "--address", address, "--format", "json", "--filter", "state=ALIVE", env=env)
+    if listed.returncode != 0:
+        return []
+    try:
+        return json.loads(listed.stdout)
+    except json.JSONDecodeError:
+        return []
+
+
 def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subprocess.Popen, str, int]:
     """`ray start --head --block` on free ports of its own; returns it, the dashboard address and the GCS port
     (for `ray start --address`)."""
@@ -102,7 +114,9 @@ def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subproces
                         *options], {**env, "RAY_AUTH_MODE": "token"}, log)  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        wait_until(lambda: ray("job", "list", "--address", address, env=env).returncode == 0, head, "the Ray head", log)
+        # the job API can answer before the head node has registered itself with the state API
+        wait_until(lambda: ray("job", "list", "--address", address, env=env).returncode == 0 and bool(alive_nodes(address, env)),
+                   head, "the Ray head", log)  # fmt: skip
     except BaseException:
         stop_groups(head)
         raise

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.train import free_ports
 from tests.helpers import BUCKET
-from tests.e2e.servers import BIN, healthy, node_ports, private_ray_tmpdir, ray, start_group, start_head, stop_groups, submit, wait_until
+from tests.e2e.servers import BIN, alive_nodes, healthy, node_ports, private_ray_tmpdir, ray, start_group, start_head, stop_groups, submit, wait_until
 
 STORAGE = f"s3://{BUCKET}/lsr1"
 PIN = ["--worker-resource", "lsr1_node=1"]  # one Ray Train worker per node
@@ -96,18 +96,14 @@ def cluster(tmp_path_factory, s3, data_dir):
         node = ["--resources", json.dumps({"lsr1_node": 1}), "--object-store-memory", str(150 * 1024**2)]
         head, address, gcs_port = start_head(env, logs / "head.log", "--num-cpus=2", *node)
         processes.append(head)
-        head_ip = json.loads(ray("list", "nodes", "--address", address, "--format", "json", env=env).stdout)[0]["node_ip"]
+        head_ip = alive_nodes(address, env)[0]["node_ip"]
         second = [str(BIN / "ray"), "start", f"--address={head_ip}:{gcs_port}", "--block", "--num-cpus=1", *node, *node_ports()]
         mounts = " && ".join(f"mount -t tmpfs tmpfs {folder}" for folder in hidden)
         worker = start_group(["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(second)}"],
                              {**env, "RAY_AUTH_MODE": "token"}, logs / "node2.log")  # fmt: skip  (it joins with the head's token)
         processes.append(worker)
 
-        def two_nodes() -> bool:
-            listed = ray("list", "nodes", "--address", address, "--format", "json", "--filter", "state=ALIVE", env=env)
-            return listed.returncode == 0 and len(json.loads(listed.stdout)) == 2
-
-        wait_until(two_nodes, worker, "the second Ray node", logs / "node2.log")
+        wait_until(lambda: len(alive_nodes(address, env)) == 2, worker, "the second Ray node", logs / "node2.log")
         wait_until(lambda: healthy(f"http://127.0.0.1:{port}/health"), mlflow, "the MLflow server", logs / "mlflow.log")
         job_env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "LSR1_DATA_DIR": str(data_dir), "LSR1_RUNS_DIR": str(hidden[0]), **s3}
         yield Cluster(address, env, job_env, root)
