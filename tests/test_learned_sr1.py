@@ -511,3 +511,22 @@ def test_after_a_shortened_step_the_applied_penalty_measures_the_step_taken():
     assert_close(penalty, expected)
     untaken, _ = model.meta_penalty(state, short, problem.grad(short))
     assert torch.equal(penalty[0], untaken[0]) and not torch.isclose(penalty[1:], untaken[1:]).any()
+
+
+def test_a_step_the_search_did_not_take_passes_no_gradient_through_its_scaled_inputs():
+    """After t = 0 a problem's p is 0; its RMS-scaled input must be 0 with no gradient, not 0 / tiny, whose
+    gradient (1 / tiny times the upstream one) overflowed the meta-gradient in HMR meta-training."""
+    torch.manual_seed(0)
+    model = _small(identity_in_step=True, curvature_scale="secant", input_scaling="rms", global_features=True)
+    problem = random_quadratics(3, 5, seed=1)
+    x0 = problem.x0
+    state = model.init(x0, problem.grad(x0))
+    x1, state, _ = model.step(state, x0, problem.grad(x0))
+    x = x1.detach().clone()
+    x[1] = state.x_prev[1]  # problem 1 did not move: p = 0
+    x.requires_grad_(True)
+    state = state._replace(x_prev=state.x_prev.clone())
+    x_next, _, _ = model.step(state, x, problem.grad(x.detach()))
+    (grad,) = torch.autograd.grad(x_next.sum(), x)
+    assert torch.isfinite(grad).all()
+    assert grad[1].abs().max() < 1e3 * grad[[0, 2]].abs().max()

@@ -192,3 +192,20 @@ def test_step_curves_count_the_line_search_evaluations_of_every_step():
     per_step = run(LBFGS(problem, memory=3), problem, 6).info["evaluations"].double().mean(1)
     assert_close(lbfgs.metrics["evaluations"], torch.cat([per_step.new_zeros(1), per_step.cumsum(0)]))
     assert float(lbfgs.metrics["evaluations"][-1]) > 6 and gd.metrics["evaluations"].tolist() == list(range(7))
+
+
+def test_a_pair_too_small_to_square_in_float32_is_not_kept_by_the_quasi_newton_memories():
+    """Seen in HMR meta-training: a step backtracked to ~1e-9 leaves a y whose y . y underflows to 0; the old
+    relative test read both norms as 0, kept the pair, and the recursion's scale (y . s) / (y . y) became Inf."""
+    from lsr1.optim.lbfgs import empty_memory, lbfgs_memory_update, two_loop
+    from lsr1.optim.quasi_newton import curvature_ok
+
+    s = torch.zeros(2, 4)
+    y = torch.zeros(2, 4)
+    s[:, 0], y[:, 0] = 3e-9, 2e-28  # y . s = 6e-37 is a normal float32; y . y = 4e-56 is not
+    s[1, 1], y[1, 1] = 0.5, 0.25  # a measurable pair beside it
+    y[1, 0] = 0.0
+    assert curvature_ok(s, y).tolist() == [False, True]
+    memory, ok = lbfgs_memory_update(empty_memory(s, 3), s, y)
+    assert ok.tolist() == [False, True]
+    assert torch.isfinite(two_loop(memory, torch.ones(2, 4))).all()

@@ -166,7 +166,9 @@ class LSR1(LearnedOptimizer):
         inputs = torch.stack([candidates[i] for i in self._inputs], dim=-1)  # (B, N, I)
         if self.config.input_scaling == "rms":
             rms = inputs.detach().pow(2).mean(1, keepdim=True).sqrt()
-            inputs = inputs / rms.clamp_min(torch.finfo(x.dtype).tiny)
+            # an input that is 0 (p after a step the search did not take) stays 0 and passes no gradient:
+            # dividing by a clamped rms would multiply its gradient by 1 / tiny and overflow the meta-gradient
+            inputs = inputs / torch.where(rms >= torch.finfo(x.dtype).tiny, rms, math.inf)
         if self.config.global_features:
             with torch.no_grad():
                 step = state.count if self.last_trained_step is None else min(state.count, self.last_trained_step)

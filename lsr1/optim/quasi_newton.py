@@ -27,10 +27,14 @@ class QNState(NamedTuple):
 
 
 def curvature_ok(s: Tensor, y: Tensor) -> Tensor:
-    """(B,) True where y . s is safely positive, the condition for a positive-definite BFGS update."""
-    eps = torch.finfo(s.dtype).eps
-    ys = (y * s).sum(-1)
-    return torch.isfinite(ys) & (ys > eps * s.norm(dim=-1) * y.norm(dim=-1))
+    """(B,) True where y . s is safely positive, the condition for a positive-definite BFGS update, and the
+    pair is representable: y . s, s . s and y . y are finite normal numbers, so that the updates' 1 / (y . s)
+    and (y . s) / (y . y) are finite. (A float32 step that backtracking shrank to ~1e-9 can leave a y whose
+    y . y underflows to 0 while y . s does not; the norms then read 0 and the relative test alone passes.)"""
+    info = torch.finfo(s.dtype)
+    ys, ss, yy = (y * s).sum(-1), (s * s).sum(-1), (y * y).sum(-1)
+    representable = torch.isfinite(ys) & torch.isfinite(ss) & torch.isfinite(yy) & (torch.minimum(torch.minimum(ys, ss), yy) >= info.tiny)
+    return representable & (ys > info.eps * ss.sqrt() * yy.sqrt())
 
 
 class QuasiNewton:
