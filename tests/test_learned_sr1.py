@@ -525,7 +525,6 @@ def test_a_step_the_search_did_not_take_passes_no_gradient_through_its_scaled_in
     x = x1.detach().clone()
     x[1] = state.x_prev[1]  # problem 1 did not move: p = 0
     x.requires_grad_(True)
-    state = state._replace(x_prev=state.x_prev.clone())
     x_next, _, _ = model.step(state, x, problem.grad(x.detach()))
     (grad,) = torch.autograd.grad(x_next.sum(), x)
     assert torch.isfinite(grad).all()
