@@ -12,7 +12,7 @@ RAY_DASHBOARD_PORT ?= 8265
 CONFIG ?= configs/smoke.yaml
 ARGS ?=
 
-.PHONY: install test browser demo bench experiments report ui cluster-up cluster-down submit clean
+.PHONY: install test browser demo bench experiments report ui cluster-up cluster-join cluster-down cluster-secrets mlflow-server submit clean
 
 install: $(STAMP)
 
@@ -87,15 +87,55 @@ UI_PORT ?= 5000
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT)
 
-# A local Ray head for `ray job submit` (jobs run `python` from this PATH, hence the venv first)
-# `ray start` enables token auth only where a token exists (~/.ray/auth_token; a fresh machine has none), and
-# `make submit` and the README's `ray job submit` ask for it: make one first (an existing token is kept)
+# A Ray head for `ray job submit`, here and on cluster.yaml's head (jobs run `python` from this PATH, hence the
+# venv first). Token auth is on (RAY_AUTH_MODE=token; the token is ~/.ray/auth_token, made if missing, kept if
+# there), and the dashboard, which is the job API, listens on 127.0.0.1 only: reach it on this machine, or from
+# yours through an SSH tunnel (`ray dashboard cluster.yaml`). RAY_HEAD_ARGS adds `ray start` flags.
+RAY_HEAD_ARGS ?=
 cluster-up: $(STAMP)
 	$(BIN)/ray get-auth-token --generate >/dev/null
-	PATH=$(BIN):$$PATH RAY_AUTH_MODE=token $(BIN)/ray start --head --dashboard-port=$(RAY_DASHBOARD_PORT) --include-dashboard=true --disable-usage-stats
+	PATH=$(BIN):$$PATH RAY_AUTH_MODE=token $(BIN)/ray start --head --dashboard-host=127.0.0.1 --dashboard-port=$(RAY_DASHBOARD_PORT) \
+	  --include-dashboard=true --disable-usage-stats $(RAY_HEAD_ARGS)
+
+# Another node joins that head: make cluster-join HEAD=<head-ip>:6379. It needs the head's token (cluster.yaml
+# mounts the same ~/.ray/auth_token on every node); without one it stops here.
+RAY_NODE_ARGS ?=
+cluster-join: $(STAMP)
+	@RAY_AUTH_MODE=token $(BIN)/ray get-auth-token >/dev/null || \
+	  { echo "error: no Ray token on this node: copy the head's ~/.ray/auth_token here" >&2; exit 2; }
+	PATH=$(BIN):$$PATH RAY_AUTH_MODE=token $(BIN)/ray start --address=$(HEAD) --disable-usage-stats $(RAY_NODE_ARGS)
 
 cluster-down:
-	$(BIN)/ray stop
+	RAY_AUTH_MODE=token $(BIN)/ray stop
+
+# A cluster's keys, made once where you run `ray up` (cluster.yaml mounts both on every node; docs/cluster.md):
+# Ray's token and the MLflow server's admin password (user admin). Existing ones are kept.
+MLFLOW_PASSWORD_FILE ?= $(HOME)/.lsr1/mlflow-password
+cluster-secrets: $(STAMP)
+	$(BIN)/ray get-auth-token --generate >/dev/null
+	@test -s $(MLFLOW_PASSWORD_FILE) || ( mkdir -p $(dir $(MLFLOW_PASSWORD_FILE)) && umask 077 && \
+	  $(PY) -c "import secrets; print(secrets.token_urlsafe(24))" > $(MLFLOW_PASSWORD_FILE) )
+	@echo "Ray token: ~/.ray/auth_token; MLflow: user admin, password in $(MLFLOW_PASSWORD_FILE)"
+
+# A cluster's tracking server (cluster.yaml starts it on the head): MLflow's basic-auth app, so that every request
+# needs user admin and the password in MLFLOW_PASSWORD_FILE. Its users live in MLFLOW_STATE/mlflow-users.db;
+# MLFLOW_SERVER_ARGS adds `mlflow server` flags (e.g. --workers 1 on a small machine).
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_BACKEND ?= sqlite:///$(CURDIR)/mlflow.db
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
+MLFLOW_STATE ?= $(HOME)/.lsr1
+MLFLOW_SERVER_ARGS ?=
+mlflow-server: $(STAMP)
+	@test -s $(MLFLOW_PASSWORD_FILE) || \
+	  { echo "error: no MLflow admin password in $(MLFLOW_PASSWORD_FILE): make cluster-secrets makes one" >&2; exit 2; }
+	mkdir -p $(MLFLOW_STATE)
+	printf '[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///%s/mlflow-users.db\nadmin_username = admin\n' \
+	  "$(MLFLOW_STATE)" > $(MLFLOW_STATE)/mlflow-auth.ini
+	MLFLOW_AUTH_CONFIG_PATH=$(MLFLOW_STATE)/mlflow-auth.ini MLFLOW_AUTH_ADMIN_PASSWORD="$$(cat $(MLFLOW_PASSWORD_FILE))" \
+	  MLFLOW_FLASK_SERVER_SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_hex(32))')" \
+	  exec $(BIN)/mlflow server --app-name basic-auth --backend-store-uri $(MLFLOW_BACKEND) \
+	  --artifacts-destination $(MLFLOW_ARTIFACTS) --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) $(MLFLOW_SERVER_ARGS)
 
 # Submit pipeline.train to the head: make submit CONFIG=configs/quadratic.yaml ARGS="--workers 2". The job runs in an
 # uploaded copy of this folder without the git-ignored data, MLflow store and runs: the env vars point back here

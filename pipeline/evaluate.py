@@ -266,9 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     if run is not None:
         shutil.rmtree(args.out / "checkpoint")  # already in the run; keep only the results in --out
     elif args.log_experiment:
-        from pipeline.tracking import Run, tracking_uri
+        from pipeline.tracking import Run, TrackingError, tracking_uri
 
-        run = Run.open(tracking_uri(), args.log_experiment, f"evaluate-{args.out.name}", config, tags={"lsr1.kind": "evaluation"})
+        try:
+            run = Run.open(tracking_uri(), args.log_experiment, f"evaluate-{args.out.name}", config, tags={"lsr1.kind": "evaluation"})
+        except TrackingError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         run.set_tags({"lsr1.checkpoints": " ".join(map(str, args.checkpoint))})
     if run is not None:
         log_evaluation(run, results, args.out, iteration)
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 console.result(f"{c.name:34}{float(c.objective[0]):12.4g}{float(c.objective[-1]):12.4g}{float(c.gap[-1]):12.4g}{cos}")
     console.result(f"\n{'results':10}{args.out}/results.md, curves.json\n{'figures':10}{args.out}/*.png\n{'log':10}{console.log_path}")
     if run is not None:
-        console.result(f"\nmlflow ui --backend-store-uri {run.uri}")
+        console.result(f"\n{run.where_to_look()}")
     return 0
 
 

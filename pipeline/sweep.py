@@ -42,7 +42,7 @@ from lsr1.tasks import problem_set
 from pipeline.data import absolute_paths
 from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
-from pipeline.tracking import Run, tracking_uri
+from pipeline.tracking import Run, TrackingError, tracking_uri
 from pipeline.prepare import PrepareError
 from pipeline.console import Console, board_name, setup
 from pipeline.storage import StorageError, add_arguments, join, require_shared, resolve
@@ -288,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         require_shared(storage, autoscaling=_autoscaling_limit() is not None)
         require_resources(request, "a trial", args.resource_timeout)
-    except (StorageError, ResourceError) as err:
+        parent = Run.open(uri, base.name, name, base, tags={"lsr1.sweep_space": str(args.space), "lsr1.kind": "sweep"})
+    except (StorageError, ResourceError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     fits = max(1, request.copies(ray.cluster_resources()))  # >= 1: require_resources passed
     concurrent = min(args.max_concurrent or fits, fits)
-    parent = Run.open(uri, base.name, name, base, tags={"lsr1.sweep_space": str(args.space), "lsr1.kind": "sweep"})
     trainable = tune.with_resources(trial, {"CPU": TRIAL_DRIVER_CPU})
     tic = time.time()
     if args.resume:
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     console.result(f"\nsweep {name}: {len(frame)} trials in {time.time() - tic:.0f} s; best {best['trial']} {args.metric} {best[args.metric]:.4g}")
     console.result((out / "comparison.md").read_text().strip())
     console.result(f"\n{'comparison':12}{out} (comparison.md, .csv, .png)\n{'registered':12}{registered} (alias champion)")
-    console.result(f"{'log':12}{console.log_path}\n\nmlflow ui --backend-store-uri {uri}")
+    console.result(f"{'log':12}{console.log_path}\n\n{parent.where_to_look()}")
     return 0
 
 

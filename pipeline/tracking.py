@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from lsr1.config import ExperimentConfig, config_to_dict, flatten
 
-__all__ = ["RUN_NAME_TAG", "MetricsBuffer", "Run", "tracking_uri"]
+__all__ = ["RUN_NAME_TAG", "MetricsBuffer", "Run", "TrackingError", "tracking_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,42 @@ _BATCH = 900  # MLflow's log_batch accepts at most 1000 metrics per call
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else an absolute SQLite path in the working directory (so workers agree)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+class TrackingError(RuntimeError):
+    """The tracking server refused us: what to set, in words."""
+
+
+@contextlib.contextmanager
+def _refusal_explained(uri: str) -> Iterator[None]:
+    """A tracking server that asks for a password (cluster.yaml's) and did not get the right one: a TrackingError
+    that says which variables to set, not MLflow's traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        if err.get_http_status_code() not in (401, 403):
+            raise
+        given = "MLFLOW_TRACKING_USERNAME" in os.environ
+        raise TrackingError(
+            f"the MLflow server at {uri} refused the request ({err.get_http_status_code()}): "
+            + ("check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if given else
+               "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (docs/cluster.md)")
+        ) from None
+
+
+@contextlib.contextmanager
+def _into_log() -> Iterator[None]:
+    """What MLflow prints while this runs goes to the log, not the terminal: "Successfully registered model ...",
+    and on a tracking server, at every run's end, "View run ... at ..." (the summary names the run's page)."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            yield
+    finally:
+        for line in said.getvalue().splitlines():
+            log.info("MLflow: %s", line)
 
 
 @contextlib.contextmanager
@@ -60,7 +96,7 @@ class Run:
     @classmethod
     def open(cls, uri: str, experiment: str, name: str, config: ExperimentConfig, tags: dict[str, str] | None = None) -> "Run":
         """The run named `name` in `experiment` (created with its params if new, reopened if it exists)."""
-        with _store_lock(uri):  # the schema of a new store (made by the client) and the experiment, by one process
+        with _refusal_explained(uri), _store_lock(uri):  # the schema of a new store (made by the client) and the experiment, by one process
             client = MlflowClient(uri)
             found = client.get_experiment_by_name(experiment)
             if found is None:
@@ -88,9 +124,10 @@ class Run:
         runs = client.search_runs([found.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'", max_results=1) if found else []
         return cls(uri, runs[0].info.run_id) if runs else None
 
-    def last_step(self, key: str = "loss") -> int:
-        """The highest step logged for `key` (0 if none): where a resumed run's history continues."""
-        history = self.client.get_metric_history(self.run_id, key)
+    def last_step(self) -> int:
+        """The highest iteration logged (0 if none): where a resumed run's history continues. Read off the meta
+        learning rate, which every iteration logs finite (a skipped step's NaN loss is not stored)."""
+        history = self.client.get_metric_history(self.run_id, "lr")
         return max((m.step for m in history), default=0)
 
     def log_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
@@ -120,18 +157,22 @@ class Run:
         model = make_learner(config_of(payload))
         model.load_state_dict(payload["model"])
         mlflow.set_tracking_uri(self.uri)
-        said = io.StringIO()  # register_model prints "Successfully registered model ...": into the log instead
-        # (the redirection outside the run: ending a run on a tracking server prints where to view it)
-        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said), mlflow.start_run(run_id=self.run_id):
+        with _into_log(), mlflow.start_run(run_id=self.run_id):
             info = mlflow.pytorch.log_model(
                 model.eval(), name="model", serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]
             )
             version = mlflow.register_model(info.model_uri, registered_name)
-        for line in said.getvalue().splitlines():
-            log.info("MLflow: %s", line)
         if alias is not None:
             self.client.set_registered_model_alias(registered_name, alias, version.version)
         return f"{registered_name} v{version.version}"
+
+    def where_to_look(self) -> str:
+        """The terminal's last line: the run's page where the store is a tracking server (which serves the UI
+        itself), else the command that opens the UI on the store."""
+        if not self.uri.startswith(("http://", "https://")):
+            return f"mlflow ui --backend-store-uri {self.uri}"
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        return f"MLflow UI: {self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
 
     def latest_metrics(self) -> dict[str, float]:
         """The last logged value of every metric."""
@@ -143,7 +184,8 @@ class Run:
         return self.client.get_run(self.run_id).info.status
 
     def finish(self, ok: bool) -> None:
-        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+        with _into_log():
+            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 
 
 class MetricsBuffer:

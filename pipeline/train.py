@@ -49,7 +49,7 @@ from pipeline.console import NAMESPACE, Console, board_name, forward_warnings, p
 from pipeline.data import absolute_paths
 from pipeline.prepare import PrepareError, prepared_files, require_folders
 from pipeline.storage import StorageError, add_arguments, exists, join, require_shared, resolve, touch
-from pipeline.tracking import MetricsBuffer, Run, tracking_uri
+from pipeline.tracking import MetricsBuffer, Run, TrackingError, tracking_uri
 
 log = logging.getLogger("pipeline.train")
 
@@ -553,7 +553,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         console.phase(f"storage: {join(storage, 'ray', args.name)}")
-    run = Run.open(tracking_uri(), config.name, args.name, config, tags={"lsr1.mode": "local" if args.local else f"ray x{args.workers}"})
+    try:
+        run = Run.open(tracking_uri(), config.name, args.name, config, tags={"lsr1.mode": "local" if args.local else f"ray x{args.workers}"})
+    except TrackingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     tic = time.time()
     console.phase(f"MLflow: run {run.run_id} in experiment {config.name}")
     try:
@@ -579,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"{'checkpoints':28}{dest}", f"{'figures':28}{dest / 'test'}/*.png", f"{'MLflow run':28}{run.run_id}",
               f"{'log':28}{console.log_path}" + (f" (Ray's: {ray_logs()})" if not args.local and ray_logs() else "")]
     console.result("\n".join(lines))
-    console.result(f"\nmlflow ui --backend-store-uri {run.uri}")
+    console.result(f"\n{run.where_to_look()}")
     return 0
 
 

@@ -14,6 +14,13 @@ from lsr1.tasks import Problem
 BUCKET = "lsr1-test"  # the bucket that the s3 fixture (tests/conftest.py) creates on its S3 server
 
 
+def logged_steps(client: Any, run_id: str) -> list[int]:
+    """The iterations an MLflow run has logged, sorted: the steps of its meta learning rate, which every iteration
+    logs once and which is always finite. (`loss` is not stored on a skipped step, where it is NaN or Inf, and
+    whether a step overflows is decided by float rounding, which differs between CPUs.)"""
+    return sorted(m.step for m in client.get_metric_history(run_id, "lr"))
+
+
 def assert_close(a: Tensor, b: Tensor, atol: float = 1e-10, rtol: float = 1e-10, what: str = "") -> None:
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 

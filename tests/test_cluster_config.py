@@ -40,8 +40,8 @@ def test_the_schema_check_catches_a_typo():
 def test_cluster_yaml_keeps_checkpoints_and_mlflow_artifacts_in_one_bucket_that_workers_reach():
     text = CLUSTER.read_text()
     config = yaml.safe_load(text)
-    (server,) = [command for command in config["head_start_ray_commands"] if "mlflow server" in command]
-    bucket = re.search(r"--artifacts-destination s3://([\w.-]+)/", server).group(1)
+    (server,) = [command for command in config["head_start_ray_commands"] if "make mlflow-server" in command]
+    bucket = re.search(r"MLFLOW_ARTIFACTS=s3://([\w.-]+)/", server).group(1)
     assert f'"LSR1_STORAGE": "s3://{bucket}/' in text  # the job line of the header
     workers = [t for k, t in config["available_node_types"].items() if k != config["head_node_type"]]
     assert all("IamInstanceProfile" in t["node_config"] for t in workers)
