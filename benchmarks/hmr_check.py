@@ -21,7 +21,7 @@ import torch
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import load_config
 from lsr1.hmr.synthetic import generate
-from lsr1.learned import make_learner
+from lsr1.learners import make_learner
 from lsr1.meta import run, step_metrics, train
 from lsr1.tasks import problem_set
 

@@ -34,7 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lsr1.config import ExperimentConfig, load_config
 from lsr1.hmr.synthetic import generate
-from lsr1.learned import make_learner
+from lsr1.learners import make_learner
 from lsr1.meta import MetaLoss, run
 from lsr1.optim import Adam
 from lsr1.tasks import Problem, problem_set

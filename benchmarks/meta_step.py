@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from lsr1.config import load_config
-from lsr1.learned import make_learner
+from lsr1.learners import make_learner
 from lsr1.meta import MetaLoss, meta_step
 from lsr1.tasks import Problem, problem_set
 

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
 from lsr1.config import ExperimentConfig, MetaConfig, config_to_dict
-from lsr1.learned import LearnedOptimizer, make_learner
+from lsr1.learned.base import HandDesigned, LearnedOptimizer
+from lsr1.learners import make_learner
 from lsr1.optim.base import Optimizer
 from lsr1.optim.safeguard import armijo_step
 from lsr1.tasks import Problem, problem_set
@@ -94,14 +95,16 @@ def unroll(
 ) -> Unroll:
     """Run `steps` iterations from problem.x0, keeping the graph through the optimizer for meta-gradients.
 
-    A learner may define `initial_point(problem)` (x0 from an initializer network, used instead of
-    problem.x0) and `init_for(problem, x0, g0)` (an init that conditions on the problem, e.g. its
-    keypoints). meta_objective: also record `problem.meta_objective` at every iterate (for MetaLoss).
+    The optimizer is driven through `LearnedOptimizer`'s hooks (a hand-designed one through `HandDesigned`,
+    whose hooks are the defaults): `initial_point(problem)` (x0 from an initializer network),
+    `init_for(problem, x0, g0)` (an init that conditions on the problem, e.g. its keypoints), `meta_penalty`,
+    `with_active` and `with_step_length`. meta_objective: also record `problem.meta_objective` at every
+    iterate (for MetaLoss).
 
     divergence_guard: freeze a problem at its last iterate once f would rise above
     f(x_0) + guard * (|f(x_0)| + 1) (or is not finite), or once its step is not finite. Its later loss terms
     repeat its last value and its penalties are zero, so one diverging problem does not make the whole
-    meta-loss infinite, and a learner with `with_active(state, alive)` leaves it out of BatchNorm's batch
+    meta-loss infinite, and the learner's `with_active(state, alive)` leaves it out of BatchNorm's batch
     statistics, so that it does not drag the other problems along either. info["diverged"] marks frozen
     problems.
 
@@ -114,14 +117,11 @@ def unroll(
     search ends with f and its gradient at the accepted point, which the next step then uses (outside a
     second-order graph) instead of evaluating them again.
     """
-    initial_point = getattr(optimizer, "initial_point", None)
-    x = problem.x0 if initial_point is None else initial_point(problem)
+    learner = optimizer if isinstance(optimizer, LearnedOptimizer) else HandDesigned(optimizer)
+    x = learner.initial_point(problem)
     g = problem.grad(x if second_order else x.detach())
-    init_for = getattr(optimizer, "init_for", None)
-    state = optimizer.init(x, g) if init_for is None else init_for(problem, x, g)
-    penalty_of = getattr(optimizer, "meta_penalty", None)
-    with_active = getattr(optimizer, "with_active", None)
-    searched = getattr(optimizer, "unroll_line_search", "none") == "armijo"
+    state = learner.init_for(problem, x, g)
+    searched = learner.unroll_line_search == "armijo"
     values, penalties, infos, iterates = [problem.value(x)], [], [], [x]
     objectives = [problem.meta_objective(x, values[0])] if meta_objective else []
     alive = torch.ones_like(values[0], dtype=torch.bool)
@@ -131,11 +131,11 @@ def unroll(
     for step in range(burn_in + steps):
         recorded = step >= burn_in
         with contextlib.nullcontext() if recorded else torch.no_grad():
-            x_next, state, info = optimizer.step(state, x, g)
+            x_next, state, info = learner.step(state, x, g)
             if searched:
                 finite = torch.isfinite(x_next.detach()).all(-1)  # the search keeps a non-finite step at x
                 x_next, search = armijo_step(problem, x, f, g, x_next)
-                state = optimizer.with_step_length(state, search.t)
+                state = learner.with_step_length(state, search.t)
                 info = {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
         if divergence_guard is not None:
             # decided before f(x_next) enters the graph: an Inf there would turn the meta-gradient into NaN
@@ -144,8 +144,7 @@ def unroll(
             alive = alive & torch.isfinite(trial) & (trial <= limit)
             x_next = torch.where(alive.unsqueeze(-1), x_next, x)
             info = {**info, "diverged": (~alive).to(trial.dtype)}
-            if with_active is not None:
-                state = with_active(state, alive)
+            state = learner.with_active(state, alive)
         if searched:  # f and g at the accepted point came with the search; a frozen problem keeps its own
             f = torch.where(alive, search.f, f)
             g_searched = torch.where(alive.unsqueeze(-1), search.g, g.detach())
@@ -160,12 +159,9 @@ def unroll(
         values.append(value)
         if objective is not None:
             objectives.append(objective)
-        if penalty_of is not None:
-            penalty, extra = penalty_of(state, x, g)
-            penalty = torch.where(alive, penalty, torch.zeros_like(penalty))
-            info = {**info, **extra}
-        else:
-            penalty = torch.zeros_like(value)
+        penalty, extra = learner.meta_penalty(state, x, g)
+        penalty = torch.where(alive, penalty, torch.zeros_like(penalty))
+        info = {**info, **extra}
         penalties.append(penalty)
         infos.append(info)
         if keep_iterates:
@@ -221,7 +217,7 @@ class MetaLoss(nn.Module):
             meta_objective=True,
             burn_in=burn_in,
         )
-        first = 0 if hasattr(self.learner, "initial_point") else 1
+        first = 0 if self.learner.predicts_initial_point else 1
         objective = result.objectives[first:].mean()
         penalty = result.penalties.mean()
         parts = {"objective": objective.detach(), "penalty": penalty.detach()}

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
-from lsr1.learned import LSR1, LearnedOptimizer, make_learner, with_buffer_size, with_lbfgs_memory
+from lsr1.learned import LSR1, LearnedOptimizer, with_buffer_size, with_lbfgs_memory
+from lsr1.learners import make_learner
 
 __all__ = ["WEIGHTS_DIR", "available", "export", "info", "load"]
 

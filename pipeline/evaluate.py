@@ -37,7 +37,8 @@ import torch
 from lsr1.analysis import Curves, StepCurves, curves, markdown_table, plot_curves, step_curves
 from lsr1.checkpoint import CheckpointError, config_of, load_checkpoint
 from lsr1.config import ExperimentConfig
-from lsr1.learned import LearnedOptimizer, make_learner, with_buffer_size
+from lsr1.learned import LearnedOptimizer, with_buffer_size
+from lsr1.learners import make_learner
 from lsr1.optim import BFGS, LBFGS, HypergradientBFGS
 from lsr1.tasks import Problem, problem_set
 from pipeline.prepare import PrepareError, resolve_data_paths

@@ -152,7 +152,7 @@ class Run:
         import torch
 
         from lsr1.checkpoint import config_of
-        from lsr1.learned import make_learner
+        from lsr1.learners import make_learner
 
         model = make_learner(config_of(payload))
         model.load_state_dict(payload["model"])

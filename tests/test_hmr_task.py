@@ -8,8 +8,9 @@ from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, LGDConfig, load_config
 from lsr1.hmr.body import BodyModel
 from lsr1.hmr.formats import load_amass_frames, read_3dpw_split
-from lsr1.hmr.initializer import WithInitializer
-from lsr1.learned import LGD, LSR1, make_learner
+from lsr1.learned.initializer import WithInitializer
+from lsr1.learned import LGD, LSR1
+from lsr1.learners import make_learner
 from lsr1.meta import MetaLoss, run, step_metrics, train, unroll
 from lsr1.tasks import HMRProblem, problem_set, random_quadratics
 from lsr1.hmr.camera import H36M_TO_J14

@@ -6,7 +6,7 @@ import torch
 
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import load_config
-from lsr1.learned import make_learner
+from lsr1.learners import make_learner
 from lsr1.meta import MetaLoss, TrainHooks, meta_step, run, train, unroll, validate
 from lsr1.optim import GradientDescent
 from lsr1.tasks import Quadratic, problem_set, random_quadratics

@@ -5,9 +5,9 @@
     lsr1.hmr.camera          COCO-18 / J14 mappings, LGD's camera, keypoint normalisation, augmentation
     lsr1.hmr.metrics         MPJPE and PA-MPJPE
     lsr1.hmr.rotations       axis-angle, 6D and matrices
-    lsr1.hmr.initializer     the initializer network and the initializer + update learner
     lsr1.hmr.synthetic_body  a procedural body in SMPL's format
     lsr1.hmr.synthetic       AMASS- and 3DPW-format stand-ins (`python -m lsr1.hmr.synthetic`)
 
-The HMR inner problem itself is `lsr1.tasks.hmr.HMRProblem`.
+The HMR inner problem itself is `lsr1.tasks.hmr.HMRProblem`; the initializer network, a learned optimizer, is
+`lsr1.learned.initializer`. Nothing here imports an optimizer, a task or a learner.
 """

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lsr1.optim.base import Info, check_pair
+from lsr1.optim.base import Info, Objective, check_pair
 from lsr1.optim.first_order import AdamState, update_moments, adam_direction
-from lsr1.tasks.base import Problem, derive_seed, make_generator
+from lsr1.seeds import derive_seed, make_generator
 
 __all__ = ["AdaHessian"]
 
@@ -23,7 +23,7 @@ class AdaHessian:
 
     def __init__(
         self,
-        problem: Problem,
+        problem: Objective,
         lr: float = 0.15,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-4,

@@ -7,8 +7,9 @@ backpropagate through a trajectory and `lsr1.meta.run` evaluates any optimizer t
     state = opt.init(x0, g0)                  # x0, g0: (B, N)
     x, state, info = opt.step(state, x, g)    # info: dict of (B,) tensors
 
-Optimizers that need more than gradients (line searches, Hessian-vector products) take the problem in
-their constructor.
+Optimizers that need more than gradients (line searches, Hessian-vector products) take an `Objective` in
+their constructor: any batched f with its gradient and Hessian-vector products, such as every problem of
+`lsr1.tasks`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Info", "Optimizer", "check_pair", "fifo_push"]
+__all__ = ["Info", "Objective", "Optimizer", "check_pair", "fifo_push"]
 
 Info = dict[str, Tensor]
 
@@ -35,6 +36,22 @@ class Optimizer(Protocol):
 
         Returns the next iterate (B, N), the new state and per-problem diagnostics.
         """
+        ...
+
+
+class Objective(Protocol):
+    """What a searching or curvature-using optimizer asks of its problem: B objectives at once."""
+
+    def value(self, x: Tensor) -> Tensor:
+        """x: (B, N) -> f(x): (B,)."""
+        ...
+
+    def grad(self, x: Tensor) -> Tensor:
+        """x: (B, N) -> grad f(x): (B, N)."""
+        ...
+
+    def hvp(self, x: Tensor, v: Tensor) -> Tensor:
+        """x, v: (B, N) -> the Hessian of f at x times v: (B, N)."""
         ...
 
 

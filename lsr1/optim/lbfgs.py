@@ -6,9 +6,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from lsr1.optim.base import fifo_push
+from lsr1.optim.base import Objective, fifo_push
 from lsr1.optim.quasi_newton import QuasiNewton, curvature_ok
-from lsr1.tasks.base import Problem
 
 __all__ = ["LBFGS", "LBFGSMemory", "empty_memory", "lbfgs_memory_update", "two_loop"]
 
@@ -54,7 +53,7 @@ class LBFGS(QuasiNewton):
 
     name = "L-BFGS"
 
-    def __init__(self, problem: Problem, memory: int = 10, **search: Any) -> None:
+    def __init__(self, problem: Objective, memory: int = 10, **search: Any) -> None:
         """memory: m pairs; search: line_search, lr, max_evals, c1, c2 as in QuasiNewton."""
         super().__init__(problem, **search)
         if memory < 1:

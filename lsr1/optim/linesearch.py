@@ -12,7 +12,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lsr1.tasks.base import Problem
+from lsr1.optim.base import Objective
+
 
 __all__ = ["LINE_SEARCHES", "LineSearchResult", "backtracking", "fixed_step", "line_search", "stepped", "strong_wolfe"]
 
@@ -42,7 +43,7 @@ def _where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 def strong_wolfe(
-    problem: Problem,
+    problem: Objective,
     x: Tensor,
     f0: Tensor,
     g0: Tensor,
@@ -132,7 +133,7 @@ def strong_wolfe(
 
 
 def backtracking(
-    problem: Problem,
+    problem: Objective,
     x: Tensor,
     f0: Tensor,
     g0: Tensor,
@@ -170,7 +171,7 @@ def stepped(x: Tensor, t: Tensor, d: Tensor) -> Tensor:
     return torch.where((t != 0).unsqueeze(-1), x + t.unsqueeze(-1) * d, x)
 
 
-def fixed_step(problem: Problem, x: Tensor, d: Tensor, t: Tensor) -> LineSearchResult:
+def fixed_step(problem: Objective, x: Tensor, d: Tensor, t: Tensor) -> LineSearchResult:
     """No search: step t along d."""
     x_next = x + t.unsqueeze(-1) * d
     return LineSearchResult(t, problem.value(x_next), problem.grad(x_next), torch.ones_like(t, dtype=torch.long))
@@ -178,7 +179,7 @@ def fixed_step(problem: Problem, x: Tensor, d: Tensor, t: Tensor) -> LineSearchR
 
 def line_search(
     kind: str,
-    problem: Problem,
+    problem: Objective,
     x: Tensor,
     f0: Tensor,
     g0: Tensor,

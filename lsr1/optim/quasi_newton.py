@@ -11,9 +11,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from lsr1.optim.base import Info, check_pair
+from lsr1.optim.base import Info, Objective, check_pair
 from lsr1.optim.linesearch import LINE_SEARCHES, line_search
-from lsr1.tasks.base import Problem
 
 __all__ = ["DenseMemory", "DenseQuasiNewton", "QNState", "QuasiNewton", "curvature_ok", "identity_memory", "scale_initial"]
 
@@ -45,7 +44,7 @@ class QuasiNewton:
 
     def __init__(
         self,
-        problem: Problem,
+        problem: Objective,
         line_search: str = "strong_wolfe",
         lr: float = 1.0,
         max_evals: int = 25,

@@ -9,14 +9,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from lsr1.optim.base import Info, Optimizer
+from lsr1.optim.base import Info, Objective, Optimizer
 from lsr1.optim.linesearch import LineSearchResult, backtracking, stepped
-from lsr1.tasks.base import Problem
 
 __all__ = ["Backtracked", "BacktrackedState", "armijo_step"]
 
 
-def armijo_step(problem: Problem, x: Tensor, f: Tensor, g: Tensor, proposal: Tensor, max_evals: int = 30) -> tuple[Tensor, LineSearchResult]:
+def armijo_step(problem: Objective, x: Tensor, f: Tensor, g: Tensor, proposal: Tensor, max_evals: int = 30) -> tuple[Tensor, LineSearchResult]:
     """x + t (proposal - x) with the first t (from 1, by safeguarded interpolation) that decreases f enough
     (Armijo, c1 = 1e-4); t = 0 (no move) when none is found. f, g: f and its gradient at x. The search runs
     without a graph: in meta-training the step length is a statistic and the meta-gradient flows through the
@@ -38,7 +37,7 @@ class Backtracked:
     interpolation) that decreases f enough (Armijo, c1 = 1e-4); t = 0 (no move) when none is found. The
     inner state sees the accepted point at its next step."""
 
-    def __init__(self, optimizer: Optimizer, problem: Problem, max_evals: int = 30) -> None:
+    def __init__(self, optimizer: Optimizer, problem: Objective, max_evals: int = 30) -> None:
         self.optimizer, self.problem, self.max_evals = optimizer, problem, max_evals
 
     def init(self, x0: Tensor, g0: Tensor) -> BacktrackedState:

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lsr1.optim.base import Objective
 from lsr1.optim.quasi_newton import DenseMemory, DenseQuasiNewton, curvature_ok, scale_initial
-from lsr1.tasks.base import Problem
 
 __all__ = ["SR1", "sr1_update"]
 
@@ -32,7 +32,7 @@ class SR1(DenseQuasiNewton):
 
     name = "SR1"
 
-    def __init__(self, problem: Problem, skip_ratio: float = 1e-8, line_search: str = "armijo", **search: Any) -> None:
+    def __init__(self, problem: Objective, skip_ratio: float = 1e-8, line_search: str = "armijo", **search: Any) -> None:
         """skip_ratio: r of the skip rule; search: lr, max_evals, c1, c2 as in QuasiNewton."""
         super().__init__(problem, line_search=line_search, **search)
         self.skip_ratio = skip_ratio

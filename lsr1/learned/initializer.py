@@ -5,7 +5,7 @@
     WithInitializer  one learned optimizer made of an initializer and an update module (L-SR1 or LGD): its
                      `initial_point(problem)` replaces problem.x0 in `lsr1.meta.unroll`, everything else is
                      the update module's, so MetaLoss, checkpoints (one state_dict) and training need nothing
-                     HMR-specific.
+                     HMR-specific. It reads the problem's `context` (the keypoints), nothing else of HMR.
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class Initializer(nn.Module):
 class WithInitializer(LearnedOptimizer):
     """An initializer network plus an update module, trained as one learner."""
 
+    predicts_initial_point = True
+
     def __init__(self, initializer: Initializer, update: LearnedOptimizer) -> None:
         super().__init__()
         self.initializer, self.update = initializer, update
@@ -58,18 +60,20 @@ class WithInitializer(LearnedOptimizer):
         return self.update.init(x0, g0)
 
     def init_for(self, problem: "Problem", x0: Tensor, g0: Tensor) -> Any:
-        init_for = getattr(self.update, "init_for", None)
-        return self.update.init(x0, g0) if init_for is None else init_for(problem, x0, g0)
+        return self.update.init_for(problem, x0, g0)
 
     def step(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Any, Info]:
         return self.update.step(state, x, g)
 
     @property
-    def unroll_line_search(self) -> str:
-        return getattr(self.update, "unroll_line_search", "none")
+    def unroll_line_search(self) -> str:  # type: ignore[override]
+        return self.update.unroll_line_search
 
     def with_step_length(self, state: Any, t: Tensor) -> Any:
         return self.update.with_step_length(state, t)
+
+    def with_active(self, state: Any, active: Tensor) -> Any:
+        return self.update.with_active(state, active)
 
     def meta_penalty(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
         return self.update.meta_penalty(state, x, g)
