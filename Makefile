@@ -51,11 +51,9 @@ bench: $(STAMP)
 # models), data efficiency (a larger synthetic AMASS), lambda_sec x gamma1, the ablations
 QUADRATIC_SWEEP := --config configs/quadratic.yaml --num-samples 1 --grace 1000 --cpus-per-worker 0.9 \
 	--set meta.iterations=300 --set meta.val_every=100
-# the paper-literal L-SR1 on the HMR presets (their headers say the same)
-HMR_PAPER := --set lsr1.gamma1=0.1 --set lsr1.gamma2=0.001 --set lsr1.bounded_step_size=false --set lsr1.lambda_sec=1 \
-	--set lsr1.secant_penalty=paper --set lsr1.identity_in_step=false --set lsr1.curvature_scale=none \
-	--set lsr1.input_scaling=none --set lsr1.global_features=false --set lsr1.vector_norm=none --set lsr1.eval_norm=problem \
-	--set lsr1.line_search=none --set lsr1.lbfgs_memory=0
+# the paper-literal L-SR1 on the HMR presets (their headers say the same): the paper's switches (lsr1.config.FORMULATIONS)
+# with the HMR step size and secant weight
+HMR_PAPER := --set lsr1.formulation=paper --set lsr1.gamma1=0.1 --set lsr1.lambda_sec=1
 experiments: $(STAMP)
 	$(PY) -m pipeline.evaluate --checkpoint lsr1/weights/quadratic.pt --checkpoint lsr1/weights/quadratic_noproj.pt \
 	  --checkpoint lsr1/weights/quadratic_paper.pt --checkpoint lsr1/weights/mix.pt --checkpoint lsr1/weights/mix_lbfgs.pt \

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lsr1.config import ConfigError, ExperimentConfig, config_from_dict
+from lsr1.config import FORMULATIONS, ConfigError, ExperimentConfig, config_from_dict
 
 __all__ = ["CheckpointError", "config_of", "load_checkpoint", "save_checkpoint"]
 
@@ -59,8 +59,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def config_of(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> ExperimentConfig:
-    """The experiment config stored in a checkpoint; architecture always comes from here on resume."""
+    """The experiment config stored in a checkpoint; architecture always comes from here on resume.
+
+    A checkpoint written before an L-SR1 switch existed lacks its key, and ran as the switch's paper value (each
+    was added with that default); since the defaults became the project's formulation, a missing switch is
+    filled from FORMULATIONS["paper"], so that such a checkpoint loads as it was trained."""
+    stored = dict(payload["config"])
+    if isinstance(stored.get("lsr1"), dict):
+        stored["lsr1"] = {**FORMULATIONS["paper"], **stored["lsr1"]}
     try:
-        return config_from_dict(ExperimentConfig, payload["config"])
+        return config_from_dict(ExperimentConfig, stored)
     except ConfigError as err:
         raise CheckpointError(f"{path}: stored config is invalid: {err}") from None

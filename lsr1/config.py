@@ -21,11 +21,13 @@ __all__ = [
     "LEARNERS",
     "ConfigError",
     "ExperimentConfig",
+    "FORMULATIONS",
     "HMRConfig",
     "LGDConfig",
     "LSR1Config",
     "MetaConfig",
-    "PAPER_INPUTS",
+    "REMOVED_SWITCHES",
+    "SWITCHES_TAG",
     "TaskConfig",
     "apply_overrides",
     "config_from_dict",
@@ -34,8 +36,7 @@ __all__ = [
     "load_config",
 ]
 
-ENCODER_INPUTS = ("x", "p", "d", "g", "q", "r")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3), r
-PAPER_INPUTS = ENCODER_INPUTS[:5]  # r = p_{k-1} - B_{k-1} q_{k-1}, the SR1 residual, is ours (docs/results.md §9)
+ENCODER_INPUTS = ("x", "p", "d", "g", "q")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3)
 TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "least_squares", "logistic", "logsumexp", "mlp", "hmr")
 MIXABLE_TASKS = ("quadratic", "least_squares", "logistic", "logsumexp", "mlp")  # task.train_tasks: log-scale meta-losses
 # the update module; "lgd" is LGD's MLP update (Song et al. 2020), HMR only; "bfgs_steps" the LSTM
@@ -44,6 +45,26 @@ LEARNERS = ("lsr1", "lgd", "bfgs_steps")
 ROTATIONS = ("axis_angle", "6d")
 LINE_SEARCH_KINDS = ("none", "armijo")  # lsr1.line_search
 NORMS = ("running", "problem")  # BatchNorm's statistics at evaluation (lsr1.nn)
+
+
+# A formulation names a set of L-SR1 switches: `lsr1.formulation: paper` in a preset or an override sets them,
+# and keys beside it in the same section, or later overrides, change them further. "project" is the dataclass
+# defaults, the formulation of every shipped model but the `*_paper` ones; "paper" is our reading of the
+# paper's text (Eq. 7-9 and App. C as written: no identity in the step, the secant term on I + sum v v^T).
+FORMULATIONS: dict[str, dict[str, Any]] = {
+    "project": {},
+    "paper": {
+        "gamma1": 0.4, "gamma2": 0.001, "bounded_step_size": False, "lambda_sec": 100.0, "secant_penalty": "paper",
+        "identity_in_step": False, "input_scaling": "none", "global_features": False, "curvature_scale": "none",
+        "vector_norm": "none", "eval_norm": "problem", "lbfgs_memory": 0, "line_search": "none",
+    },
+}  # fmt: skip
+
+# Switches deleted because no shipped model or tune space used them, with the one value the code now has. A
+# stored config (a checkpoint) that has one at that value loads; another value is refused. Their negative
+# results are in docs/log.md; the tag still has the switches.
+SWITCHES_TAG = "lsr1-switches-2026-12-07"
+REMOVED_SWITCHES: dict[str, Any] = {"identity_weight": 1.0, "secant_target": "new_step", "secant_normalize": False, "first_scale": "pair"}
 
 
 class ConfigError(ValueError):
@@ -57,45 +78,41 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass
 class LSR1Config:
-    """L-SR1 architecture and its meta-loss weight (paper Sec. 4, App. C)."""
+    """L-SR1 architecture and its meta-loss weight (paper Sec. 4, App. C). The defaults are the project's
+    formulation, which every shipped model but the `*_paper` ones uses; `formulation: paper` (a key of the
+    lsr1 section, see FORMULATIONS) sets the switches of the paper-literal one."""
 
     buffer_size: int = 8  # L
     hidden_dim: int = 128  # d_hidden = M
-    gamma1: float = 0.4  # alpha = gamma1 * exp(gamma2 * alpha~)
-    gamma2: float = 0.001
-    bounded_step_size: bool = False  # alpha = gamma1 * exp(gamma2 * tanh(G)): a gamma2 of real range stays finite
-    lambda_sec: float = 100.0  # secant penalty weight; 0 = "without learned projection"
+    gamma1: float = 0.5  # alpha = gamma1 * exp(gamma2 * alpha~)
+    gamma2: float = 1.0
+    bounded_step_size: bool = True  # alpha = gamma1 * exp(gamma2 * tanh(G)): a gamma2 of real range stays finite
+    lambda_sec: float = 0.01  # secant penalty weight; 0 = "without learned projection"
     # the secant penalty: "paper" ||p - (I + sum v v^T) q||^2 as Eq. 8 is written, or "applied"
-    # ||p - diag(alpha)(c s I + sum v v^T) q||^2 / ||p||^2, the operator that made the step (DESIGN §3)
-    secant_penalty: str = "paper"
-    identity_in_step: bool = False  # d = (c I + sum v v^T) g with c = identity_weight (Eq. 7: 1; times s) instead of c = 0 (Alg. 1)
-    # c below 1 leaves the PSD vectors room along q: with c = 1 and the secant scale, p - c s q has r.q <= 0
-    identity_weight: float = 1.0
-    secant_target: str = "new_step"  # pair of the secant penalty: "new_step" (p_k, q_k) or "last_step" (p_{k-1}, q_{k-1})
-    secant_normalize: bool = False  # "paper" only: divide by (||p||^2 + ||B~q||^2) / 2: scale-free, in [0, 4]
-    input_scaling: str = "none"  # "rms": each encoder input divided by its RMS over the problem's coordinates
-    global_features: bool = False  # add cos(p, q), cos(d, g), log(||q||/||g||), log(1 + k) to every coordinate
-    curvature_scale: str = "none"  # "secant": B scaled by s = |p.q| / q.q of the last step (v by sqrt(s))
-    # s of the first step, which has no step before it: "pair" from (p0, q0) = (x0, g0) as Alg. 1 seeds E, or
-    # "one" (|x0.g0| / |g0|^2 says where x0 lies, not the curvature; docs/results.md §4)
-    first_scale: str = "pair"
+    # ||p - diag(alpha)(s I + sum v v^T) q||^2 / ||p||^2, the operator that made the step (DESIGN §3)
+    secant_penalty: str = "applied"
+    identity_in_step: bool = True  # d = (s I + sum v v^T) g (Eq. 7, times s) instead of (sum v v^T) g (Alg. 1)
+    input_scaling: str = "rms"  # "rms": each encoder input divided by its RMS over the problem's coordinates
+    global_features: bool = True  # add cos(p, q), cos(d, g), log(||q||/||g||), log(1 + k) to every coordinate
+    curvature_scale: str = "secant"  # "secant": B scaled by s = |p.q| / q.q of the last step (v by sqrt(s))
     # hold the step index of the global feature log(1 + k) at the last one meta-training reaches (meta.burn_in +
     # K - 1), so that longer runs see only step indices that training saw (never binds in training; no effect
     # without global_features; docs/results.md §4)
     cap_step_index: bool = False
-    encoder_inputs: list[str] = field(default_factory=lambda: list(PAPER_INPUTS))
+    encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
     vector_init_scale: float = 0.1  # P's last layer starts this much smaller than torch's default
     # "sqrt_dim" divides v by sqrt(N): B's added eigenvalues ||v||^2 stop growing with N (docs/results.md §4)
-    vector_norm: str = "none"
-    # BatchNorm at evaluation, never coupling problems (DESIGN §3): torch's "running" statistics, or each
-    # "problem"'s own statistics over its coordinates; training uses the batch's (frozen problems left out)
-    eval_norm: str = "problem"
-    # m > 0: the identity part of B (c s I with `identity_in_step`) becomes c H, with H the L-BFGS inverse
-    # Hessian of the last m measured pairs (p, q) and H0 = s I (s I until the first pair passes the curvature
-    # test): the learned rank-one terms and step sizes then correct a quasi-Newton operator that carries the
-    # curvature already measured (docs/results.md §9). 0: c s I, Eq. 7
+    vector_norm: str = "sqrt_dim"
+    # BatchNorm at evaluation, never coupling problems (DESIGN §3): torch's "running" statistics (the inputs are
+    # scale-free with input_scaling rms), or each "problem"'s own statistics over its coordinates; training uses
+    # the batch's (frozen problems left out)
+    eval_norm: str = "running"
+    # m > 0: the identity part of B (s I with `identity_in_step`) becomes H, the L-BFGS inverse Hessian of the
+    # last m measured pairs (p, q) with H0 = s I (s I until the first pair passes the curvature test): the
+    # learned rank-one terms and step sizes then correct a quasi-Newton operator that carries the curvature
+    # already measured (docs/results.md §9). 0: s I, Eq. 7
     lbfgs_memory: int = 0
     # "armijo": every step, in meta-training too, is shortened by Armijo backtracking along the learned
     # direction (lsr1.optim.armijo_step; the step length is a statistic without a meta-gradient), as L-BFGS's
@@ -112,16 +129,11 @@ class LSR1Config:
         _check(self.buffer_size >= 1, f"lsr1.buffer_size must be >= 1, got {self.buffer_size}")
         _check(self.hidden_dim >= 1, f"lsr1.hidden_dim must be >= 1, got {self.hidden_dim}")
         _check(self.gamma1 > 0, f"lsr1.gamma1 must be > 0, got {self.gamma1}")
-        _check(self.identity_weight > 0, f"lsr1.identity_weight must be > 0 (identity_in_step: false drops the identity), got {self.identity_weight}")
         _check(self.lambda_sec >= 0, f"lsr1.lambda_sec must be >= 0, got {self.lambda_sec}")
         _check(0.0 <= self.dropout < 1.0, f"lsr1.dropout must be in [0, 1), got {self.dropout}")
         _check(
             self.bn_momentum is None or 0.0 < self.bn_momentum <= 1.0,
             f"lsr1.bn_momentum must be in (0, 1] or None, got {self.bn_momentum}",
-        )
-        _check(
-            self.secant_target in ("new_step", "last_step"),
-            f"lsr1.secant_target must be 'new_step' or 'last_step', got {self.secant_target!r}",
         )
         _check(
             self.eval_norm != "batch",
@@ -133,16 +145,11 @@ class LSR1Config:
             self.secant_penalty in ("paper", "applied"),
             f"lsr1.secant_penalty must be 'paper' or 'applied', got {self.secant_penalty!r}",
         )
-        _check(
-            not (self.secant_normalize and self.secant_penalty == "applied"),
-            "lsr1.secant_normalize rescales the 'paper' penalty; the 'applied' one is already divided by ||p||^2",
-        )
         _check(self.input_scaling in ("none", "rms"), f"lsr1.input_scaling must be 'none' or 'rms', got {self.input_scaling!r}")
         _check(
             self.curvature_scale in ("none", "secant"),
             f"lsr1.curvature_scale must be 'none' or 'secant', got {self.curvature_scale!r}",
         )
-        _check(self.first_scale in ("pair", "one"), f"lsr1.first_scale must be 'pair' or 'one', got {self.first_scale!r}")
         _check(self.vector_init_scale > 0, f"lsr1.vector_init_scale must be > 0, got {self.vector_init_scale}")
         _check(self.vector_norm in ("none", "sqrt_dim"), f"lsr1.vector_norm must be 'none' or 'sqrt_dim', got {self.vector_norm!r}")
         unknown = [n for n in self.encoder_inputs if n not in ENCODER_INPUTS]
@@ -421,8 +428,26 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _lsr1_section(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The lsr1 section with its `formulation` expanded (keys beside it win) and deleted switches checked."""
+    data = dict(data)
+    name = data.pop("formulation", None)
+    if name is not None:
+        _check(name in FORMULATIONS, f"{where}.formulation: unknown {name!r}; valid: {list(FORMULATIONS)}")
+        data = {**FORMULATIONS[name], **data}
+    for key, kept in REMOVED_SWITCHES.items():
+        if key in data:
+            _check(data[key] == kept, f"{where}.{key}={data[key]!r}: this switch was deleted (only {kept!r} remains); "
+                                      f"git tag {SWITCHES_TAG} has it")  # fmt: skip
+            del data[key]
+    _check("r" not in data.get("encoder_inputs", []), f"{where}.encoder_inputs: the input 'r' was deleted; git tag {SWITCHES_TAG} has it")
+    return data
+
+
 def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass `cls` from a (partial) dict; unknown keys raise ConfigError listing the valid ones."""
+    if cls is LSR1Config:
+        data = _lsr1_section(data, where or "lsr1")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
@@ -475,7 +500,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             _check(isinstance(child, dict), f"override {item!r}: {part!r} is not a section")
             node[part] = child = dict(child)
             node = child
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if parents == ["lsr1"] and leaf == "formulation":  # its switches replace the preset's, later overrides win
+            _check(value in FORMULATIONS, f"override {item!r}: unknown formulation; valid: {list(FORMULATIONS)}")
+            node.pop("formulation", None)
+            node.update(FORMULATIONS[value])
+        else:
+            node[leaf] = value
     return result
 
 

@@ -1,8 +1,19 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, flatten, load_config
+from lsr1.config import (
+    FORMULATIONS,
+    SWITCHES_TAG,
+    ConfigError,
+    ExperimentConfig,
+    LSR1Config,
+    config_from_dict,
+    config_to_dict,
+    flatten,
+    load_config,
+)
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 
@@ -52,10 +63,11 @@ def test_unknown_key_lists_the_valid_ones():
         ("task.name=sphere", "unknown task"),
         ("meta.betas=[0.9]", "expected 2 items"),
         ("lsr1.identity_in_step=maybe", "true or false"),
-        ("lsr1.identity_weight=0", "identity_weight must be > 0"),
+        ("lsr1.identity_weight=0", "identity_weight=0: this switch was deleted"),
         ("meta.lr", "section.key=value"),
         ("lsr1.vector_norm=l2", "vector_norm must be"),
-        ("lsr1.first_scale=zero", "first_scale must be"),
+        ("lsr1.first_scale=zero", "first_scale='zero': this switch was deleted"),
+        ("lsr1.formulation=official", "unknown formulation"),
     ],
 )
 def test_bad_values_are_clear_errors(override, message):
@@ -83,3 +95,39 @@ def test_file_errors_name_the_file(tmp_path):
 def test_flatten_gives_dotted_keys():
     flat = flatten(config_to_dict(load_config("configs/smoke.yaml")))
     assert flat["lsr1.buffer_size"] == 4 and flat["meta.betas"] == [0.9, 0.999]
+
+
+def test_the_defaults_are_the_formulation_of_the_shipped_models():
+    from lsr1 import pretrained
+    from lsr1.checkpoint import config_of
+
+    switches = [k for k in FORMULATIONS["paper"] if k != "lbfgs_memory"]  # mix_lbfgs_long adds the L-BFGS operator
+    for name in ("quadratic", "mix_lbfgs_long", "rosenbrock"):
+        trained = config_of({"config": pretrained.info(name)["config"]}).lsr1
+        assert {k: getattr(trained, k) for k in switches} == {k: getattr(LSR1Config(), k) for k in switches}, name
+
+
+def test_a_formulation_sets_its_switches_and_keys_after_it_win():
+    paper = load_config("configs/smoke.yaml").lsr1  # formulation: paper, lambda_sec 10 beside it
+    assert paper.secant_penalty == "paper" and paper.gamma2 == 0.001 and paper.lambda_sec == 10.0 and paper.hidden_dim == 32
+    demo = load_config("configs/hmr_demo.yaml").lsr1  # the project's (the defaults) with its own additions
+    assert (demo.secant_penalty, demo.line_search, demo.lbfgs_memory) == ("applied", "armijo", 10)
+    # an override names a formulation over the preset's keys; a later override still wins
+    literal = load_config("configs/hmr_demo.yaml", ["lsr1.formulation=paper", "lsr1.gamma1=0.1"]).lsr1
+    assert literal == dataclasses.replace(LSR1Config(**FORMULATIONS["paper"]), buffer_size=4, hidden_dim=32, gamma1=0.1, cap_step_index=True)
+    assert load_config(None, ["lsr1.formulation=project"]).lsr1 == LSR1Config()
+
+
+def test_a_stored_config_with_a_deleted_switch_loads_only_at_the_value_that_remains(tmp_path):
+    from lsr1.checkpoint import CheckpointError, config_of
+
+    stored = config_to_dict(load_config("configs/quadratic.yaml"))
+    stored["lsr1"] |= {"identity_weight": 1.0, "secant_target": "new_step", "secant_normalize": False, "first_scale": "pair"}
+    assert config_of({"config": stored}) == load_config("configs/quadratic.yaml")
+    stored["lsr1"]["first_scale"] = "one"
+    with pytest.raises(CheckpointError, match=f"first_scale='one': this switch was deleted.*{SWITCHES_TAG}"):
+        config_of({"config": stored}, tmp_path / "old.pt")
+    # a checkpoint from before a switch existed ran it at its paper value (each was added with that default)
+    old = config_to_dict(load_config("configs/quadratic_paper.yaml"))
+    del old["lsr1"]["global_features"], old["lsr1"]["eval_norm"]
+    assert config_of({"config": old}) == load_config("configs/quadratic_paper.yaml")

@@ -143,8 +143,7 @@ def test_evaluation_labels_name_the_checkpoint_where_two_models_would_read_the_s
     from lsr1.config import ExperimentConfig
     from pipeline.evaluate import _labels, _tag
 
-    default = ExperimentConfig()  # the dataclass defaults are the paper's formulation: ours applies the penalty
-    ours = dataclasses.replace(default, name="quadratic", lsr1=dataclasses.replace(default.lsr1, secant_penalty="applied"))
+    ours = ExperimentConfig(name="quadratic")  # the dataclass defaults are the project's formulation
     mix = dataclasses.replace(ours, name="mix")
     without = dataclasses.replace(ours, name="quadratic_noproj", lsr1=dataclasses.replace(ours.lsr1, lambda_sec=0.0))
     configs = [ours, without, mix]

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lsr1.config import LSR1Config
+from lsr1.config import FORMULATIONS, LSR1Config
 from lsr1.learned import LSR1
 from lsr1.tasks import rastrigin, rosenbrock
 from lsr1.profiles import (
@@ -46,7 +46,7 @@ def test_the_test_set_is_30_seeded_problems_apart_from_the_tuning_set():
 
 def test_profiles_end_to_end_on_a_small_set(tmp_path):
     torch.manual_seed(0)
-    models = {size: LSR1(LSR1Config(hidden_dim=16, buffer_size=size)).double().eval() for size in (2, 4)}
+    models = {size: LSR1(LSR1Config(**{**FORMULATIONS['paper'], 'hidden_dim': 16, 'buffer_size': size})).double().eval() for size in (2, 4)}
     solvers = {
         "untrained L-SR1": (lambda p, setting: models[4], None),
         "untrained L-SR1, L tuned": (lambda p, size: models[size], lambda kind: (2, 4)),  # as the shipped models' L

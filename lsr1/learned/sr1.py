@@ -5,14 +5,10 @@ Each step, three element-wise MLPs read the optimisation state coordinate by coo
     v_k     = sqrt(s_k / n) P(f_k)                                        (B, N)   pushed into a FIFO buffer of L
     alpha_k = gamma1 * exp(gamma2 * G(f_k))                               (B, N)   element-wise step sizes
               (G(f_k) through tanh with `bounded_step_size`, so that a gamma2 with real range cannot overflow)
-    d_k     = (c s_k I + sum_i v_i v_i^T) g_{k-1}        c = identity_weight (1, Eq. 7) with `identity_in_step`, else 0 (Alg. 1)
+    d_k     = (c s_k I + sum_i v_i v_i^T) g_{k-1}        c = 1 (Eq. 7) with `identity_in_step`, else 0 (Alg. 1)
     x_k     = x_{k-1} - alpha_k * d_k
 The preconditioner is PSD by construction. s_k = |p_{k-1}.q_{k-1}| / ||q_{k-1}||^2 (`curvature_scale: secant`, the
-inverse curvature along the last step; s_1 = 1 with `first_scale: one`) or 1 (the paper); n = N
-(`vector_norm: sqrt_dim`) or 1 (the paper).
-Encoder input "r" (ours, not in the paper's list) is the SR1 residual r_k = p_{k-1} - (c s_k I + sum_i v_i v_i^T) q_{k-1}
-of the buffer before v_k joins it: SR1's own update is v = r / sqrt(r.q), which an element-wise P cannot
-form from x, p, d, g, q alone (B q is not element-wise).
+inverse curvature along the last step) or 1 (the paper); n = N (`vector_norm: sqrt_dim`) or 1 (the paper).
 With `input_scaling: rms` each encoder input is divided by its RMS over the problem's coordinates, so that
 E sees the same numbers whatever the scale of the problem; `global_features` adds per-problem scalars
 (cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)) broadcast to every coordinate, k held at the last
@@ -55,7 +51,6 @@ class LSR1State(NamedTuple):
     g_prev: Tensor  # (B, N) g_{k-2}; zero at init so that q_0 = g_0
     d: Tensor  # (B, N) the last direction d_{k-1}; g_0 at init
     buffer: Tensor  # (B, L, N) the last L vectors v, oldest first; never-filled slots are zero
-    residual: Tensor  # (B,) secant residual of the last pair (secant_target "last_step"); zero otherwise
     count: int  # steps taken
     alpha: Tensor  # (B, N) the step sizes of the last step (the applied operator's diagonal)
     scale: Tensor  # (B, 1) s of the last step
@@ -81,18 +76,10 @@ def precondition(buffer: Tensor, g: Tensor, identity_weight: float | Tensor) -> 
     return low_rank + identity_weight * g if isinstance(identity_weight, Tensor) or identity_weight else low_rank
 
 
-def secant_residual(buffer: Tensor, p: Tensor, q: Tensor, normalize: bool = False) -> Tensor:
+def secant_residual(buffer: Tensor, p: Tensor, q: Tensor) -> Tensor:
     """||p - B~ q||^2 with B~ = I + sum_i v_i v_i^T (Eq. 8, the `paper` penalty). buffer: (B, L, N); p, q:
-    (B, N) -> (B,).
-
-    normalize: divide by (||p||^2 + ||B~ q||^2) / 2, which makes the penalty independent of the step length
-    (so it cannot be lowered by not moving) and bounded by 4."""
-    bq = precondition(buffer, q, 1.0)
-    residual = (p - bq).pow(2).sum(-1)
-    if not normalize:
-        return residual
-    scale = 0.5 * (p.pow(2).sum(-1) + bq.pow(2).sum(-1))
-    return residual / scale.clamp_min(torch.finfo(p.dtype).tiny)
+    (B, N) -> (B,)."""
+    return (p - precondition(buffer, q, 1.0)).pow(2).sum(-1)
 
 
 def applied_secant_residual(buffer: Tensor, alpha: Tensor, identity: Tensor | float, p: Tensor, q: Tensor) -> Tensor:
@@ -127,11 +114,9 @@ class LSR1(LearnedOptimizer):
         self.gamma1 = config.gamma1
         self.gamma2 = config.gamma2
         self.lambda_sec = config.lambda_sec
-        self.identity_weight = config.identity_weight if config.identity_in_step else 0.0
-        self.last_step_secant = config.secant_target == "last_step"
+        self.identity_weight = 1.0 if config.identity_in_step else 0.0  # c
         self.unroll_line_search = config.line_search  # applied by the driver (lsr1.meta.unroll), which holds f
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
-        self._residual_input = "r" in config.encoder_inputs
         # eval_norm: BatchNorm at evaluation never mixes problems (DESIGN §3): running statistics, or each
         # problem's own statistics over its coordinates
         mlp = dict(hidden=config.hidden_dim, dropout=config.dropout, bn_momentum=config.bn_momentum, norm=config.eval_norm)
@@ -152,7 +137,7 @@ class LSR1(LearnedOptimizer):
         batch = x0.shape[0]
         buffer = x0.new_zeros(batch, self.buffer_size, x0.shape[1])
         return LSR1State(
-            x_prev=zeros, g_prev=zeros, d=g0, buffer=buffer, residual=x0.new_zeros(batch), count=0,
+            x_prev=zeros, g_prev=zeros, d=g0, buffer=buffer, count=0,
             alpha=zeros, scale=x0.new_ones(batch, 1), active=x0.new_ones(batch),
             **dict(zip(("pair_p", "pair_q", "pair_rho"), empty_memory(x0, self.config.lbfgs_memory))),
         )  # fmt: skip
@@ -161,8 +146,6 @@ class LSR1(LearnedOptimizer):
         """The encoder's input (B, N, I [+ 4]). Scales and global features are statistics of the state, held
         constant in the meta-gradient (their gradients are 0/0 where a frozen problem has p = 0)."""
         candidates = [x, p, state.d, g, q]  # the order of ENCODER_INPUTS
-        if self._residual_input:
-            candidates.append(p - self._operator(state.buffer, state.pairs, scale, q))
         inputs = torch.stack([candidates[i] for i in self._inputs], dim=-1)  # (B, N, I)
         if self.config.input_scaling == "rms":
             rms = inputs.detach().pow(2).mean(1, keepdim=True).sqrt()
@@ -179,12 +162,11 @@ class LSR1(LearnedOptimizer):
         return inputs
 
     @torch.no_grad()
-    def _scale(self, p: Tensor, q: Tensor, count: int) -> Tensor:
+    def _scale(self, p: Tensor, q: Tensor) -> Tensor:
         """s = |p.q| / q.q per problem (B, 1) for `curvature_scale: secant` (the Barzilai-Borwein step that
         L-BFGS starts from: 1 / the curvature along p), where it is positive and finite (else 1); 1 for
-        "none", and for the first step with `first_scale: one`. A statistic, held constant in the
-        meta-gradient."""
-        if self.config.curvature_scale == "none" or (count == 0 and self.config.first_scale == "one"):
+        "none". A statistic, held constant in the meta-gradient."""
+        if self.config.curvature_scale == "none":
             return p.new_ones(p.shape[0], 1)
         s = (p * q).sum(-1, keepdim=True).abs() / q.pow(2).sum(-1, keepdim=True)
         return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
@@ -192,7 +174,7 @@ class LSR1(LearnedOptimizer):
     def step(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, LSR1State, Info]:
         p = x - state.x_prev  # p_{k-1}
         q = g - state.g_prev  # q_{k-1}
-        scale = self._scale(p, q, state.count)  # (B, 1)
+        scale = self._scale(p, q)  # (B, 1)
         pairs = state.pairs
         if self.config.lbfgs_memory and state.count > 0:  # (p_0, q_0) = (x_0, g_0) is not a step
             pairs, _ = lbfgs_memory_update(pairs, p.detach(), q.detach())  # a statistic, like s
@@ -212,11 +194,8 @@ class LSR1(LearnedOptimizer):
         buffer = fifo_push(state.buffer, v)
         d = self._operator(buffer, pairs, scale, g)
         x_next = x - alpha * d
-        residual = state.residual  # the first step has no previous pair: (p_0, q_0) = (x_0, g_0) only seeds E
-        if self.last_step_secant and state.count > 0:
-            residual = self._residual(buffer, pairs, alpha, scale, p, q)
         info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1), "curvature_scale": scale.squeeze(-1)}
-        new_state = LSR1State(x, g, d, buffer, residual, state.count + 1, alpha, scale, state.active, *pairs)
+        new_state = LSR1State(x, g, d, buffer, state.count + 1, alpha, scale, state.active, *pairs)
         return x_next, new_state, info
 
     def _identity(self, scale: Tensor) -> Tensor | float:
@@ -234,22 +213,18 @@ class LSR1(LearnedOptimizer):
     def _residual(self, buffer: Tensor, pairs: LBFGSMemory, alpha: Tensor, scale: Tensor, p: Tensor, q: Tensor) -> Tensor:
         if self.config.secant_penalty == "applied":
             return _relative_miss(p, alpha * self._operator(buffer, pairs, scale, q))
-        return secant_residual(buffer, p, q, self.config.secant_normalize)
+        return secant_residual(buffer, p, q)
 
     def with_step_length(self, state: LSR1State, t: Tensor) -> LSR1State:
         """A line search took t times the step: the applied operator is t diag(alpha) B, so that the secant
-        penalty and the residual input measure the step actually taken (a penalty on the untaken one would
+        penalty measures the step actually taken (a penalty on the untaken one would
         charge every shortened step, as the paper's form charges the Newton step)."""
         return state._replace(alpha=state.alpha * t.unsqueeze(-1))
 
     def meta_penalty(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
-        """lambda_sec * the secant residual (Eq. 9) of the operator of step k, and (p, q) either the step it
-        produced (secant_target "new_step", DESIGN §3) or the pair v_k was generated from ("last_step", the
-        quasi-Newton convention B_k q_{k-1} = p_{k-1})."""
-        if self.last_step_secant:
-            residual = state.residual
-        else:
-            residual = self._residual(state.buffer, state.pairs, state.alpha, state.scale, x - state.x_prev, g - state.g_prev)
+        """lambda_sec * the secant residual (Eq. 9) of the operator of step k on the step (p, q) it produced
+        (DESIGN §3)."""
+        residual = self._residual(state.buffer, state.pairs, state.alpha, state.scale, x - state.x_prev, g - state.g_prev)
         return self.lambda_sec * residual, {"secant_residual": residual}
 
 
