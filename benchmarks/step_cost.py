@@ -20,7 +20,7 @@ import torch
 
 from lsr1 import pretrained
 from lsr1.config import LSR1Config
-from lsr1.learned import LSR1, with_buffer_size
+from lsr1.learned import LSR1
 from lsr1.optim import LBFGS
 from lsr1.tasks import rosenbrock
 
@@ -59,7 +59,7 @@ def main() -> None:
     torch.set_num_threads(1)
     problem = rosenbrock(1, args.dim, seed=0)
     model = pretrained.load("rosenbrock") if "rosenbrock" in pretrained.available() else LSR1(LSR1Config()).eval()
-    lsr1 = with_buffer_size(model.eval(), args.buffer)
+    lsr1 = model.eval().with_settings(buffer_size=args.buffer)
     lsr1_ms, lsr1_bytes = ms_per_step(lsr1, problem, args.steps)
     lbfgs_ms, lbfgs_bytes = ms_per_step(LBFGS(problem, memory=args.buffer), problem, args.steps)
     print(f"machine: {platform.machine()}, torch {torch.__version__}, 1 thread; Rosenbrock N = {args.dim}, L = m = {args.buffer}, float32")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsr1.learned.sr1 import LSR1, LSR1State, with_buffer_size
+from lsr1.learned.sr1 import LSR1, LSR1State
 
 __all__ = ["LearnedSR1"]
 
@@ -68,7 +68,7 @@ class LearnedSR1(torch.optim.Optimizer):
             model = pretrained
         else:
             raise TypeError(f"pretrained must be a model name or an LSR1 module, got {type(pretrained).__name__}")
-        model = with_buffer_size(model, buffer_size) if buffer_size is not None else model
+        model = model.with_settings(buffer_size=buffer_size) if buffer_size is not None else model
         first = self._params()[0]
         dtype = first.dtype if first.is_floating_point() else torch.float32
         self.model = model.to(device=first.device, dtype=dtype).eval()

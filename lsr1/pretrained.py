@@ -6,14 +6,13 @@ summary of how it was trained (read it with `info(name)`).
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
-from lsr1.learned import LSR1, LearnedOptimizer, with_buffer_size, with_lbfgs_memory
+from lsr1.learned import LSR1, LearnedOptimizer
 from lsr1.learners import make_learner
 
 __all__ = ["WEIGHTS_DIR", "available", "export", "info", "load"]
@@ -47,28 +46,22 @@ def load(
     lbfgs_memory: int | None = None,
     cap_step_index: bool | None = None,
 ) -> LearnedOptimizer:
-    """A shipped model in eval mode; `buffer_size` overrides the trained L of an L-SR1 model (the paper
-    tests with other L than trained), `lbfgs_memory` the trained m of one with the L-BFGS operator, and
-    `cap_step_index` whether the step index of its global features is held at the last step meta-training
-    reached (`lsr1.cap_step_index`; no effect on a model without global features). The hold never binds
-    in meta-training, so a model trained without it has the same weights as one trained with it: it only
-    decides what the model sees past its horizon."""
+    """A shipped model in eval mode. `buffer_size`, `lbfgs_memory` and `cap_step_index` change the settings an
+    L-SR1 model may change after training (`LSR1.with_settings`, which says what each does); None keeps the
+    trained one."""
     path = _path(name)
     payload = load_checkpoint(path)
     config = config_of(payload, path)
-    if cap_step_index is not None:
-        if config.learner != "lsr1":
-            raise ValueError(f"cap_step_index is an L-SR1 setting; {name!r} is a {config.learner} model")
-        config = dataclasses.replace(config, lsr1=dataclasses.replace(config.lsr1, cap_step_index=cap_step_index))
     model = make_learner(config)
     model.load_state_dict(payload["model"])
     model = model.to(device=device, dtype=dtype).eval()
-    if buffer_size is None and lbfgs_memory is None:
+    settings = {"buffer_size": buffer_size, "lbfgs_memory": lbfgs_memory, "cap_step_index": cap_step_index}
+    changed = {key: value for key, value in settings.items() if value is not None}
+    if not changed:
         return model
     if not isinstance(model, LSR1):
-        raise ValueError(f"buffer_size and lbfgs_memory are L-SR1 settings; {name!r} is a {type(model).__name__}")
-    model = model if buffer_size is None else with_buffer_size(model, buffer_size)
-    return model if lbfgs_memory is None else with_lbfgs_memory(model, lbfgs_memory)
+        raise ValueError(f"{', '.join(changed)}: L-SR1 settings; {name!r} is a {config.learner} model")
+    return model.with_settings(**changed)
 
 
 def export(checkpoint: str | Path, name: str, summary: dict[str, Any] | None = None, directory: Path = WEIGHTS_DIR) -> Path:

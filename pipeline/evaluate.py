@@ -37,7 +37,7 @@ import torch
 from lsr1.analysis import Curves, StepCurves, curves, markdown_table, plot_curves, step_curves
 from lsr1.checkpoint import CheckpointError, config_of, load_checkpoint
 from lsr1.config import ExperimentConfig
-from lsr1.learned import LearnedOptimizer, with_buffer_size
+from lsr1.learned import LearnedOptimizer
 from lsr1.learners import make_learner
 from lsr1.optim import BFGS, LBFGS, HypergradientBFGS
 from lsr1.tasks import Problem, problem_set
@@ -105,7 +105,7 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
         group.append(curves("BFGS-HD per coordinate", HypergradientBFGS(per_coordinate=True), problem, steps))
         groups["BFGS step sizes"] = group
     for size in buffer_sizes if models[0][0].learner == "lsr1" else ():
-        group = [curves(f"{label} (L={size})", with_buffer_size(m, size), problem, steps) for label, (_, m, _) in zip(labels, models)]
+        group = [curves(f"{label} (L={size})", m.with_settings(buffer_size=size), problem, steps) for label, (_, m, _) in zip(labels, models)]
         group.append(curves(f"L-BFGS (m={size})", LBFGS(problem, memory=size), problem, steps))
         groups[f"L = {size}"] = group
     out.mkdir(parents=True, exist_ok=True)

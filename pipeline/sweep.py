@@ -36,7 +36,6 @@ from ray.tune import Callback
 from lsr1.analysis import curves, plot_curves
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, config_to_dict, load_config
-from lsr1.learned import with_buffer_size
 from lsr1.optim import BFGS, LBFGS
 from lsr1.tasks import problem_set
 from pipeline.data import absolute_paths
@@ -207,7 +206,7 @@ def compare(top: list[dict[str, Any]], steps: int, out: Path, baselines: list[Pa
     lines, rows = [], []
     for entry, config, model, _ in loaded:
         if config.learner == "lsr1":  # each trial at its own L
-            curve = curves(f"{entry['trial']} (L={config.lsr1.buffer_size})", with_buffer_size(model, config.lsr1.buffer_size), problem, steps)
+            curve = curves(f"{entry['trial']} (L={config.lsr1.buffer_size})", model.with_settings(buffer_size=config.lsr1.buffer_size), problem, steps)
         else:
             curve = curves(entry["trial"], model, problem, steps)
         lines.append(curve)

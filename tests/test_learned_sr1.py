@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lsr1.config import FORMULATIONS, LSR1Config
-from lsr1.learned import LSR1, applied_secant_residual, precondition, secant_residual, with_buffer_size, with_lbfgs_memory
+from lsr1.learned import LSR1, applied_secant_residual, precondition, secant_residual
 from lsr1.meta import run
 from lsr1.optim.base import fifo_push
 from lsr1.tasks import Quadratic, random_quadratics
@@ -119,27 +119,27 @@ def test_meta_gradient_reaches_every_module():
     smoketest_meta_step(_small(), lambda i: random_quadratics(16, 2, seed=i))
 
 
-def test_with_buffer_size_shares_weights():
+def test_another_buffer_size_shares_weights():
     model = _small()
-    other = with_buffer_size(model, 7)
+    other = model.with_settings(buffer_size=7)
     assert other.buffer_size == 7 and model.buffer_size == 3
     assert other.encoder is model.encoder
     with pytest.raises(ValueError):
-        with_buffer_size(model, 0)
+        model.with_settings(buffer_size=0)
 
 
-def test_with_lbfgs_memory_keeps_more_pairs_with_the_same_weights():
+def test_another_lbfgs_memory_keeps_more_pairs_with_the_same_weights():
     model = LSR1(_paper(hidden_dim=8, buffer_size=3, identity_in_step=True, lbfgs_memory=2)).double().eval()
-    wider = with_lbfgs_memory(model, 5)
+    wider = model.with_settings(lbfgs_memory=5)
     assert wider.config.lbfgs_memory == 5 and model.config.lbfgs_memory == 2 and wider.encoder is model.encoder
     problem = random_quadratics(2, 6, seed=0, dtype=torch.float64)
     short, long = run(model, problem, 4), run(wider, problem, 4)
     # identical while at most two pairs are measured (steps 1-3), different once a third one is kept
     assert torch.equal(short.values[:4], long.values[:4]) and not torch.equal(short.values[4], long.values[4])
     with pytest.raises(ValueError, match="trained with the L-BFGS operator"):
-        with_lbfgs_memory(_small(), 4)
+        _small().with_settings(lbfgs_memory=4)
     with pytest.raises(ValueError, match=">= 1"):
-        with_lbfgs_memory(model, 0)
+        model.with_settings(lbfgs_memory=0)
 
 
 def test_bad_inputs_give_clear_errors():

@@ -3,7 +3,7 @@
 from lsr1.learned.base import HandDesigned, LearnedOptimizer
 from lsr1.learned.bfgs_steps import BFGSSteps, BFGSStepsState
 from lsr1.learned.lgd import LGD, LGDState
-from lsr1.learned.sr1 import LSR1, LSR1State, applied_secant_residual, precondition, secant_residual, with_buffer_size, with_lbfgs_memory
+from lsr1.learned.sr1 import LSR1, LSR1State, applied_secant_residual, precondition, secant_residual
 
 __all__ = [
     "BFGSSteps",
@@ -17,6 +17,4 @@ __all__ = [
     "applied_secant_residual",
     "precondition",
     "secant_residual",
-    "with_buffer_size",
-    "with_lbfgs_memory",
 ]

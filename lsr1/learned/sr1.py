@@ -41,7 +41,7 @@ from lsr1.nn import ElementwiseMLP
 from lsr1.optim.base import Info, check_pair, fifo_push
 from lsr1.optim.lbfgs import LBFGSMemory, empty_memory, lbfgs_memory_update, two_loop
 
-__all__ = ["GLOBAL_FEATURES", "LSR1", "LSR1State", "applied_secant_residual", "precondition", "secant_residual", "with_buffer_size", "with_lbfgs_memory"]
+__all__ = ["GLOBAL_FEATURES", "LSR1", "LSR1State", "applied_secant_residual", "precondition", "secant_residual"]
 
 GLOBAL_FEATURES = 4  # cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)
 
@@ -105,11 +105,8 @@ class LSR1(LearnedOptimizer):
     def __init__(self, config: LSR1Config | None = None, horizon: int | None = None) -> None:
         super().__init__()
         self.config = config = config or LSR1Config()
-        self.last_trained_step: int | None = None  # the step index of the global features stops here
-        if config.cap_step_index:
-            if horizon is None:
-                raise ValueError("lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.burn_in + meta.unroll_steps)")
-            self.last_trained_step = horizon - 1
+        self.horizon = horizon
+        self.last_trained_step = self._last_trained_step(config)  # the step index of the global features stops here
         self.buffer_size = config.buffer_size
         self.gamma1 = config.gamma1
         self.gamma2 = config.gamma2
@@ -198,6 +195,39 @@ class LSR1(LearnedOptimizer):
         new_state = LSR1State(x, g, d, buffer, state.count + 1, alpha, scale, state.active, *pairs)
         return x_next, new_state, info
 
+    def _last_trained_step(self, config: LSR1Config) -> int | None:
+        if not config.cap_step_index:
+            return None
+        if self.horizon is None:
+            raise ValueError("lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.burn_in + meta.unroll_steps)")
+        return self.horizon - 1
+
+    def with_settings(self, *, buffer_size: int | None = None, lbfgs_memory: int | None = None, cap_step_index: bool | None = None) -> "LSR1":
+        """The same trained weights (shared, not copied) with the settings that may change after training: the
+        buffer size L (the paper tests with other L than trained), the L-BFGS memory m of a model trained with
+        the L-BFGS operator (its pairs are measured statistics, not learned, so it can keep as many as L-BFGS
+        does), and whether the step index of the global features is held at the training horizon (the hold
+        never binds in meta-training, so it only decides what the model sees past its horizon). The one way to
+        change a trained setting; `lsr1.pretrained.load` passes its keywords here."""
+        changes: dict[str, int | bool] = {}
+        if buffer_size is not None:
+            if buffer_size < 1:
+                raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+            changes["buffer_size"] = buffer_size
+        if lbfgs_memory is not None:
+            if not self.config.lbfgs_memory:
+                raise ValueError("lbfgs_memory can only be changed on a model trained with the L-BFGS operator (lsr1.lbfgs_memory > 0)")
+            if lbfgs_memory < 1:
+                raise ValueError(f"lbfgs_memory must be >= 1, got {lbfgs_memory}")
+            changes["lbfgs_memory"] = lbfgs_memory
+        if cap_step_index is not None:
+            changes["cap_step_index"] = cap_step_index
+        other = copy.copy(self)  # shares the parameter tensors
+        other.config = dataclasses.replace(self.config, **changes)
+        other.buffer_size = other.config.buffer_size
+        other.last_trained_step = other._last_trained_step(other.config)
+        return other
+
     def _identity(self, scale: Tensor) -> Tensor | float:
         """c s: the identity's weight in B, (B, 1); 0 without `identity_in_step` (Alg. 1)."""
         return self.identity_weight * scale if self.identity_weight else 0.0
@@ -226,24 +256,3 @@ class LSR1(LearnedOptimizer):
         (DESIGN §3)."""
         residual = self._residual(state.buffer, state.pairs, state.alpha, state.scale, x - state.x_prev, g - state.g_prev)
         return self.lambda_sec * residual, {"secant_residual": residual}
-
-
-def with_buffer_size(model: LSR1, buffer_size: int) -> LSR1:
-    """The same trained weights with another buffer size L (the paper tests with other L than trained)."""
-    if buffer_size < 1:
-        raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-    other = copy.copy(model)  # shares the parameter tensors
-    other.buffer_size = buffer_size
-    return other
-
-
-def with_lbfgs_memory(model: LSR1, memory: int) -> LSR1:
-    """The same trained weights with another L-BFGS memory m: the pairs are measured statistics, not
-    learned, so a model trained with the L-BFGS operator can keep as many as L-BFGS itself does."""
-    if not model.config.lbfgs_memory:
-        raise ValueError("lbfgs_memory can only be changed on a model trained with the L-BFGS operator (lsr1.lbfgs_memory > 0)")
-    if memory < 1:
-        raise ValueError(f"lbfgs_memory must be >= 1, got {memory}")
-    other = copy.copy(model)
-    other.config = dataclasses.replace(model.config, lbfgs_memory=memory)
-    return other
