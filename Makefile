@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP) browser
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 # The MLflow UI test drives a real headless Chromium: Debian's package, where this machine can install it

@@ -9,6 +9,7 @@ pinned; the synthetic body is used unless --body names a model folder.
 
 Last line: one JSON object (smplx_ms, joints_only_ms, speedup, ...).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,17 +76,21 @@ def main() -> None:
     print(f"{'':26}{'smplx full':>12}{'joints-only':>13}{'speed-up':>10}")
     print(f"{'forward (ms)':26}{smplx_ms:12.2f}{fast_ms:13.2f}{smplx_ms / fast_ms:10.1f}")
     print(f"{'forward + grad (ms)':26}{smplx_grad_ms:12.2f}{fast_grad_ms:13.2f}{smplx_grad_ms / fast_grad_ms:10.1f}")
-    print(json.dumps({
-        "smplx_ms": round(smplx_ms, 3),
-        "joints_only_ms": round(fast_ms, 3),
-        "speedup": round(smplx_ms / fast_ms, 2),
-        "smplx_grad_ms": round(smplx_grad_ms, 3),
-        "joints_only_grad_ms": round(fast_grad_ms, 3),
-        "grad_speedup": round(smplx_grad_ms / fast_grad_ms, 2),
-        "max_abs_error_m": error,
-        "batch": args.batch,
-        "threads": args.threads,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "smplx_ms": round(smplx_ms, 3),
+                "joints_only_ms": round(fast_ms, 3),
+                "speedup": round(smplx_ms / fast_ms, 2),
+                "smplx_grad_ms": round(smplx_grad_ms, 3),
+                "joints_only_grad_ms": round(fast_grad_ms, 3),
+                "grad_speedup": round(smplx_grad_ms / fast_grad_ms, 2),
+                "max_abs_error_m": error,
+                "batch": args.batch,
+                "threads": args.threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

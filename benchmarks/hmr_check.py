@@ -7,6 +7,7 @@ test split. Step 0 is the jointly trained initializer alone; the refinement shou
 Starts from configs/hmr_smoke.yaml; the best checkpoint of each run is chosen by validation PA-MPJPE on the
 synthetic 3DPW validation split. Last line: JSON with the per-step curves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,12 @@ def main() -> None:
     out = Path(args.out)
     data = out / "data"
     if not (data / "complete").exists():
-        generate(data, seed=0, amass={"datasets": 3, "subjects": 4, "sequences": 3, "frames": 60},
-                 pw3d={"sequences": {"train": 1, "validation": 3, "test": 4}, "frames": 40})  # fmt: skip
+        generate(
+            data,
+            seed=0,
+            amass={"datasets": 3, "subjects": 4, "sequences": 3, "frames": 60},
+            pw3d={"sequences": {"train": 1, "validation": 3, "test": 4}, "frames": 40},
+        )
         (data / "complete").touch()
     paths = [f"hmr.body_dir={data / 'body'}", f"hmr.amass_dir={data / 'amass'}", f"hmr.pw3d_dir={data / '3dpw'}"]
     curves, seconds = {}, {}
@@ -56,8 +61,10 @@ def main() -> None:
         test = problem_set(config.task, "test", hmr=config.hmr)
         steps = args.eval_steps or config.meta.unroll_steps
         curves[learner] = {k: v.tolist() for k, v in step_metrics(test, run(model, test, steps).iterates).items()}
-        print(f"{learner}: {summary.iterations} iterations in {seconds[learner]:.0f} s, best val PA-MPJPE "
-              f"{summary.best_val_loss:.1f} mm at iteration {summary.best_iteration}; test split: {test.batch_size} frames")  # fmt: skip
+        print(
+            f"{learner}: {summary.iterations} iterations in {seconds[learner]:.0f} s, best val PA-MPJPE "
+            f"{summary.best_val_loss:.1f} mm at iteration {summary.best_iteration}; test split: {test.batch_size} frames"
+        )
 
     print(f"machine: {platform.machine()} CPU, {args.threads} thread(s), torch {torch.__version__}")
     print("PA-MPJPE (mm) on the synthetic 3DPW test split per inner step (step 0: the initializer alone)")

@@ -18,6 +18,7 @@ Architectures come from the preset (paper C.2.3: L-SR1 hidden 128, L = 4; LGD's 
 are the synthetic stand-ins (written to a temporary folder unless --data holds them). Last line: JSON, with
 `inference` and `training` keyed by batch size, then method.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -162,16 +163,20 @@ def main() -> None:
     line("  peak memory (MiB)", train["lsr1"]["peak_mib"], train["lgd"]["peak_mib"], "-")
     rounded = lambda d: {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}  # noqa: E731
     big = infer[args.batches[-1]]
-    print(json.dumps({
-        "lsr1_ms": round(big["lsr1"]["ms"], 2),
-        "lgd_ms": round(big["lgd"]["ms"], 2),
-        "adam_ms": round(big["adam"]["ms"], 2),
-        "ratio": round(big["lsr1"]["ms"] / big["lgd"]["ms"], 3),
-        "batch": args.batches[-1],
-        "machine": machine,
-        "inference": {str(b): {m: rounded(f) for m, f in r.items()} for b, r in infer.items()},
-        "training": {str(args.train_batch): {m: rounded(f) for m, f in train.items()}},
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "lsr1_ms": round(big["lsr1"]["ms"], 2),
+                "lgd_ms": round(big["lgd"]["ms"], 2),
+                "adam_ms": round(big["adam"]["ms"], 2),
+                "ratio": round(big["lsr1"]["ms"] / big["lgd"]["ms"], 3),
+                "batch": args.batches[-1],
+                "machine": machine,
+                "inference": {str(b): {m: rounded(f) for m, f in r.items()} for b, r in infer.items()},
+                "training": {str(args.train_batch): {m: rounded(f) for m, f in train.items()}},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ written to a temporary folder; one Ray Train worker's share of the demo's batch 
 Threads are pinned: torch.set_num_threads(1) and OMP_NUM_THREADS=1 in both sides' processes (and 2 for
 the extra 2-thread figure of today's code). Last line: one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,10 @@ def extract_reference(commit: str, into: Path) -> Path:
     try:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "lsr1"], check=True, capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError) as error:
-        raise SystemExit(f"cannot extract the reference path (lsr1/ at commit {commit}) with git archive: {error}; "
-                         "run from a git clone with its history, or pass --reference COMMIT") from error  # fmt: skip
+        raise SystemExit(
+            f"cannot extract the reference path (lsr1/ at commit {commit}) with git archive: {error}; "
+            "run from a git clone with its history, or pass --reference COMMIT"
+        ) from error
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
@@ -109,7 +112,9 @@ def run_side(tree: Path, config_path: str, overrides: list[str], iterations: int
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, __file__, "--side", "--config", config_path, "--iterations", str(iterations), "--threads", str(threads)]
     command += [arg for override in overrides for arg in ("--set", override)]
-    out = subprocess.run(command + (["--retain-memory"] if retain_memory else []), env=env, cwd=ROOT, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        command + (["--retain-memory"] if retain_memory else []), env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -123,9 +128,15 @@ def side_by_side(config_path: str, overrides: list[str], iterations: int, rounds
             runs["reference"].append(run_side(old, config_path, overrides, iterations, 1, retain_memory=False))
             runs["today"].append(run_side(ROOT, config_path, overrides, iterations, 1, retain_memory=True))
     two = run_side(ROOT, config_path, overrides, iterations, 2, retain_memory=True)
-    out = {name: {"cpu_ms": statistics.median([t for run in rs for t in run["cpu"]]),
-                  "wall_ms": statistics.median([t for run in rs for t in run["wall"]]),
-                  "loss": rs[0]["loss"], "grad_norm": rs[0]["grad_norm"]} for name, rs in runs.items()}  # fmt: skip
+    out = {
+        name: {
+            "cpu_ms": statistics.median([t for run in rs for t in run["cpu"]]),
+            "wall_ms": statistics.median([t for run in rs for t in run["wall"]]),
+            "loss": rs[0]["loss"],
+            "grad_norm": rs[0]["grad_norm"],
+        }
+        for name, rs in runs.items()
+    }
     out["today_2threads"] = {"cpu_ms": statistics.median(two["cpu"]), "wall_ms": statistics.median(two["wall"])}
     return out
 
@@ -148,7 +159,9 @@ def profile_table(config, iterations: int = 5, rows: int = 12) -> str:
     total = sum(e.self_cpu_time_total for e in events)
     lines = [f"{'operator':44}{'ms / iteration':>15}{'share':>8}{'calls / iteration':>19}"]
     for e in events[:rows]:
-        lines.append(f"{e.key[:43]:44}{e.self_cpu_time_total / 1e3 / iterations:15.1f}{e.self_cpu_time_total / total:8.1%}{e.count / iterations:19.0f}")
+        lines.append(
+            f"{e.key[:43]:44}{e.self_cpu_time_total / 1e3 / iterations:15.1f}{e.self_cpu_time_total / total:8.1%}{e.count / iterations:19.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -221,8 +234,14 @@ def hmr_data(into: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quadratic.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config overrides for both sides, e.g. task.batch_size=32 (one HMR worker's share)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for both sides, e.g. task.batch_size=32 (one HMR worker's share)",
+    )
     parser.add_argument("--iterations", type=int, default=20, help="timed meta-iterations per round and side")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two sides")
     parser.add_argument("--reference", default=REFERENCE, help="the commit whose lsr1/ is the reference path")
@@ -252,8 +271,10 @@ def report(args: argparse.Namespace, config, overrides: list[str]) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads pinned 1 (and 2 where said)")
     size = f", N {t.dim}" if analytic else ""
     memory = f", L {config.lsr1.buffer_size}" if config.learner == "lsr1" else ""
-    print(f"preset {config.name}{' with ' + ' '.join(args.overrides) if args.overrides else ''}: learner {config.learner}, "
-          f"batch {t.batch_size}{size}, K {k.unroll_steps}{memory}")  # fmt: skip
+    print(
+        f"preset {config.name}{' with ' + ' '.join(args.overrides) if args.overrides else ''}: learner {config.learner}, "
+        f"batch {t.batch_size}{size}, K {k.unroll_steps}{memory}"
+    )
     result = {}
     if analytic:
         shapes = gemm_shapes(config)
@@ -265,8 +286,13 @@ def report(args: argparse.Namespace, config, overrides: list[str]) -> None:
         fused_ms, modules_ms = fused_vs_modules_ms(rows, config.lsr1.hidden_dim)
         print(f"matmul FLOPs per meta-iteration: {flops / 1e9:.2f} GFLOP in {len(shapes)} matmuls")
         print(f"single-thread rate on {big}: {2 * big[0] * big[1] * big[2] / per_shape[big] / 1e6:.1f} GFLOP/s")
-        result = {"flop_bound_ms": round(bound_ms, 2), "efficiency": round(bound_ms / today["cpu_ms"], 3), "gflop_per_meta_iter": round(flops / 1e9, 3),
-                  "mlp_fused_ms": round(fused_ms, 3), "mlp_torch_modules_ms": round(modules_ms, 3)}  # fmt: skip
+        result = {
+            "flop_bound_ms": round(bound_ms, 2),
+            "efficiency": round(bound_ms / today["cpu_ms"], 3),
+            "gflop_per_meta_iter": round(flops / 1e9, 3),
+            "mlp_fused_ms": round(fused_ms, 3),
+            "mlp_torch_modules_ms": round(modules_ms, 3),
+        }
     print(f"{'ms / meta-iteration':36}{'CPU time':>10}{'wall':>10}")
     if analytic:
         print(f"{'matmul-only bound':36}{bound_ms:10.1f}")
@@ -275,24 +301,32 @@ def report(args: argparse.Namespace, config, overrides: list[str]) -> None:
     print(f"{'today, 2 threads':36}{sides['today_2threads']['cpu_ms']:10.1f}{sides['today_2threads']['wall_ms']:10.1f}")
     efficiency = f"; efficiency (bound / today): {bound_ms / today['cpu_ms']:.2f}" if analytic else ""
     print(f"speed-up (reference / today, CPU time): {ref['cpu_ms'] / today['cpu_ms']:.2f}x{efficiency}")
-    print(f"first meta-iteration in float64: loss {today['loss']:.12g} vs {ref['loss']:.12g} (rel {loss_diff:.1e}), "
-          f"meta-gradient norm rel {grad_diff:.1e}")  # fmt: skip
+    print(
+        f"first meta-iteration in float64: loss {today['loss']:.12g} vs {ref['loss']:.12g} (rel {loss_diff:.1e}), "
+        f"meta-gradient norm rel {grad_diff:.1e}"
+    )
     if analytic:
-        print(f"one MLP forward + backward on ({rows}, {config.lsr1.hidden_dim}): fused {fused_ms:.2f} ms, torch modules {modules_ms:.2f} ms")
+        print(
+            f"one MLP forward + backward on ({rows}, {config.lsr1.hidden_dim}): fused {fused_ms:.2f} ms, torch modules {modules_ms:.2f} ms"
+        )
     if args.profile:
         print("\n" + profile_table(config) + "\n")
-    print(json.dumps({
-        "preset": config.name,
-        "overrides": args.overrides,
-        "ms_per_meta_iter": round(today["cpu_ms"], 2),
-        "ms_per_meta_iter_reference": round(ref["cpu_ms"], 2),
-        "speedup": round(ref["cpu_ms"] / today["cpu_ms"], 3),
-        "wall_ms_per_meta_iter": round(today["wall_ms"], 2),
-        "wall_ms_per_meta_iter_reference": round(ref["wall_ms"], 2),
-        "ms_per_meta_iter_2threads": round(sides["today_2threads"]["cpu_ms"], 2),
-        "first_iteration_rel_diff": max(loss_diff, grad_diff),
-        **result,
-    }))
+    print(
+        json.dumps(
+            {
+                "preset": config.name,
+                "overrides": args.overrides,
+                "ms_per_meta_iter": round(today["cpu_ms"], 2),
+                "ms_per_meta_iter_reference": round(ref["cpu_ms"], 2),
+                "speedup": round(ref["cpu_ms"] / today["cpu_ms"], 3),
+                "wall_ms_per_meta_iter": round(today["wall_ms"], 2),
+                "wall_ms_per_meta_iter_reference": round(ref["wall_ms"], 2),
+                "ms_per_meta_iter_2threads": round(sides["today_2threads"]["cpu_ms"], 2),
+                "first_iteration_rel_diff": max(loss_diff, grad_diff),
+                **result,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

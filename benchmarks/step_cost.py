@@ -8,6 +8,7 @@ recursion plus a strong-Wolfe line search (its function evaluations are included
 
 Threads pinned to 1 (torch.set_num_threads). Last line: one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,17 @@ def main() -> None:
     print(f"{'L-SR1':10}{lsr1_ms:12.2f}{lsr1_bytes / 2**20:12.2f}")
     print(f"{'L-BFGS':10}{lbfgs_ms:12.2f}{lbfgs_bytes / 2**20:12.2f}")
     print(f"an N x N matrix would be {args.dim**2 * 4 / 2**20:.1f} MiB")
-    print(json.dumps({"lsr1_ms": round(lsr1_ms, 3), "lbfgs_ms": round(lbfgs_ms, 3), "ratio": round(lsr1_ms / lbfgs_ms, 3),
-                      "lsr1_state_mib": round(lsr1_bytes / 2**20, 3), "lbfgs_state_mib": round(lbfgs_bytes / 2**20, 3)}))
+    print(
+        json.dumps(
+            {
+                "lsr1_ms": round(lsr1_ms, 3),
+                "lbfgs_ms": round(lbfgs_ms, 3),
+                "ratio": round(lsr1_ms / lbfgs_ms, 3),
+                "lsr1_state_mib": round(lsr1_bytes / 2**20, 3),
+                "lbfgs_state_mib": round(lbfgs_bytes / 2**20, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ on the otherwise idle second core, with 2 workers on this 2-core machine it comp
 
 Last line: one JSON object (samples_per_s_1worker, samples_per_s_2workers, scaling, data_wait_fraction).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,15 +68,25 @@ def main() -> None:
         fit_with_ray(config, run, name, str(work / "ray"), workers, max_failures=0, dest=work / name)
         results[workers] = throughput(work / name / "metrics.jsonl", config.task.batch_size, args.warmup)
     (one, _, measured), (two, wait, _) = results[1], results[2]
-    print(f"\nHMR meta-training throughput ({config.name}: batch {config.task.batch_size}, K = {config.meta.unroll_steps}, "
-          f"{measured} timed iterations), {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Ray with {args.num_cpus} CPUs, 1 torch thread per worker")  # fmt: skip
+    print(
+        f"\nHMR meta-training throughput ({config.name}: batch {config.task.batch_size}, K = {config.meta.unroll_steps}, "
+        f"{measured} timed iterations), {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Ray with {args.num_cpus} CPUs, 1 torch thread per worker"
+    )
     print(f"{'workers':>8}{'samples/s':>12}{'data wait':>11}")
     for workers, (rate, waited, _) in results.items():
         print(f"{workers:>8}{rate:>12.1f}{waited:>11.1%}")
     print(f"scaling 2 vs 1 worker: {two / one:.2f}x")
-    print(json.dumps({"samples_per_s_1worker": round(one, 2), "samples_per_s_2workers": round(two, 2),
-                      "scaling": round(two / one, 3), "data_wait_fraction": round(wait, 4)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "samples_per_s_1worker": round(one, 2),
+                "samples_per_s_2workers": round(two, 2),
+                "scaling": round(two / one, 3),
+                "data_wait_fraction": round(wait, 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

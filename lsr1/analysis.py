@@ -1,11 +1,12 @@
 """Per-step test curves of several optimizers on one problem set (paper Fig. 3a, 3b and 4).
 
-    curves       analytic problems with a known optimum: mean objective f(x_k), mean gap f(x_k) - f*, mean
-                 relative distance ||x_k - x*|| / ||x_0 - x*||, and for quadratics the mean cosine between
-                 the step x_k - x_{k-1} and the Newton direction -H^{-1} g_{k-1}
-    step_curves  any problem with `evaluation_metrics` (HMR: PA-MPJPE, MPJPE, reprojection error per step),
-                 evaluated in chunks so that a whole test split (3DPW: ~35k frames) fits in memory
+curves       analytic problems with a known optimum: mean objective f(x_k), mean gap f(x_k) - f*, mean
+             relative distance ||x_k - x*|| / ||x_0 - x*||, and for quadratics the mean cosine between
+             the step x_k - x_{k-1} and the Newton direction -H^{-1} g_{k-1}
+step_curves  any problem with `evaluation_metrics` (HMR: PA-MPJPE, MPJPE, reprojection error per step),
+             evaluated in chunks so that a whole test split (3DPW: ~35k frames) fits in memory
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -103,7 +104,7 @@ def curves(name: str, optimizer: Optimizer, problem: Problem, steps: int) -> Cur
 
 def markdown_table(all_curves: list[Curves] | list[StepCurves], metric: str, at: list[int]) -> str:
     """A table of `metric` (objective, gap, distance, newton_cosine; or a StepCurves metric) at the given iterations."""
-    header = f"| optimizer | " + " | ".join(f"k = {k}" for k in at) + " |"
+    header = "| optimizer | " + " | ".join(f"k = {k}" for k in at) + " |"
     rows = [header, "|" + "---|" * (len(at) + 1)]
     offset = 1 if metric in ("newton_cosine", "evaluations") else 0  # per-step values start at step 1
     for c in all_curves:
@@ -115,7 +116,9 @@ def markdown_table(all_curves: list[Curves] | list[StepCurves], metric: str, at:
     return "\n".join(rows)
 
 
-def plot_curves(groups: dict[str, list[Curves]] | dict[str, list[StepCurves]], metric: str, path: str | Path, ylabel: str, log: bool = False) -> Path:
+def plot_curves(
+    groups: dict[str, list[Curves]] | dict[str, list[StepCurves]], metric: str, path: str | Path, ylabel: str, log: bool = False
+) -> Path:
     """One panel per group (e.g. per buffer size), one line per optimizer; saved as PNG."""
     import matplotlib
 

@@ -3,6 +3,7 @@
 A checkpoint is a dict of tensors and plain values: the experiment config (as a dict), the unwrapped
 model state, and for resumable ones the meta-optimizer, scheduler, iteration and RNG state.
 """
+
 from __future__ import annotations
 
 import os

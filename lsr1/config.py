@@ -4,6 +4,7 @@ One config system for the library and the pipeline. Presets in `configs/` are pa
 defaults below (which run small); `load_config(path, overrides)` applies a preset then overrides, checks
 types, and rejects unknown keys with the list of valid ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,11 +55,21 @@ NORMS = ("running", "problem")  # BatchNorm's statistics at evaluation (lsr1.nn)
 FORMULATIONS: dict[str, dict[str, Any]] = {
     "project": {},
     "paper": {
-        "gamma1": 0.4, "gamma2": 0.001, "bounded_step_size": False, "lambda_sec": 100.0, "secant_penalty": "paper",
-        "identity_in_step": False, "input_scaling": "none", "global_features": False, "curvature_scale": "none",
-        "vector_norm": "none", "eval_norm": "problem", "lbfgs_memory": 0, "line_search": "none",
+        "gamma1": 0.4,
+        "gamma2": 0.001,
+        "bounded_step_size": False,
+        "lambda_sec": 100.0,
+        "secant_penalty": "paper",
+        "identity_in_step": False,
+        "input_scaling": "none",
+        "global_features": False,
+        "curvature_scale": "none",
+        "vector_norm": "none",
+        "eval_norm": "problem",
+        "lbfgs_memory": 0,
+        "line_search": "none",
     },
-}  # fmt: skip
+}
 
 # Switches deleted because no shipped model or tune space used them, with the one value the code now has. A
 # stored config (a checkpoint) that has one at that value loads; another value is refused. Their negative
@@ -334,7 +345,9 @@ class MetaConfig:
             f"meta.lr_decay_every must be >= 1, got {self.lr_decay_every}",
         )
         _check(0 < self.lr_decay_factor <= 1, f"meta.lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
-        _check(self.select_metric.startswith("val_"), f"meta.select_metric must name a validation metric (val_...), got {self.select_metric!r}")
+        _check(
+            self.select_metric.startswith("val_"), f"meta.select_metric must name a validation metric (val_...), got {self.select_metric!r}"
+        )
 
 
 @dataclass
@@ -437,8 +450,10 @@ def _lsr1_section(data: dict[str, Any], where: str) -> dict[str, Any]:
         data = {**FORMULATIONS[name], **data}
     for key, kept in REMOVED_SWITCHES.items():
         if key in data:
-            _check(data[key] == kept, f"{where}.{key}={data[key]!r}: this switch was deleted (only {kept!r} remains); "
-                                      f"git tag {SWITCHES_TAG} has it")  # fmt: skip
+            _check(
+                data[key] == kept,
+                f"{where}.{key}={data[key]!r}: this switch was deleted (only {kept!r} remains); git tag {SWITCHES_TAG} has it",
+            )
             del data[key]
     _check("r" not in data.get("encoder_inputs", []), f"{where}.encoder_inputs: the input 'r' was deleted; git tag {SWITCHES_TAG} has it")
     return data

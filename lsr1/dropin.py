@@ -19,6 +19,7 @@ chosen on each problem itself: the most favourable setting for the baseline, and
 which has no learning rate. The figure is the final loss; LearnedSR1 wins a problem where its final loss
 is below best-of-grid Adam's by more than 0.1 % (closer is a tie: both reached the same point). Threads: torch.set_num_threads(1). Last line: one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,7 +112,10 @@ def problems(split: str = "test") -> list[DropInProblem]:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     out = []
     for rep in range(2):
-        seed = lambda *keys: derive_seed(SEED, *keys, rep) if split == "test" else derive_seed(SEED, split, *keys, rep)  # noqa: E731
+
+        def seed(*keys: int | str, rep: int = rep) -> int:
+            return derive_seed(SEED, *keys, rep) if split == "test" else derive_seed(SEED, split, *keys, rep)
+
         out += [
             DropInProblem(f"least squares 200x20 #{rep}", _least_squares(200, 20, seed("ls", 20))),
             DropInProblem(f"least squares 500x100 #{rep}", _least_squares(500, 100, seed("ls", 100))),
@@ -178,9 +182,15 @@ def compare(pretrained: str, evaluations: int, progress: bool = True, split: str
         start = _final(problem.build()[1])
         tie = abs(learned - adam[best_lr]) <= TIE * abs(adam[best_lr]) if math.isfinite(learned) else False
         outcome = "tie" if tie else ("LearnedSR1" if learned < adam[best_lr] else "Adam")
-        rows.append({"problem": problem.name, "start": start, "learned_sr1": learned, "adam": adam[best_lr], "adam_lr": best_lr, "winner": outcome})
+        rows.append(
+            {"problem": problem.name, "start": start, "learned_sr1": learned, "adam": adam[best_lr], "adam_lr": best_lr, "winner": outcome}
+        )
         if progress:
-            print(f"[{i + 1}/{len(suite)}] {problem.name}: LearnedSR1 {learned:.4g}, Adam {adam[best_lr]:.4g} (lr {best_lr:g})", file=sys.stderr, flush=True)
+            print(
+                f"[{i + 1}/{len(suite)}] {problem.name}: LearnedSR1 {learned:.4g}, Adam {adam[best_lr]:.4g} (lr {best_lr:g})",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
@@ -196,17 +206,34 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     rows = compare(args.pretrained, args.evaluations, split=args.split)
     tally = {who: sum(r["winner"] == who for r in rows) for who in ("LearnedSR1", "tie", "Adam")}
-    lines = [f"LearnedSR1({args.pretrained!r}) against best-of-grid Adam, {args.evaluations} evaluations each, {args.split} split", "",
-             "| problem | start | LearnedSR1 | best Adam (lr) | better |", "|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r['problem']} | {r['start']:.4g} | {r['learned_sr1']:.4g} | {r['adam']:.4g} ({r['adam_lr']:g}) | {r['winner']} |" for r in rows]
+    lines = [
+        f"LearnedSR1({args.pretrained!r}) against best-of-grid Adam, {args.evaluations} evaluations each, {args.split} split",
+        "",
+        "| problem | start | LearnedSR1 | best Adam (lr) | better |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['problem']} | {r['start']:.4g} | {r['learned_sr1']:.4g} | {r['adam']:.4g} ({r['adam_lr']:g}) | {r['winner']} |" for r in rows
+    ]
     lines += ["", f"LearnedSR1 better on {tally['LearnedSR1']} of {len(rows)}, ties {tally['tie']}, Adam better on {tally['Adam']}"]
     print("\n".join(lines))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(rows, indent=1))
         (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print(json.dumps({"pretrained": args.pretrained, "evaluations": args.evaluations, "split": args.split, "problems": len(rows),
-                      "learned_better": tally["LearnedSR1"], "ties": tally["tie"], "adam_better": tally["Adam"]}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "pretrained": args.pretrained,
+                "evaluations": args.evaluations,
+                "split": args.split,
+                "problems": len(rows),
+                "learned_better": tally["LearnedSR1"],
+                "ties": tally["tie"],
+                "adam_better": tally["Adam"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

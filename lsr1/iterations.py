@@ -15,6 +15,7 @@ evaluations, counted separately) over the problems that converged, how many did,
 learned model over the best scalar / hypergradient method (the paper reports "up to 4x"). Writes
 results.md, iterations.csv and iterations.png into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ METHODS: dict[str, Callable[[ConvexProblem, str], Optimizer]] = {
 SCALAR_AND_HD = ("BFGS fixed step", "BFGS-HD scalar", "BFGS-HD coord")
 
 
-def iterations_to_tolerance(optimizer: Optimizer, problem: ConvexProblem, max_steps: int, tolerance: float = TOLERANCE) -> tuple[torch.Tensor, torch.Tensor]:
+def iterations_to_tolerance(
+    optimizer: Optimizer, problem: ConvexProblem, max_steps: int, tolerance: float = TOLERANCE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) iterations until the relative suboptimality is <= tolerance (inf where never) and (B,) function
     evaluations of line searches up to then (0 for methods without one)."""
     result = run(optimizer, problem, max_steps)
@@ -123,7 +126,8 @@ def _write(rows: list[dict], args: argparse.Namespace) -> None:
         f"{args.problems}); held-out problems, data condition number {args.cond:g}, float64. Every method takes "
         "one gradient per iteration; BFGS-Armijo's line search also evaluates f.\n\n"
         f"Command: `python -m lsr1.iterations --dims {' '.join(map(str, args.dims))} --problems {args.problems} "
-        f"--cond {args.cond:g} --max-steps {args.max_steps} --out {args.out}`\n\n" + "\n".join(lines)
+        f"--cond {args.cond:g} --max-steps {args.max_steps} --out {args.out}`\n\n"
+        + "\n".join(lines)
         + "\n\n## Function evaluations of BFGS-Armijo's line searches (median, to the tolerance)\n\n"
         "| family | N | f-evals |\n|---|---|---|\n" + "\n".join(evals) + "\n"
     )

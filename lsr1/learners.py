@@ -1,6 +1,7 @@
 """The one place that knows every learner and every task: `make_learner` builds the learned optimizer an
 experiment config describes. It sits above `lsr1.learned` and `lsr1.tasks`, so neither imports the other
 for it."""
+
 from __future__ import annotations
 
 from lsr1.config import ExperimentConfig

@@ -9,6 +9,7 @@
 All detaching happens here: inner gradients are cut from the graph unless `second_order`. `train` is the
 plain function the Ray Train layer calls on every worker; it knows nothing of Ray.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,11 +64,14 @@ def retain_freed_memory() -> bool:
         return False
     mallopt = ctypes.CDLL(None).mallopt
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
-    return all(mallopt(option, value) == 1 for option, value in (
-        (m_mmap_threshold, 32 << 20),  # glibc's upper limit: only blocks of 32 MiB and more are mapped
-        (m_trim_threshold, 256 << 20),  # return free memory at the top of the heap beyond 256 MiB
-        (m_top_pad, 64 << 20),  # grow the heap in 64 MiB steps
-    ))  # fmt: skip
+    return all(
+        mallopt(option, value) == 1
+        for option, value in (
+            (m_mmap_threshold, 32 << 20),  # glibc's upper limit: only blocks of 32 MiB and more are mapped
+            (m_trim_threshold, 256 << 20),  # return free memory at the top of the heap beyond 256 MiB
+            (m_top_pad, 64 << 20),  # grow the heap in 64 MiB steps
+        )
+    )
 
 
 @dataclass
@@ -201,9 +205,7 @@ class MetaLoss(nn.Module):
     the K iterates are x_{m+1}..x_{m+K}, after m steps without a graph (`unroll`).
     """
 
-    def __init__(
-        self, learner: LearnedOptimizer, steps: int, second_order: bool = False, divergence_guard: float | None = None
-    ) -> None:
+    def __init__(self, learner: LearnedOptimizer, steps: int, second_order: bool = False, divergence_guard: float | None = None) -> None:
         super().__init__()
         self.learner, self.steps, self.second_order, self.divergence_guard = learner, steps, second_order, divergence_guard
 
@@ -357,9 +359,7 @@ def train(
         payload = load_checkpoint(last_path, map_location=device)
         stored = config_of(payload, last_path)
         if _architecture(stored) != _architecture(config):
-            raise ValueError(
-                f"{last_path} was trained with {_architecture(stored)}, not {_architecture(config)}; use another run name"
-            )
+            raise ValueError(f"{last_path} was trained with {_architecture(stored)}, not {_architecture(config)}; use another run name")
         learner.load_state_dict(payload["model"])
         meta_optimizer.load_state_dict(payload["meta_optimizer"])
         if scheduler is not None and payload["scheduler"]:

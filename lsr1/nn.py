@@ -14,6 +14,7 @@ the matmuls between them, and a meta-iteration calls them hundreds of times (ben
 element-wise work of a training node runs in C there (lsr1/native), where a C compiler is found. Tests check
 every path against the modules applied one after the other.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -80,8 +81,15 @@ class _LinearBatchNorm(torch.autograd.Function):
 
 
 def _batch_norm_ops(
-    x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, slope: Tensor | None, share: Tensor | None,
-    eps: float, running: tuple[Tensor, Tensor, float, float],
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    slope: Tensor | None,
+    share: Tensor | None,
+    eps: float,
+    running: tuple[Tensor, Tensor, float, float],
 ) -> tuple[Tensor, ...]:
     """The forward of `_LinearBatchNorm` with torch's operators: out, centered, rstd, scale, normed."""
     rows = x.shape[0]

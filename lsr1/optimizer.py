@@ -5,6 +5,7 @@ parameters are flattened into one vector x (B = 1, N = number of elements) and t
 eval mode under no_grad; the L-SR1 state (buffer of v, previous x, g, d) is kept between steps and goes
 through `state_dict` / `load_state_dict`. The math lives in `lsr1.learned.sr1`; this is only the facade.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@
 Each is a small checkpoint in lsr1/weights/<name>.pt holding the experiment config, the weights and a
 summary of how it was trained (read it with `info(name)`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,7 +70,9 @@ def export(checkpoint: str | Path, name: str, summary: dict[str, Any] | None = N
     payload = load_checkpoint(checkpoint)
     config_of(payload, checkpoint)  # refuse a checkpoint whose config does not load
     keep = {key: payload[key] for key in ("iteration", "best_val_loss", "best_iteration", "skipped") if key in payload}
-    return save_checkpoint(directory / f"{name}.pt", {"config": payload["config"], "model": payload["model"], "summary": {**keep, **(summary or {})}})
+    return save_checkpoint(
+        directory / f"{name}.pt", {"config": payload["config"], "model": payload["model"], "summary": {**keep, **(summary or {})}}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ quadratics of other condition numbers, Rosenbrock and Rastrigin with other coeff
 dimensions. No test function is used for tuning, not even at other starting points.
 A solver whose iterate is not finite at the end has r = inf on that problem.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,17 @@ from lsr1.optim import LBFGS, AdaHessian, Adam, Backtracked, GradientDescent
 from lsr1.optim.base import Optimizer
 from lsr1.tasks import Problem, derive_seed, diagonal_quadratics, rastrigin, rosenbrock
 
-__all__ = ["FAMILIES", "DIMS", "LR_GRID", "ProfileResult", "ProfileProblem", "performance_ratios", "profile", "run_profiles", "evaluation_problems"]
+__all__ = [
+    "FAMILIES",
+    "DIMS",
+    "LR_GRID",
+    "ProfileResult",
+    "ProfileProblem",
+    "performance_ratios",
+    "profile",
+    "run_profiles",
+    "evaluation_problems",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +111,30 @@ def tuning_set(seed: int = 0) -> list[ProfileProblem]:
     """Functions of each kind that are not in the test set, for tuning learning rates: diagonal quadratics
     with condition numbers 10, 300 and 3000 (the test has 1, 100, 1000, 10000), Rosenbrock with
     coefficient 30 and 300 (test: 100), Rastrigin with amplitude 5 and 20 (test: 10), at N = 30 and 75."""
+
     def seeded(name: str, n: int) -> int:
         return derive_seed(seed, "profiles-tuning", name, n)
 
     out = []
     for n in TUNING_DIMS:
-        out += [ProfileProblem(f"quadratic_cond{c:g}", n, diagonal_quadratics(1, n, seeded(f"quadratic{c:g}", n), cond=c, dtype=torch.float64)) for c in (10.0, 300.0, 3000.0)]
-        out += [ProfileProblem(f"rosenbrock_c{c:g}", n, rosenbrock(1, n, seeded(f"rosenbrock{c:g}", n), dtype=torch.float64, coefficient=c)) for c in (30.0, 300.0)]
-        out += [ProfileProblem(f"rastrigin_a{a:g}", n, rastrigin(1, n, seeded(f"rastrigin{a:g}", n), dtype=torch.float64, amplitude=a)) for a in (5.0, 20.0)]
+        out += [
+            ProfileProblem(f"quadratic_cond{c:g}", n, diagonal_quadratics(1, n, seeded(f"quadratic{c:g}", n), cond=c, dtype=torch.float64))
+            for c in (10.0, 300.0, 3000.0)
+        ]
+        out += [
+            ProfileProblem(f"rosenbrock_c{c:g}", n, rosenbrock(1, n, seeded(f"rosenbrock{c:g}", n), dtype=torch.float64, coefficient=c))
+            for c in (30.0, 300.0)
+        ]
+        out += [
+            ProfileProblem(f"rastrigin_a{a:g}", n, rastrigin(1, n, seeded(f"rastrigin{a:g}", n), dtype=torch.float64, amplitude=a))
+            for a in (5.0, 20.0)
+        ]
     return out
 
 
-Setting = Any  # what a solver is tuned over: a learning rate, or (shipped model, test-time L, L-BFGS memory or None, step index held or None)
+Setting = (
+    Any  # what a solver is tuned over: a learning rate, or (shipped model, test-time L, L-BFGS memory or None, step index held or None)
+)
 SolverFactory = Callable[[ProfileProblem, Setting], Optimizer]
 Grid = Callable[[str], tuple[Setting, ...]] | None  # kind -> the settings to tune over; None: not tuned
 
@@ -160,7 +183,11 @@ def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
 
 def learned_models(problems: list[ProfileProblem]) -> set[str]:
     """The shipped models that the learned solvers need on these problems."""
-    return {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_paper")} | set(GENERAL_MODELS) | {BFGS_STEPS_MODEL[p.kind] for p in problems}
+    return (
+        {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_paper")}
+        | set(GENERAL_MODELS)
+        | {BFGS_STEPS_MODEL[p.kind] for p in problems}
+    )
 
 
 def relative_distance(solver: Optimizer, p: ProfileProblem, steps: int) -> float:
@@ -181,7 +208,9 @@ def label(setting: Setting) -> str:
     return f"{name}, L = {size}" + ("" if memory is None else f", m = {memory}") + (", step index held" if cap else "")
 
 
-def tune(factory: SolverFactory, problems: list[ProfileProblem], steps: int, grid: tuple[Setting, ...] = LR_GRID) -> tuple[Setting, dict[str, float]]:
+def tune(
+    factory: SolverFactory, problems: list[ProfileProblem], steps: int, grid: tuple[Setting, ...] = LR_GRID
+) -> tuple[Setting, dict[str, float]]:
     """The grid value with the lowest mean log10 relative distance (a diverged run scores +10)."""
     if not problems:
         raise ValueError("tuning needs at least one problem of the family")
@@ -226,7 +255,9 @@ class ProfileResult:
         return (self.ratios <= 1.0 + 1e-12).sum(0)
 
 
-def run_profiles(solvers: dict[str, tuple[SolverFactory, Grid]], problems: list[ProfileProblem], steps: int, tuning_problems: list[ProfileProblem]) -> ProfileResult:
+def run_profiles(
+    solvers: dict[str, tuple[SolverFactory, Grid]], problems: list[ProfileProblem], steps: int, tuning_problems: list[ProfileProblem]
+) -> ProfileResult:
     """Tune what needs tuning (per family kind), run every solver on every problem, compute the ratios."""
     tic = time.time()
     tuning: dict[str, dict] = {}
@@ -276,7 +307,15 @@ def write_outputs(result: ProfileResult, out: Path, taus: Tensor) -> None:
         writer.writerow(["problem", *result.solvers])
         for name, row in zip(result.problems, result.distances.tolist()):
             writer.writerow([name, *[f"{v:.6g}" for v in row]])
-    (out / "tuning.json").write_text(json.dumps({"criterion": "mean log10 ||x_K - x*|| / ||x_0 - x*|| on the tuning functions (tuning_set: other functions of each kind, other N)", "solvers": result.tuning}, indent=1))
+    (out / "tuning.json").write_text(
+        json.dumps(
+            {
+                "criterion": "mean log10 ||x_K - x*|| / ||x_0 - x*|| on the tuning functions (tuning_set: other functions of each kind, other N)",
+                "solvers": result.tuning,
+            },
+            indent=1,
+        )
+    )
     area, wins = result.area(taus), result.wins()
     lines = [
         f"# Performance profiles ({len(result.problems)} problems, {result.steps} steps each)\n",
@@ -289,7 +328,13 @@ def write_outputs(result: ProfileResult, out: Path, taus: Tensor) -> None:
     lines += ["", "Tuned settings (learning rates; shipped model and L), with every grid value's score in tuning.json:", ""]
     for name, kinds in result.tuning.items():
         lines.append(f"- {name}: " + ", ".join(f"{kind} {v['chosen']}" for kind, v in kinds.items()))
-    lines += ["", "Relative distance ||x_K - x*|| / ||x_0 - x*|| per problem:", "", "| problem | " + " | ".join(result.solvers) + " |", "|---" * (len(result.solvers) + 1) + "|"]
+    lines += [
+        "",
+        "Relative distance ||x_K - x*|| / ||x_0 - x*|| per problem:",
+        "",
+        "| problem | " + " | ".join(result.solvers) + " |",
+        "|---" * (len(result.solvers) + 1) + "|",
+    ]
     for name, row in zip(result.problems, result.distances.tolist()):
         lines.append(f"| {name} | " + " | ".join(f"{v:.3g}" for v in row) + " |")
     lines.append(f"\nWall time {result.seconds:.0f} s.")
@@ -323,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'solver':24}{'profile area':>14}{'wins':>6}")
     for s, name in enumerate(result.solvers):
         print(f"{name:24}{float(area[s]):14.3f}{int(wins[s]):6d}")
-    print(f"\n{len(result.problems)} problems x {len(result.solvers)} solvers in {result.seconds:.0f} s; wrote {args.out}/profile.png, distances.csv, results.md, tuning.json")
+    print(
+        f"\n{len(result.problems)} problems x {len(result.solvers)} solvers in {result.seconds:.0f} s; wrote {args.out}/profile.png, distances.csv, results.md, tuning.json"
+    )
     return 0
 
 

@@ -1,5 +1,6 @@
 """Seeds for named sub-streams: problem sets, data feeds and randomised optimizers draw from these, so the
 same seed gives the same draws on any machine, device or worker count."""
+
 from __future__ import annotations
 
 import hashlib

@@ -12,6 +12,7 @@ Ray's and MLflow's INFO lines (Ray Data execution plans, "Reporting training res
 ..."), Ray's session logs and the workers' output stay in the files named at the end. A few warnings that say
 nothing to a person (QUIET) go to the log file only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,19 +25,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["BAR_EVERY_S", "NAMESPACE", "Console", "ProgressBoard", "board_name", "forward_warnings", "progress_hook", "route_library_logs", "setup"]
+__all__ = [
+    "BAR_EVERY_S",
+    "NAMESPACE",
+    "Console",
+    "ProgressBoard",
+    "board_name",
+    "forward_warnings",
+    "progress_hook",
+    "route_library_logs",
+    "setup",
+]
 
 BAR_EVERY_S = 10.0
 NAMESPACE = "lsr1"  # Ray namespace of the progress boards
 LIBRARIES = ("ray", "mlflow", "alembic", "matplotlib", "urllib3", "filelock", "fsspec", "py.warnings")
 QUIET = re.compile(
-    "|".join([
-        r"Token authentication is enabled for this Ray cluster",  # RAY_AUTH_MODE's notice, every ray.init
-        r"Progress bars disabled",  # Ray Data: we disable its bars ourselves
-        r"Saving pytorch model by Pickle or CloudPickle",  # mlflow.pytorch; our commands load best.pt, not pickles
-        r"(Ray|SA)?DeprecationWarning|FutureWarning",  # inside the libraries, not in what the user wrote
-    ])
-)  # fmt: skip
+    "|".join(
+        [
+            r"Token authentication is enabled for this Ray cluster",  # RAY_AUTH_MODE's notice, every ray.init
+            r"Progress bars disabled",  # Ray Data: we disable its bars ourselves
+            r"Saving pytorch model by Pickle or CloudPickle",  # mlflow.pytorch; our commands load best.pt, not pickles
+            r"(Ray|SA)?DeprecationWarning|FutureWarning",  # inside the libraries, not in what the user wrote
+        ]
+    )
+)
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

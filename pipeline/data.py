@@ -21,6 +21,7 @@ synthetic stand-ins, a small data fraction) is held in memory and each frame rep
 MIN_EPOCH_BATCHES global batches per epoch; every copy gets its own augmentation. Real AMASS gives far
 more batches in one pass.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,7 +98,7 @@ def passes_per_epoch(shards: list[Path], batch_size: int, fraction: float) -> in
     return max(1, math.ceil(MIN_EPOCH_BATCHES * batch_size / max(rows, 1.0)))
 
 
-def training_dataset(config: ExperimentConfig, shards: list[Path]) -> "ray.data.Dataset":
+def training_dataset(config: ExperimentConfig, shards: list[Path]) -> ray.data.Dataset:
     """The training dataset: rows of HMRProblem arrays, shuffled anew every epoch from task.seed, so that a
     run is reproducible (see the module doc).
 
@@ -147,7 +148,9 @@ def worker_problems(shard: Any, config: HMRConfig, batch_size: int, device: torc
             count += 1
             yield HMRProblem.from_arrays(batch, model, config)
         if count == 0:
-            raise ValueError(f"an epoch of the training data gave this worker no full batch of {batch_size} frames: too few frames (hmr.data_fraction {config.data_fraction})")
+            raise ValueError(
+                f"an epoch of the training data gave this worker no full batch of {batch_size} frames: too few frames (hmr.data_fraction {config.data_fraction})"
+            )
 
 
 def pw3d_problems(config: HMRConfig, split: str, splits: dict[str, Path], device: torch.device | str = "cpu") -> HMRProblem:

@@ -18,6 +18,7 @@ initializer (paper Fig. 4). Writes pa_mpjpe.png, mpjpe.png, reprojection.png, cu
 evaluates the best checkpoint logged to that run (by pipeline.train or a sweep trial) at its trained L and
 logs the files (test/) and the final gaps (test_final_gap_*) back to the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,7 +106,9 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
         group.append(curves("BFGS-HD per coordinate", HypergradientBFGS(per_coordinate=True), problem, steps))
         groups["BFGS step sizes"] = group
     for size in buffer_sizes if models[0][0].learner == "lsr1" else ():
-        group = [curves(f"{label} (L={size})", m.with_settings(buffer_size=size), problem, steps) for label, (_, m, _) in zip(labels, models)]
+        group = [
+            curves(f"{label} (L={size})", m.with_settings(buffer_size=size), problem, steps) for label, (_, m, _) in zip(labels, models)
+        ]
         group.append(curves(f"L-BFGS (m={size})", LBFGS(problem, memory=size), problem, steps))
         groups[f"L = {size}"] = group
     out.mkdir(parents=True, exist_ok=True)
@@ -160,14 +163,18 @@ def hmr_summary(all_curves: list[StepCurves]) -> dict[str, float]:
 
 
 def evaluate_hmr(
-    checkpoints: list[Path], models: list[tuple[ExperimentConfig, LearnedOptimizer, int | None]], steps: int, out: Path, names: list[str] = ()
+    checkpoints: list[Path],
+    models: list[tuple[ExperimentConfig, LearnedOptimizer, int | None]],
+    steps: int,
+    out: Path,
+    names: list[str] = (),
 ) -> list[StepCurves]:
     """Per-step error curves on the 3DPW test split of the first checkpoint's config (see the module doc).
     names: labels of the first checkpoints (default, and for the rest: L-SR1 / LGD, with the folder if twice)."""
     config = models[0][0]
     problem = problem_set(config.task, "test", hmr=config.hmr)
     labels = _labels([c for c, _, _ in models], [_tag(p) for p in checkpoints])
-    names = list(names) + labels[len(names):]
+    names = list(names) + labels[len(names) :]
     methods = {name: (lambda part, m=model: (m, part)) for name, (_, model, _) in zip(names, models)}
     first = models[0][1]
     lbfgs = f"L-BFGS (m={HMR_LBFGS_MEMORY}) from the {names[0]} initializer"
@@ -177,20 +184,31 @@ def evaluate_hmr(
     out.mkdir(parents=True, exist_ok=True)
     pa, mp = joint_metrics(everything[0].metrics)
     title = f"3DPW test split: {problem.batch_size} frames"
-    for metric, file, ylabel in ((pa, "pa_mpjpe.png", "PA-MPJPE (mm)"), (mp, "mpjpe.png", "MPJPE (mm)"), ("reprojection", "reprojection.png", "reprojection error")):
+    for metric, file, ylabel in (
+        (pa, "pa_mpjpe.png", "PA-MPJPE (mm)"),
+        (mp, "mpjpe.png", "MPJPE (mm)"),
+        ("reprojection", "reprojection.png", "reprojection error"),
+    ):
         plot_curves({title: everything}, metric, out / file, ylabel)
     (out / "curves.json").write_text(json.dumps([c.as_dict() for c in everything], indent=1))
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    sizes = [{"name": n, "checkpoint": str(p), "iteration": it, "initializer_params": count(m.initializer), "update_params": count(m.update)}
-             for n, p, (_, m, it) in zip(names, checkpoints, models)]  # fmt: skip
+    sizes = [
+        {"name": n, "checkpoint": str(p), "iteration": it, "initializer_params": count(m.initializer), "update_params": count(m.update)}
+        for n, p, (_, m, it) in zip(names, checkpoints, models)
+    ]
     (out / "models.json").write_text(json.dumps(sizes, indent=1))
     at = sorted({k for k in (0, 1, 2, 5, 10, steps) if k <= steps})
     summary = hmr_summary(everything)
     rows = [f"| initializer only ({names[0]}) | {summary['test_pa_mpjpe_init']:.1f} | {summary['test_mpjpe_init']:.1f} | 0 |"]
-    rows += [f"| {c.name} | {float(c.metrics[pa][-1]):.1f} | {float(c.metrics[mp][-1]):.1f} | {float(c.metrics['evaluations'][-1]):.1f} |"
-             for c in everything]  # fmt: skip
-    sources = "\n".join(f"- {m['name']}: `{m['checkpoint']}` (iteration {m['iteration']}; parameters: initializer "
-                        f"{m['initializer_params']:,}, update module {m['update_params']:,})" for m in sizes)
+    rows += [
+        f"| {c.name} | {float(c.metrics[pa][-1]):.1f} | {float(c.metrics[mp][-1]):.1f} | {float(c.metrics['evaluations'][-1]):.1f} |"
+        for c in everything
+    ]
+    sources = "\n".join(
+        f"- {m['name']}: `{m['checkpoint']}` (iteration {m['iteration']}; parameters: initializer "
+        f"{m['initializer_params']:,}, update module {m['update_params']:,})"
+        for m in sizes
+    )
     joints = "the H36M regressor" if pa.endswith("h36m") else "SMPL joints (no H36M regressor configured)"
     (out / "results.md").write_text(
         f"# HMR test results: {problem.batch_size} 3DPW test frames from `{config.hmr.pw3d_dir}`, {steps} inner steps\n\n"
@@ -243,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buffer-sizes", type=int, nargs="+", default=None, help="L values (default: 2 4 8, with --run the trained L)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/eval"))
-    parser.add_argument("--log-experiment", metavar="NAME", help="with --checkpoint: also log the results as a new MLflow run of experiment NAME")
+    parser.add_argument(
+        "--log-experiment", metavar="NAME", help="with --checkpoint: also log the results as a new MLflow run of experiment NAME"
+    )
     parser.add_argument("--verbose", action="store_true", help="also show the libraries' INFO lines")
     args = parser.parse_args(argv)
     from pipeline.console import setup

@@ -22,6 +22,7 @@ the data root: LSR1_DATA_DIR (an absolute path), else the working directory. `re
 place that applies it, for every command (prepare, train, sweep, evaluate). A Ray job runs in an uploaded
 copy of the working directory without the git-ignored data, so it needs LSR1_DATA_DIR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,18 @@ from lsr1.hmr.formats import (
 )
 from lsr1.tasks.hmr import pw3d_arrays
 
-__all__ = ["DATA_DIR_ENV", "MANIFEST", "PW3D_SPLITS", "PrepareError", "data_root", "main", "prepare", "prepared_files",
-           "require_folders", "resolve_data_paths"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "MANIFEST",
+    "PW3D_SPLITS",
+    "PrepareError",
+    "data_root",
+    "main",
+    "prepare",
+    "prepared_files",
+    "require_folders",
+    "resolve_data_paths",
+]
 
 log = logging.getLogger("pipeline.prepare")
 
@@ -109,17 +120,21 @@ def missing_data_hint() -> str:
     """What to add to a 'data not found' error: in a Ray job without LSR1_DATA_DIR, why and what to set."""
     if not _in_uploaded_copy():
         return ""
-    return (f"\nThis runs as a Ray job in an uploaded copy of the working directory ({Path.cwd()}), which has none "
-            f"of the git-ignored data: set {DATA_DIR_ENV} to the absolute path of the folder that holds datasets/, "
-            f"e.g. ray job submit --runtime-env-json '{{\"env_vars\": {{\"{DATA_DIR_ENV}\": \"'$PWD'\"}}}}' ... (README.md)")
+    return (
+        f"\nThis runs as a Ray job in an uploaded copy of the working directory ({Path.cwd()}), which has none "
+        f"of the git-ignored data: set {DATA_DIR_ENV} to the absolute path of the folder that holds datasets/, "
+        f'e.g. ray job submit --runtime-env-json \'{{"env_vars": {{"{DATA_DIR_ENV}": "\'$PWD\'"}}}}\' ... (README.md)'
+    )
 
 
 def require_folders(hmr: HMRConfig, keys: tuple[str, ...]) -> None:
     """A PrepareError naming the first of the hmr folders `keys` that does not exist (with the Ray-job hint)."""
     for key in keys:
         if not Path(getattr(hmr, key)).is_dir():
-            raise PrepareError(f"hmr.{key} {getattr(hmr, key)} does not exist (data root {data_root()}; datasets/README.md, "
-                               f"or `python -m pipeline.prepare --synthetic` for the stand-ins){missing_data_hint()}")
+            raise PrepareError(
+                f"hmr.{key} {getattr(hmr, key)} does not exist (data root {data_root()}; datasets/README.md, "
+                f"or `python -m pipeline.prepare --synthetic` for the stand-ins){missing_data_hint()}"
+            )
 
 
 def sha256(path: Path) -> str:
@@ -176,8 +191,9 @@ def prepared_files(prepared_dir: str | Path, verify: bool = False) -> tuple[list
     folder = Path(prepared_dir)
     path = folder / MANIFEST
     if not path.is_file():
-        raise PrepareError(f"{path} does not exist: run `python -m pipeline.prepare` (with --synthetic for the stand-ins)"
-                           f"{missing_data_hint()}")
+        raise PrepareError(
+            f"{path} does not exist: run `python -m pipeline.prepare` (with --synthetic for the stand-ins){missing_data_hint()}"
+        )
     try:
         outputs = json.loads(path.read_text())["outputs"]
     except (ValueError, KeyError, TypeError) as err:
@@ -189,7 +205,9 @@ def prepared_files(prepared_dir: str | Path, verify: bool = False) -> tuple[list
         if not file.is_file():
             raise PrepareError(f"{file}: listed in {path} but missing; run `python -m pipeline.prepare` again")
         if verify and sha256(file) != recorded[file]:
-            raise PrepareError(f"{file}: corrupt or changed since it was prepared (sha256 differs from {path}); run `python -m pipeline.prepare` again")
+            raise PrepareError(
+                f"{file}: corrupt or changed since it was prepared (sha256 differs from {path}); run `python -m pipeline.prepare` again"
+            )
     if not shards:
         raise PrepareError(f"{path} lists no AMASS shard with frames")
     return shards, splits
@@ -296,7 +314,13 @@ def prepare(config: HMRConfig, every: int = 1, per_shard: int = 64, on_error: st
                 continue
             raise PrepareError(f"no 3DPW sequence files in {folder}; see datasets/README.md{missing_data_hint()}")
         name = f"3dpw/{split}.parquet"
-        entry = {"kind": "3dpw", "split": split, "inputs": {f.relative_to(pw3d_root).as_posix(): sha256(f) for f in files}, "options": {}, "skipped": {}}
+        entry = {
+            "kind": "3dpw",
+            "split": split,
+            "inputs": {f.relative_to(pw3d_root).as_posix(): sha256(f) for f in files},
+            "options": {},
+            "skipped": {},
+        }
 
         def build(name: str = name, files: list[Path] = files, entry: dict[str, Any] = entry) -> None:
             read, skipped = _read_each(files, pw3d_root, read_3dpw, on_error)
@@ -353,13 +377,27 @@ def _synthetic(config: HMRConfig, sequences: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="a preset (its hmr section); default: the synthetic stand-ins")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. hmr.amass_dir=/data/amass")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. hmr.amass_dir=/data/amass",
+    )
     parser.add_argument("--synthetic", action="store_true", help="first write the synthetic body, AMASS and 3DPW (lsr1.hmr.synthetic)")
-    parser.add_argument("--synthetic-sequences", type=int, default=2, metavar="N",
-                        help="with --synthetic: AMASS sequences per subject (2 sub-datasets x 2 subjects x N x 60 frames; default 2)")
+    parser.add_argument(
+        "--synthetic-sequences",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --synthetic: AMASS sequences per subject (2 sub-datasets x 2 subjects x N x 60 frames; default 2)",
+    )
     parser.add_argument("--every", type=int, default=1, help="keep every N-th AMASS frame (default 1: all, as LGD)")
     parser.add_argument("--sequences-per-shard", type=int, default=64, help="AMASS sequences per Parquet shard")
-    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="an unreadable input file fails the run (default) or is left out")
+    parser.add_argument(
+        "--on-error", choices=("fail", "skip"), default="fail", help="an unreadable input file fails the run (default) or is left out"
+    )
     args = parser.parse_args(argv)
     if min(args.every, args.sequences_per_shard, args.synthetic_sequences) < 1:
         parser.error("--every, --sequences-per-shard and --synthetic-sequences must be >= 1")

@@ -24,6 +24,7 @@ the profiles, the step-size iterations and the benchmarks, then renders.
 A block whose source is missing says so and names the command that makes it; a block without a renderer,
 or one that is opened and not closed, is an error naming it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,8 +103,13 @@ def bfgs_steps_block(root: Path, uri: str) -> str:
 
 
 # the paper's Table 4 (validation loss, mean ± std over the 32 problems), its Table 2 and Table 1 (PA-MPJPE, mm)
-PAPER_TABLE4 = {("128", "(x, g)"): "−2.09 ± 1.85", ("128", "(x, d, g)"): "−2.16 ± 1.95", ("128", "(x, p, g, q)"): "−2.51 ± 2.64",
-                ("64", "(x, p, d, g, q)"): "−1.90 ± 1.76", ("128", "(x, p, d, g, q)"): "−2.56 ± 2.80"}  # fmt: skip
+PAPER_TABLE4 = {
+    ("128", "(x, g)"): "−2.09 ± 1.85",
+    ("128", "(x, d, g)"): "−2.16 ± 1.95",
+    ("128", "(x, p, g, q)"): "−2.51 ± 2.64",
+    ("64", "(x, p, d, g, q)"): "−1.90 ± 1.76",
+    ("128", "(x, p, d, g, q)"): "−2.56 ± 2.80",
+}
 PAPER_TABLE2 = {0.8: "51.67", 0.1: "53.03", 0.01: "56.14", 0.001: "70.78"}
 PAPER_TABLE1 = {"L-SR1": "51.58 at step 13 (51.74 at 4); 10.4 M", "LGD": "55.90 at step 4; 17.4 M"}
 
@@ -116,8 +122,12 @@ def _evaluation(uri: str, experiment: str, run_name: str, files: list[str], into
 
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    runs = [] if found is None else client.search_runs(
-        [found.experiment_id], f"tags.`lsr1.run_name` = '{run_name}'", order_by=["attributes.start_time DESC"], max_results=1
+    runs = (
+        []
+        if found is None
+        else client.search_runs(
+            [found.experiment_id], f"tags.`lsr1.run_name` = '{run_name}'", order_by=["attributes.start_time DESC"], max_results=1
+        )
     )
     if not runs:
         return None
@@ -139,7 +149,13 @@ def _copy_into(files: dict[str, Path], into: Path) -> None:
 
 def quadratic_block(root: Path, uri: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        found = _evaluation(uri, "quadratic", "evaluate-quadratic-test", ["curves.json", "results.md", "gap.png", "newton_cosine.png", "objective.png"], Path(tmp))
+        found = _evaluation(
+            uri,
+            "quadratic",
+            "evaluate-quadratic-test",
+            ["curves.json", "results.md", "gap.png", "newton_cosine.png", "objective.png"],
+            Path(tmp),
+        )
         if found is None or "curves.json" not in found[1]:
             return _missing(f"the MLflow run evaluate-quadratic-test at {uri}", "make experiments")
         run_id, files = found
@@ -156,14 +172,25 @@ def quadratic_block(root: Path, uri: str) -> str:
 def quadratic_models_block(root: Path, uri: str) -> str:
     from lsr1 import pretrained
 
-    lines = ["| shipped model | λ_sec | paper (Table 4) | best validation loss | at meta-iteration | trained |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| shipped model | λ_sec | paper (Table 4) | best validation loss | at meta-iteration | trained |",
+        "|---|---|---|---|---|---|",
+    ]
     full = PAPER_TABLE4[("128", "(x, p, d, g, q)")]  # the paper's L-SR1 with all five inputs
     other = "— (the project's formulation, validated on log10 of the gap at N = 10)"
-    for name, paper in (("quadratic", other), ("quadratic_noproj", other), ("quadratic_paper", full), ("mix", other), ("mix_lbfgs", other),
-                        ("mix_lbfgs_long", other)):
+    for name, paper in (
+        ("quadratic", other),
+        ("quadratic_noproj", other),
+        ("quadratic_paper", full),
+        ("mix", other),
+        ("mix_lbfgs", other),
+        ("mix_lbfgs_long", other),
+    ):
         info = pretrained.info(name)
-        lines.append(f"| `{name}` | {info['config']['lsr1']['lambda_sec']:g} | {paper} | {info['best_val_loss']:.2f} | {info['best_iteration']} | "
-                     f"{info.get('trained_with', '')} |")  # fmt: skip
+        lines.append(
+            f"| `{name}` | {info['config']['lsr1']['lambda_sec']:g} | {paper} | {info['best_val_loss']:.2f} | {info['best_iteration']} | "
+            f"{info.get('trained_with', '')} |"
+        )
     return "\n".join(lines) + "\n\n(From `lsr1.pretrained.info(name)`: the summary stored with each shipped model.)"
 
 
@@ -172,7 +199,13 @@ def hmr_table_block(root: Path, uri: str) -> str:
     counts where the run has models.json (pipeline.evaluate writes it)."""
     run_name, figures = "evaluate-hmr-table", Path("docs/hmr")
     with tempfile.TemporaryDirectory() as tmp:
-        found = _evaluation(uri, "hmr_demo", run_name, ["curves.json", "models.json", "results.md", "pa_mpjpe.png", "reprojection.png", "mpjpe.png"], Path(tmp))
+        found = _evaluation(
+            uri,
+            "hmr_demo",
+            run_name,
+            ["curves.json", "models.json", "results.md", "pa_mpjpe.png", "reprojection.png", "mpjpe.png"],
+            Path(tmp),
+        )
         if found is None or "curves.json" not in found[1]:
             return _missing(f"the MLflow run {run_name} at {uri}", "make experiments")
         run_id, files = found
@@ -182,19 +215,31 @@ def hmr_table_block(root: Path, uri: str) -> str:
     pa, _ = joint_metrics(curves[0])
     steps = len(curves[0][pa]) - 1
     at = sorted({k for k in (0, 1, 4, steps) if k <= steps})
-    lines = ["| method | " + " | ".join(f"PA-MPJPE k = {k}" for k in at) + " | lowest (step) | "
-             + " | ".join(f"reprojection k = {k}" for k in at[1:]) + f" | evaluations by k = {steps} | parameters: initializer + update | paper (3DPW, Table 1) |",
-             "|---" * (2 * len(at) + 4) + "|"]  # fmt: skip
+    lines = [
+        "| method | "
+        + " | ".join(f"PA-MPJPE k = {k}" for k in at)
+        + " | lowest (step) | "
+        + " | ".join(f"reprojection k = {k}" for k in at[1:])
+        + f" | evaluations by k = {steps} | parameters: initializer + update | paper (3DPW, Table 1) |",
+        "|---" * (2 * len(at) + 4) + "|",
+    ]
     for c in curves:
         errors = c[pa]
         best = min(range(len(errors)), key=errors.__getitem__)
         m = models.get(c["name"])
         size = f"{m['initializer_params']:,} + {m['update_params']:,}" if m else "—"
         spent = f"{c['evaluations'][-1]:.1f}" if "evaluations" in c else "—"  # curves.json written before they were counted
-        lines.append(f"| {c['name']} | " + " | ".join(f"{errors[k]:.1f}" for k in at) + f" | {errors[best]:.1f} ({best}) | "
-                     + " | ".join(f"{c['reprojection'][k]:.4g}" for k in at[1:]) + f" | {spent} | {size} | {PAPER_TABLE1.get(c['name'], '—')} |")  # fmt: skip
-    return "\n".join(lines) + f"\n\n(mm; step 0 is the method's initializer alone; MLflow run `{run_id}`, {pa.split('_')[-1].upper()} joints; figures in `{figures}/`.)"
-
+        lines.append(
+            f"| {c['name']} | "
+            + " | ".join(f"{errors[k]:.1f}" for k in at)
+            + f" | {errors[best]:.1f} ({best}) | "
+            + " | ".join(f"{c['reprojection'][k]:.4g}" for k in at[1:])
+            + f" | {spent} | {size} | {PAPER_TABLE1.get(c['name'], '—')} |"
+        )
+    return (
+        "\n".join(lines)
+        + f"\n\n(mm; step 0 is the method's initializer alone; MLflow run `{run_id}`, {pa.split('_')[-1].upper()} joints; figures in `{figures}/`.)"
+    )
 
 
 def _newest_sweep(uri: str, space: str):
@@ -203,8 +248,11 @@ def _newest_sweep(uri: str, space: str):
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    sweeps = [r for r in client.search_runs(experiments, "tags.`lsr1.kind` = 'sweep'", order_by=["attributes.start_time DESC"])
-              if Path(r.data.tags.get("lsr1.sweep_space", "")).name == space]  # fmt: skip
+    sweeps = [
+        r
+        for r in client.search_runs(experiments, "tags.`lsr1.kind` = 'sweep'", order_by=["attributes.start_time DESC"])
+        if Path(r.data.tags.get("lsr1.sweep_space", "")).name == space
+    ]
     return sweeps[0] if sweeps else None
 
 
@@ -237,10 +285,16 @@ def _ablation_table(uri: str, space: str, columns: dict[str, Callable[[dict[str,
     sweep, trials = found
     rows = [([show(t.data.params) for show in columns.values()], t.data.metrics) for t in trials]
     rows.sort(key=lambda row: [(len(cell), cell) for cell in row[0]])  # 64 before 128, (x, g) before (x, d, g)
-    lines = ["| " + " | ".join(columns) + " | final validation loss | std over problems | meta-iterations | best validation (at) |",
-             "|---" * (len(columns) + 4) + "|"]  # fmt: skip
-    lines += ["| " + " | ".join(cells) + f" | {m['val_loss']:.4g} | {m['val_loss_std']:.3g} | {m['_step']} | {m['_best']:.4g} ({m['_best_step']}) |"
-              for cells, m in rows]  # fmt: skip
+    lines = [
+        "| " + " | ".join(columns) + " | final validation loss | std over problems | meta-iterations | best validation (at) |",
+        "|---" * (len(columns) + 4) + "|",
+    ]
+    lines += [
+        "| "
+        + " | ".join(cells)
+        + f" | {m['val_loss']:.4g} | {m['val_loss_std']:.3g} | {m['_step']} | {m['_best']:.4g} ({m['_best_step']}) |"
+        for cells, m in rows
+    ]
     return "\n".join(lines) + f"\n\n(Each trial's last validation, and its best; MLflow sweep run `{sweep}`.)"
 
 
@@ -252,8 +306,11 @@ def ablation_block(root: Path, uri: str) -> str:
 
 
 def ablation_step_block(root: Path, uri: str) -> str:
-    return _ablation_table(uri, "ablation_step.yaml", {"identity in the step": lambda p: p["lsr1.identity_in_step"],
-                                                       "second-order meta-gradient": lambda p: p["meta.second_order"]})  # fmt: skip
+    return _ablation_table(
+        uri,
+        "ablation_step.yaml",
+        {"identity in the step": lambda p: p["lsr1.identity_in_step"], "second-order meta-gradient": lambda p: p["meta.second_order"]},
+    )
 
 
 def sensitivity_block(root: Path, uri: str) -> str:
@@ -276,12 +333,16 @@ def data_efficiency_block(root: Path, uri: str) -> str:
             return _missing(f"the test comparison of sweep run {sweep.info.run_id} (it did not finish)", "make experiments")
     trials = [r for r in rows if r.get("hmr.data_fraction")]
     trials.sort(key=lambda r: -float(r["hmr.data_fraction"]))
-    lines = ["| fraction of the AMASS frames | paper (3DPW) | validation PA-MPJPE (best) | test PA-MPJPE | its initializer alone | test MPJPE |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| fraction of the AMASS frames | paper (3DPW) | validation PA-MPJPE (best) | test PA-MPJPE | its initializer alone | test MPJPE |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in trials:
         fraction = float(r["hmr.data_fraction"])
-        lines.append(f"| {100 * fraction:g} % | {PAPER_TABLE2.get(fraction, '—')} | {float(r['val_pa_mpjpe']):.1f} | {float(r['test_pa_mpjpe']):.1f} | "
-                     f"{float(r['test_pa_mpjpe_init']):.1f} | {float(r['test_mpjpe']):.1f} |")  # fmt: skip
+        lines.append(
+            f"| {100 * fraction:g} % | {PAPER_TABLE2.get(fraction, '—')} | {float(r['val_pa_mpjpe']):.1f} | {float(r['test_pa_mpjpe']):.1f} | "
+            f"{float(r['test_pa_mpjpe_init']):.1f} | {float(r['test_mpjpe']):.1f} |"
+        )
     return "\n".join(lines) + f"\n\n(mm; MLflow sweep run `{sweep.info.run_id}`, its comparison/comparison.csv.)"
 
 
@@ -295,14 +356,21 @@ def runtime_block(root: Path, uri: str) -> str:
     if figures is None or "inference" not in figures:
         return _missing(str(BENCHMARK_DIR / "hmr_step.json"), "python -m pipeline.report --run-benchmarks hmr_step")
     paper = {("inference", "256"): "L-SR1 91 ms / 14.60 GiB, LGD 166 ms / 17.81 GiB (RTX 3090)"}
-    lines = ["| per inner iteration | batch | L-SR1 ms | LGD ms | Adam ms | L-SR1 peak MiB | LGD peak MiB | Adam peak MiB | paper (Table 3) |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| per inner iteration | batch | L-SR1 ms | LGD ms | Adam ms | L-SR1 peak MiB | LGD peak MiB | Adam peak MiB | paper (Table 3) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     cell = lambda r, m, key: f"{r[m][key]:.4g}" if m in r else "—"  # noqa: E731
     for kind in ("inference", "training"):
         for batch, r in figures[kind].items():
             label = "inference" if kind == "inference" else "meta-training (per unrolled step)"
-            lines.append(f"| {label} | {batch} | " + " | ".join(cell(r, m, "ms") for m in ("lsr1", "lgd", "adam")) + " | "
-                         + " | ".join(cell(r, m, "peak_mib") for m in ("lsr1", "lgd", "adam")) + f" | {paper.get((kind, batch), '')} |")  # fmt: skip
+            lines.append(
+                f"| {label} | {batch} | "
+                + " | ".join(cell(r, m, "ms") for m in ("lsr1", "lgd", "adam"))
+                + " | "
+                + " | ".join(cell(r, m, "peak_mib") for m in ("lsr1", "lgd", "adam"))
+                + f" | {paper.get((kind, batch), '')} |"
+            )
     return "\n".join(lines) + f"\n\n(`benchmarks/hmr_step.py` on {figures['machine']}.)"
 
 
@@ -377,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--run-benchmarks", nargs="*", default=[], metavar="NAME", help="run these benchmarks/<NAME>.py first and save their figures")
+    parser.add_argument(
+        "--run-benchmarks", nargs="*", default=[], metavar="NAME", help="run these benchmarks/<NAME>.py first and save their figures"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file otherwise

@@ -11,6 +11,7 @@ The grammar: a mapping from a dotted config key (as for `--set`) to one sampler,
 Keys must exist in the experiment config (`lsr1.config.ExperimentConfig`); values are type-checked there
 when a trial builds its config. Any other form is a SpaceError naming the file and the key.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,10 +60,12 @@ def load_space(path: str | Path) -> dict[str, tuple[str, Any]]:
     for key, spec in raw.items():
         if key not in valid:
             close = [k for k in valid if k.split(".")[-1] == str(key).split(".")[-1]]
-            raise SpaceError(f"{path}: unknown config key {key!r}" + (f"; did you mean {close}?" if close else f"; valid keys: {sorted(valid)}"))
+            raise SpaceError(
+                f"{path}: unknown config key {key!r}" + (f"; did you mean {close}?" if close else f"; valid keys: {sorted(valid)}")
+            )
         if not (isinstance(spec, dict) and len(spec) == 1):
             raise SpaceError(f"{path}: {key}: expected one sampler such as {{loguniform: [low, high]}}, got {spec!r}")
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         if kind not in SAMPLERS:
             raise SpaceError(f"{path}: {key}: unknown sampler {kind!r}; valid: {list(SAMPLERS)}")
         if kind in ("choice", "grid"):

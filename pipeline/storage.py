@@ -8,6 +8,7 @@ folder on a shared mount (NFS, EFS) at the same path on every node. Before a run
 one whose local folder some node cannot see, instead of letting its workers fail at the first checkpoint.
 Everything the pipeline reads back comes from here; `runs/<name>/` on the driver is a copy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,11 @@ ENV = "LSR1_STORAGE"
 # what /proc/mounts calls a filesystem that other machines can mount too (a folder on one is shared storage)
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "beegfs", "gpfs", "9p", "fuse.")
 CHECK_TIMEOUT_S = 300.0  # for each node to start a worker and look for the marker (a busy node takes a while)
-WHAT_TO_PASS = ("pass --storage s3://<bucket>/<prefix> (credentials from the instance profile or AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for an S3-compatible server), or a folder on a shared mount "
-                "(NFS, EFS) that every node mounts at the same path; or set LSR1_STORAGE")
+WHAT_TO_PASS = (
+    "pass --storage s3://<bucket>/<prefix> (credentials from the instance profile or AWS_ACCESS_KEY_ID / "
+    "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for an S3-compatible server), or a folder on a shared mount "
+    "(NFS, EFS) that every node mounts at the same path; or set LSR1_STORAGE"
+)
 
 
 class StorageError(ValueError):
@@ -36,11 +39,19 @@ class StorageError(ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--runs-dir (the driver's local copies) and --storage (Ray's), for pipeline.train and pipeline.sweep."""
-    parser.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("LSR1_RUNS_DIR", "runs")),
-                        help="where the local copies go: runs/<name>/ (env LSR1_RUNS_DIR)")
-    parser.add_argument("--storage", metavar="URI", default=None,
-                        help=f"where Ray keeps checkpoints and sweep state: a folder (default: --runs-dir), a shared mount, "
-                             f"or s3://bucket/prefix; on more than one node it must be reachable from every node (env {ENV})")  # fmt: skip
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path(os.environ.get("LSR1_RUNS_DIR", "runs")),
+        help="where the local copies go: runs/<name>/ (env LSR1_RUNS_DIR)",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="URI",
+        default=None,
+        help=f"where Ray keeps checkpoints and sweep state: a folder (default: --runs-dir), a shared mount, "
+        f"or s3://bucket/prefix; on more than one node it must be reachable from every node (env {ENV})",
+    )
 
 
 def is_local(root: str) -> bool:
@@ -66,12 +77,16 @@ def resolve(storage: str | None, runs_dir: Path) -> str:
         filesystem, path = pyarrow.fs.FileSystem.from_uri(root)
         bucket = path.split("/")[0]
         if filesystem.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
-            raise StorageError(f"storage {root}: bucket {bucket!r} does not exist (create it first"
-                               + (", or check AWS_ENDPOINT_URL" if os.environ.get("AWS_ENDPOINT_URL") else "") + ")")  # fmt: skip
+            raise StorageError(
+                f"storage {root}: bucket {bucket!r} does not exist (create it first"
+                + (", or check AWS_ENDPOINT_URL" if os.environ.get("AWS_ENDPOINT_URL") else "")
+                + ")"
+            )
         filesystem.create_dir(path)
     except (pyarrow.ArrowException, OSError) as err:
-        raise StorageError(f"storage {root}: {str(err).strip()} (expected a folder, a shared mount or s3://bucket/prefix "
-                           "with AWS credentials)") from None  # fmt: skip
+        raise StorageError(
+            f"storage {root}: {str(err).strip()} (expected a folder, a shared mount or s3://bucket/prefix with AWS credentials)"
+        ) from None
     return root
 
 
@@ -121,25 +136,32 @@ def require_shared(root: str, autoscaling: bool) -> None:
     others = [node for node in ray.nodes() if node.get("Alive") and node["NodeID"] != here]
     if not others:
         if autoscaling and not _network_mount(root):
-            raise StorageError(f"storage {root} is a local folder of this node, but the Ray cluster adds nodes (autoscaling) "
-                               f"that will not see it, and Ray Train's workers there would fail at their first checkpoint: "
-                               f"{WHAT_TO_PASS}")  # fmt: skip
+            raise StorageError(
+                f"storage {root} is a local folder of this node, but the Ray cluster adds nodes (autoscaling) "
+                f"that will not see it, and Ray Train's workers there would fail at their first checkpoint: "
+                f"{WHAT_TO_PASS}"
+            )
         return
     marker = Path(root, f".lsr1-storage-check-{uuid.uuid4().hex}")
     marker.touch()
     try:
         sees = ray.remote(num_cpus=0)(os.path.exists)
-        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(marker))
-                for node in others]  # fmt: skip
+        refs = [
+            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(marker))
+            for node in others
+        ]
         try:
             seen = ray.get(refs, timeout=CHECK_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
-            raise StorageError(f"storage {root}: not every node of the Ray cluster answered within {CHECK_TIMEOUT_S:.0f} s "
-                               "whether it sees this folder") from None  # fmt: skip
+            raise StorageError(
+                f"storage {root}: not every node of the Ray cluster answered within {CHECK_TIMEOUT_S:.0f} s whether it sees this folder"
+            ) from None
     finally:
         marker.unlink()
     blind = [f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})" for node, ok in zip(others, seen) if not ok]
     if blind:
-        raise StorageError(f"storage {root} is a local folder that {len(blind)} of the Ray cluster's {len(others) + 1} nodes "
-                           f"cannot see ({', '.join(blind)}), and Ray Train's workers there would fail at their first "
-                           f"checkpoint: {WHAT_TO_PASS}")  # fmt: skip
+        raise StorageError(
+            f"storage {root} is a local folder that {len(blind)} of the Ray cluster's {len(others) + 1} nodes "
+            f"cannot see ({', '.join(blind)}), and Ray Train's workers there would fail at their first "
+            f"checkpoint: {WHAT_TO_PASS}"
+        )

@@ -16,6 +16,7 @@ registered under the preset's name with the alias `champion`.
 
     python -m pipeline.sweep --space tune_spaces/smoke.yaml --config configs/smoke.yaml --num-samples 4 --max-concurrent 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,24 @@ from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, config_to_dict, load_config
 from lsr1.optim import BFGS, LBFGS
 from lsr1.tasks import problem_set
+from pipeline.console import Console, board_name, setup
 from pipeline.data import absolute_paths
 from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
-from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
-from pipeline.tracking import Run, TrackingError, tracking_uri
 from pipeline.prepare import PrepareError
-from pipeline.console import Console, board_name, setup
+from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.storage import StorageError, add_arguments, join, require_shared, resolve
-from pipeline.train import (RESOURCE_TIMEOUT_S, ResourceError, _autoscaling_limit, connect_ray, fit_with_ray, require_resources,
-                            run_request, worker_resource, worker_resources)  # fmt: skip
+from pipeline.tracking import Run, TrackingError, tracking_uri
+from pipeline.train import (
+    RESOURCE_TIMEOUT_S,
+    ResourceError,
+    _autoscaling_limit,
+    connect_ray,
+    fit_with_ray,
+    require_resources,
+    run_request,
+    worker_resource,
+    worker_resources,
+)
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -68,16 +78,30 @@ def trial(params: dict[str, Any]) -> None:
     if earlier is not None and earlier.status == "FINISHED":  # it ended just before the sweep was interrupted:
         tune.report(earlier.latest_metrics())  # Tune (and ASHA) want its result once more, not another run
         return
-    run = Run.open(params["tracking_uri"], config.name, name, config,
-                   tags={"mlflow.parentRunId": params["parent_run_id"], "lsr1.sweep": params["sweep"], "lsr1.trial": trial_id})
+    run = Run.open(
+        params["tracking_uri"],
+        config.name,
+        name,
+        config,
+        tags={"mlflow.parentRunId": params["parent_run_id"], "lsr1.sweep": params["sweep"], "lsr1.trial": trial_id},
+    )
     storage = join(params["storage"], "ray")
     # this trial may run on any node: its final checkpoint comes to a temporary folder for MLflow only (the
     # sweep driver copies it from the storage for the comparison)
     with tempfile.TemporaryDirectory(prefix=f"lsr1-{name}-") as dest:
         try:
-            fit_with_ray(config, run, name, storage, params["workers"], cpus_per_worker=params["cpus_per_worker"],
-                         custom_resources=params["worker_resources"], callbacks=[TuneReportCallback()], progress=params.get("progress"),
-                         dest=Path(dest))  # fmt: skip
+            fit_with_ray(
+                config,
+                run,
+                name,
+                storage,
+                params["workers"],
+                cpus_per_worker=params["cpus_per_worker"],
+                custom_resources=params["worker_resources"],
+                callbacks=[TuneReportCallback()],
+                progress=params.get("progress"),
+                dest=Path(dest),
+            )
         except Exception:
             run.finish(ok=False)
             raise
@@ -98,8 +122,10 @@ class TrialLines(Callback):
         if self.console is None:
             return
         result = trial.last_result or {}
-        values = ", ".join(f"{k.split('.')[-1]} {v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
-                           for k, v in trial.config.get("values", {}).items())  # fmt: skip
+        values = ", ".join(
+            f"{k.split('.')[-1]} {v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+            for k, v in trial.config.get("values", {}).items()
+        )
         name = f"{self.sweep}-{trial.trial_id}"
         if name not in self.console.bars:  # it ended before its first iteration reached the board
             self.console.bar(name, result.get("iteration", 0), self.total, {})
@@ -195,10 +221,18 @@ def compare(top: list[dict[str, Any]], steps: int, out: Path, baselines: list[Pa
         everything = evaluate_hmr(paths, models, steps, out / "test", names=names)
         shutil.copy(out / "test" / "pa_mpjpe.png", out / "comparison.png")
         pa, mp = joint_metrics(everything[0].metrics)
-        rows = [_row(entry, {"test_pa_mpjpe": float(c.metrics[pa][-1]), "test_mpjpe": float(c.metrics[mp][-1]),
-                             "test_pa_mpjpe_init": float(c.metrics[pa][0])})
-                for entry, c in zip(top, everything)]  # fmt: skip
-        others = "; ".join(f"{c.name}: PA-MPJPE {float(c.metrics[pa][-1]):.1f} mm" for c in everything[len(top):])
+        rows = [
+            _row(
+                entry,
+                {
+                    "test_pa_mpjpe": float(c.metrics[pa][-1]),
+                    "test_mpjpe": float(c.metrics[mp][-1]),
+                    "test_pa_mpjpe_init": float(c.metrics[pa][0]),
+                },
+            )
+            for entry, c in zip(top, everything)
+        ]
+        others = "; ".join(f"{c.name}: PA-MPJPE {float(c.metrics[pa][-1]):.1f} mm" for c in everything[len(top) :])
         _write_table(rows, out, f"Top {len(rows)} trials on the 3DPW test split ({steps} inner steps, mm)", f"Reference: {others}.")
         return rows
     task, memory = loaded[0][1].task, loaded[0][1].lsr1.buffer_size
@@ -206,7 +240,9 @@ def compare(top: list[dict[str, Any]], steps: int, out: Path, baselines: list[Pa
     lines, rows = [], []
     for entry, config, model, _ in loaded:
         if config.learner == "lsr1":  # each trial at its own L
-            curve = curves(f"{entry['trial']} (L={config.lsr1.buffer_size})", model.with_settings(buffer_size=config.lsr1.buffer_size), problem, steps)
+            curve = curves(
+                f"{entry['trial']} (L={config.lsr1.buffer_size})", model.with_settings(buffer_size=config.lsr1.buffer_size), problem, steps
+            )
         else:
             curve = curves(entry["trial"], model, problem, steps)
         lines.append(curve)
@@ -218,8 +254,12 @@ def compare(top: list[dict[str, Any]], steps: int, out: Path, baselines: list[Pa
     title = f"test set: {task.test_size} {task.name} problems, N = {task.test_dim}"
     plot_curves({title: lines}, "gap", out / "comparison.png", "mean f(x_k) - f*", log=True)
     lbfgs = lines[-1]
-    _write_table(rows, out, f"Top {len(rows)} trials on the test split ({steps} steps)",
-                 f"Reference: {lbfgs.name} reaches a final gap of {float(lbfgs.gap[-1]):.4g}.")  # fmt: skip
+    _write_table(
+        rows,
+        out,
+        f"Top {len(rows)} trials on the test split ({steps} steps)",
+        f"Reference: {lbfgs.name} reaches a final gap of {float(lbfgs.gap[-1]):.4g}.",
+    )
     return rows
 
 
@@ -237,16 +277,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grace", type=int, default=2, help="validations before ASHA may stop a trial")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--test-steps", type=int, default=20)
-    parser.add_argument("--compare-with", type=Path, action="append", default=[], metavar="CHECKPOINT",
-                        help="HMR: a baseline checkpoint (e.g. LGD's best.pt) for the comparison of the top trials")
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="HMR: a baseline checkpoint (e.g. LGD's best.pt) for the comparison of the top trials",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same --name")
     add_arguments(parser)  # --runs-dir, --storage
-    parser.add_argument("--worker-resource", type=worker_resource, action="append", default=[], metavar="NAME=AMOUNT",
-                        help="a custom Ray resource each worker of a trial asks for (repeatable)")
+    parser.add_argument(
+        "--worker-resource",
+        type=worker_resource,
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a custom Ray resource each worker of a trial asks for (repeatable)",
+    )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny trials, to check the set-up")
-    parser.add_argument("--resource-timeout", type=float, default=None, metavar="SECONDS",
-                        help=f"wait this long for the cluster to fit a trial (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)")
+    parser.add_argument(
+        "--resource-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"wait this long for the cluster to fit a trial (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)",
+    )
     parser.add_argument("--verbose", action="store_true", help="also show Ray's, Tune's, MLflow's and the workers' own output")
     return parser.parse_args(argv)
 
@@ -317,11 +374,16 @@ def main(argv: list[str] | None = None) -> int:
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(num_samples=args.num_samples, max_concurrent_trials=concurrent,
-                                        scheduler=_scheduler(args.metric, base, args.grace)),
+            tune_config=tune.TuneConfig(
+                num_samples=args.num_samples, max_concurrent_trials=concurrent, scheduler=_scheduler(args.metric, base, args.grace)
+            ),
             # Tune's own status tables stay out of the console (verbose 0; --verbose: Tune's default)
-            run_config=tune.RunConfig(name=name, storage_path=join(storage, "tune"), verbose=None if args.verbose else 0,
-                                      callbacks=[TrialLines(console, name, base.meta.iterations)]),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=join(storage, "tune"),
+                verbose=None if args.verbose else 0,
+                callbacks=[TrialLines(console, name, base.meta.iterations)],
+            ),
         )
     console.phase(f"Ray Tune: {concurrent} trial(s) at a time, each {request.describe()}; MLflow parent run {parent.run_id}")
     with console.follow(board_name(name)):
@@ -339,14 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     for rank, row in frame.head(args.top_k).iterrows():
         trial_id = row["trial_id"]
         child = Run.find(uri, base.name, f"{name}-{trial_id}")
-        top.append({
-            "rank": rank + 1,
-            "trial": trial_id,
-            args.metric: float(row[args.metric]),
-            "params": {c.removeprefix("config/values/"): row[c] for c in value_columns},
-            "checkpoint": str(checkpoints[trial_id] / "best.pt"),
-            "run_id": child.run_id if child else "",
-        })
+        top.append(
+            {
+                "rank": rank + 1,
+                "trial": trial_id,
+                args.metric: float(row[args.metric]),
+                "params": {c.removeprefix("config/values/"): row[c] for c in value_columns},
+                "checkpoint": str(checkpoints[trial_id] / "best.pt"),
+                "run_id": child.run_id if child else "",
+            }
+        )
     out = runs_dir / name / "comparison"
     console.phase(f"test split: the top {len(top)} of {len(frame)} trials, {args.test_steps} steps")
     rows = compare(top, args.test_steps, out, args.compare_with)
@@ -358,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parent.set_tags({"lsr1.best_trial": best["trial"], "lsr1.best_run_id": best["run_id"]})
     registered = parent.log_model(load_checkpoint(top[0]["checkpoint"]), base.name, alias="champion")
     parent.finish(ok=True)
-    console.result(f"\nsweep {name}: {len(frame)} trials in {time.time() - tic:.0f} s; best {best['trial']} {args.metric} {best[args.metric]:.4g}")
+    console.result(
+        f"\nsweep {name}: {len(frame)} trials in {time.time() - tic:.0f} s; best {best['trial']} {args.metric} {best[args.metric]:.4g}"
+    )
     console.result((out / "comparison.md").read_text().strip())
     console.result(f"\n{'comparison':12}{out} (comparison.md, .csv, .png)\n{'registered':12}{registered} (alias champion)")
     console.result(f"{'log':12}{console.log_path}\n\n{parent.where_to_look()}")

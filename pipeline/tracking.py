@@ -5,6 +5,7 @@ under `mlruns/`; `MLFLOW_TRACKING_URI` overrides it (e.g. a tracking server for 
 buffered and written when a checkpoint is written, and a resumed run skips steps already logged, so a
 restarted worker neither loses nor repeats an iteration in the metric history.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,11 @@ def _refusal_explained(uri: str) -> Iterator[None]:
         given = "MLFLOW_TRACKING_USERNAME" in os.environ
         raise TrackingError(
             f"the MLflow server at {uri} refused the request ({err.get_http_status_code()}): "
-            + ("check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if given else
-               "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (docs/cluster.md)")
+            + (
+                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+                if given
+                else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (docs/cluster.md)"
+            )
         ) from None
 
 
@@ -94,7 +98,7 @@ class Run:
         self.client = MlflowClient(uri)
 
     @classmethod
-    def open(cls, uri: str, experiment: str, name: str, config: ExperimentConfig, tags: dict[str, str] | None = None) -> "Run":
+    def open(cls, uri: str, experiment: str, name: str, config: ExperimentConfig, tags: dict[str, str] | None = None) -> Run:
         """The run named `name` in `experiment` (created with its params if new, reopened if it exists)."""
         with _refusal_explained(uri), _store_lock(uri):  # the schema of a new store (made by the client) and the experiment, by one process
             client = MlflowClient(uri)
@@ -117,7 +121,7 @@ class Run:
         return cls(uri, run.info.run_id)
 
     @classmethod
-    def find(cls, uri: str, experiment: str, name: str) -> "Run | None":
+    def find(cls, uri: str, experiment: str, name: str) -> Run | None:
         """The run named `name` in `experiment`, if there is one."""
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)

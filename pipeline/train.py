@@ -22,6 +22,7 @@ the autoscaler for the resources and waits up to --resource-timeout seconds (def
     python -m pipeline.train --config configs/quadratic.yaml --workers 2
     python -m pipeline.train --config configs/smoke.yaml --smoke-test       # seconds, for CI
 """
+
 from __future__ import annotations
 
 import argparse
@@ -142,8 +143,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         shard = ray.train.get_dataset_shard("train")
         train_problems = worker_problems(shard, config.hmr, config.task.batch_size // world, device)
         val_problems = pw3d_problems(config.hmr, "validation", prepared_files(config.hmr.prepared_dir)[1], device)
-    train(config, run_dir, device=device, hooks=hooks, train_problems=train_problems, worker_batches=train_problems is not None,
-          val_problems=val_problems, progress=False)  # fmt: skip
+    train(
+        config,
+        run_dir,
+        device=device,
+        hooks=hooks,
+        train_problems=train_problems,
+        worker_batches=train_problems is not None,
+        val_problems=val_problems,
+        progress=False,
+    )
 
 
 def connect_ray(num_cpus: int | None = None, verbose: bool = False) -> str:
@@ -170,8 +179,14 @@ def connect_ray(num_cpus: int | None = None, verbose: bool = False) -> str:
         # the dashboard serves the State API through which Ray Train notices a killed TrainController and frees
         # its placement group; without it every trial that Tune stops leaks its CPUs and a sweep stalls
         # a private instance: its own dashboard port, so that it starts beside another cluster on this machine
-        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=free_ports(1)[0],
-                           log_to_driver=verbose, configure_logging=False)
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_port=free_ports(1)[0],
+            log_to_driver=verbose,
+            configure_logging=False,
+        )
         where = f"Ray: started a private instance, {ray.cluster_resources().get('CPU', 0):g} CPUs, dashboard http://{context.dashboard_url}"
     import ray.data  # noqa: F401  (it sets up its own logging on import)
     import ray.train  # noqa: F401
@@ -271,8 +286,9 @@ class Request:
         return f"nothing: Ray Data alone needs {self.data_cpus + self.driver_cpus:g} CPUs; use a machine or cluster with more CPUs"
 
 
-def worker_resources(config: ExperimentConfig, workers: int, cpus_per_worker: float | None, gpu: bool | None,
-                     resources: dict[str, float]) -> tuple[float, bool]:  # fmt: skip
+def worker_resources(
+    config: ExperimentConfig, workers: int, cpus_per_worker: float | None, gpu: bool | None, resources: dict[str, float]
+) -> tuple[float, bool]:
     """(CPUs per worker, whether workers use a GPU): the given values, else what the cluster has room for
     (HMR leaves DATA_CPUS to Ray Data; a GPU per worker when there are enough)."""
     use_gpu = gpu if gpu is not None else resources.get("GPU", 0) >= workers
@@ -283,10 +299,17 @@ def worker_resources(config: ExperimentConfig, workers: int, cpus_per_worker: fl
     return max(0.25 if hmr else 0.5, min(4.0, (resources.get("CPU", 1) - spare) / workers)), use_gpu
 
 
-def run_request(config: ExperimentConfig, workers: int, cpus_per_worker: float, use_gpu: bool, driver_cpus: float = 0.0,
-                custom: dict[str, float] | None = None) -> Request:  # fmt: skip
-    return Request(workers, cpus_per_worker, 1.0 if use_gpu else 0.0, DATA_CPUS if config.task.name == "hmr" else 0.0, driver_cpus,
-                   dict(custom or {}))  # fmt: skip
+def run_request(
+    config: ExperimentConfig,
+    workers: int,
+    cpus_per_worker: float,
+    use_gpu: bool,
+    driver_cpus: float = 0.0,
+    custom: dict[str, float] | None = None,
+) -> Request:
+    return Request(
+        workers, cpus_per_worker, 1.0 if use_gpu else 0.0, DATA_CPUS if config.task.name == "hmr" else 0.0, driver_cpus, dict(custom or {})
+    )
 
 
 def worker_resource(text: str) -> tuple[str, float]:
@@ -297,8 +320,10 @@ def worker_resource(text: str) -> tuple[str, float]:
     except ValueError:
         value = -1.0
     if not sep or not key or key in ("CPU", "GPU") or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=AMOUNT with a custom resource name (not CPU/GPU: "
-                                         "--cpus-per-worker, --gpu) and an amount > 0, e.g. node_slot=1")  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME=AMOUNT with a custom resource name (not CPU/GPU: "
+            "--cpus-per-worker, --gpu) and an amount > 0, e.g. node_slot=1"
+        )
     return key, value
 
 
@@ -331,15 +356,23 @@ def require_resources(request: Request, what: str, timeout: float | None = None)
         return
     limit = _autoscaling_limit()
     if limit is not None and request.shortfall(limit, limit) is not None:  # more than the autoscaler may ever start
-        raise ResourceError(f"{what} asks for {request.describe()}, but even fully scaled up the cluster has "
-                            f"{limit.get('CPU', 0):g} CPUs and {limit.get('GPU', 0):g} GPUs. Lower it: {request.lower(limit)}")
+        raise ResourceError(
+            f"{what} asks for {request.describe()}, but even fully scaled up the cluster has "
+            f"{limit.get('CPU', 0):g} CPUs and {limit.get('GPU', 0):g} GPUs. Lower it: {request.lower(limit)}"
+        )
     if timeout is None:
         timeout = RESOURCE_TIMEOUT_S if limit is not None else 0.0
     message = f"{what} asks for {request.describe()}, but {why}; it would wait forever. Lower it: {request.lower(total)}"
     if timeout <= 0:
         raise ResourceError(message)
-    log.warning("%s asks for %s, but %s: waiting up to %.0f s for %s (--resource-timeout)", what, request.describe(),
-                why, timeout, "the autoscaler" if limit is not None else "more nodes")  # fmt: skip
+    log.warning(
+        "%s asks for %s, but %s: waiting up to %.0f s for %s (--resource-timeout)",
+        what,
+        request.describe(),
+        why,
+        timeout,
+        "the autoscaler" if limit is not None else "more nodes",
+    )
     if limit is not None:
         from ray.autoscaler.sdk import request_resources
 
@@ -406,8 +439,9 @@ def fit_with_ray(
             "name": name,
             "progress": progress,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": cpus, **(custom_resources or {})}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus, **(custom_resources or {})}
+        ),
         datasets=datasets,
         run_config=ray.train.RunConfig(
             name=name,
@@ -492,7 +526,9 @@ def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int, c
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="a preset from configs/")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
     parser.add_argument("--name", help="run name (default: the preset's name); the same name resumes")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     parser.add_argument("--local", action="store_true", help="run in this process, without Ray")
@@ -501,14 +537,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     parser.add_argument("--cpus-per-worker", type=float, default=None)
-    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None, help="use GPUs (default: if the cluster has one per worker)")
-    parser.add_argument("--worker-resource", type=worker_resource, action="append", default=[], metavar="NAME=AMOUNT",
-                        help="a custom Ray resource each worker asks for (repeatable); one per node pins a worker to each node")
+    parser.add_argument(
+        "--gpu", action=argparse.BooleanOptionalAction, default=None, help="use GPUs (default: if the cluster has one per worker)"
+    )
+    parser.add_argument(
+        "--worker-resource",
+        type=worker_resource,
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a custom Ray resource each worker asks for (repeatable); one per node pins a worker to each node",
+    )
     parser.add_argument("--test-steps", type=int, default=20, help="inner steps of the final test-set evaluation")
-    parser.add_argument("--resource-timeout", type=float, default=None, metavar="SECONDS",
-                        help=f"wait this long for the cluster to fit the run (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)")
+    parser.add_argument(
+        "--resource-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"wait this long for the cluster to fit the run (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)",
+    )
     parser.add_argument("--verbose", action="store_true", help="also show Ray's, MLflow's and the workers' own output")
-    parser.add_argument("--fail-once-at", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests: rank 0 SIGKILLs itself once there
+    parser.add_argument(
+        "--fail-once-at", type=int, default=None, help=argparse.SUPPRESS
+    )  # fault-injection tests: rank 0 SIGKILLs itself once there
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
@@ -540,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     console = setup(dest / "console.log", args.verbose)
-    console.phase(f"training run {args.name}: {args.config}, {config.learner} on {config.task.name}, {config.meta.iterations} meta-iterations")
+    console.phase(
+        f"training run {args.name}: {args.config}, {config.learner} on {config.task.name}, {config.meta.iterations} meta-iterations"
+    )
     if not args.local:
         console.phase(connect_ray(args.num_cpus, args.verbose))
         import ray
@@ -548,13 +601,17 @@ def main(argv: list[str] | None = None) -> int:
         cpus, use_gpu = worker_resources(config, args.workers, args.cpus_per_worker, args.gpu, ray.cluster_resources())
         try:
             require_shared(storage, autoscaling=_autoscaling_limit() is not None)
-            require_resources(run_request(config, args.workers, cpus, use_gpu, custom=custom), f"training run {args.name}", args.resource_timeout)
+            require_resources(
+                run_request(config, args.workers, cpus, use_gpu, custom=custom), f"training run {args.name}", args.resource_timeout
+            )
         except (StorageError, ResourceError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         console.phase(f"storage: {join(storage, 'ray', args.name)}")
     try:
-        run = Run.open(tracking_uri(), config.name, args.name, config, tags={"lsr1.mode": "local" if args.local else f"ray x{args.workers}"})
+        run = Run.open(
+            tracking_uri(), config.name, args.name, config, tags={"lsr1.mode": "local" if args.local else f"ray x{args.workers}"}
+        )
     except TrackingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -564,9 +621,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.local:
             _fit_locally(config, run, args.name, dest, console)
         else:
-            _fit_with_board(console, args.name, config=config, run=run, storage=join(storage, "ray"), workers=args.workers,
-                            cpus_per_worker=args.cpus_per_worker, gpu=args.gpu, custom_resources=custom,
-                            max_failures=args.max_failures, fail_once_at=args.fail_once_at, dest=dest)  # fmt: skip
+            _fit_with_board(
+                console,
+                args.name,
+                config=config,
+                run=run,
+                storage=join(storage, "ray"),
+                workers=args.workers,
+                cpus_per_worker=args.cpus_per_worker,
+                gpu=args.gpu,
+                custom_resources=custom,
+                max_failures=args.max_failures,
+                fail_once_at=args.fail_once_at,
+                dest=dest,
+            )
         summary = _finalize(config, run, dest, args.test_steps, console)
     except PrepareError as err:  # data changed or missing since the check above: the message says which
         print(f"error: {err}", file=sys.stderr)
@@ -580,8 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     summary["wall_time_s"] = round(time.time() - tic, 1)
     lines = [f"\n{'run':28}{args.name}"]
     lines += [f"{key:28}{value:.6g}" if isinstance(value, float) else f"{key:28}{value}" for key, value in summary.items()]
-    lines += [f"{'checkpoints':28}{dest}", f"{'figures':28}{dest / 'test'}/*.png", f"{'MLflow run':28}{run.run_id}",
-              f"{'log':28}{console.log_path}" + (f" (Ray's: {ray_logs()})" if not args.local and ray_logs() else "")]
+    lines += [
+        f"{'checkpoints':28}{dest}",
+        f"{'figures':28}{dest / 'test'}/*.png",
+        f"{'MLflow run':28}{run.run_id}",
+        f"{'log':28}{console.log_path}" + (f" (Ray's: {ray_logs()})" if not args.local and ray_logs() else ""),
+    ]
     console.result("\n".join(lines))
     console.result(f"\n{run.where_to_look()}")
     return 0

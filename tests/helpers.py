@@ -1,8 +1,10 @@
 """Small smoke-test helpers reused by the per-module tests (one call checks a whole contract)."""
+
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -1,4 +1,5 @@
 """Synthetic HMR data for the tests: written once per test session under pytest's temporary folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,5 +22,10 @@ def hmr_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def hmr_config(data: dict[str, Path], *overrides: str) -> ExperimentConfig:
     """configs/hmr_smoke.yaml pointed at the session's synthetic data."""
-    paths = [f"hmr.body_dir={data['body']}", f"hmr.amass_dir={data['amass']}", f"hmr.pw3d_dir={data['3dpw']}", f"hmr.cache_dir={data['cache']}"]
+    paths = [
+        f"hmr.body_dir={data['body']}",
+        f"hmr.amass_dir={data['amass']}",
+        f"hmr.pw3d_dir={data['3dpw']}",
+        f"hmr.cache_dir={data['cache']}",
+    ]
     return load_config("configs/hmr_smoke.yaml", [*paths, *overrides])

@@ -1,4 +1,5 @@
 """The second learned optimizer: convex tasks, hypergradient baselines, LSTM coordinate-wise BFGS step sizes."""
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,10 @@ def test_convex_tasks_have_exact_gradients_hessians_and_optima(family):
     hv = torch.autograd.functional.hvp(lambda z: problem.value(z).sum(), problem.x0, v)[1]
     torch.testing.assert_close(problem.hvp(problem.x0, v), hv)
     assert float(problem.grad(problem.x_star).norm(dim=-1).max()) < 1e-9
-    assert bool((problem.relative_suboptimality(problem.x0) == 1).all()) and float(problem.relative_suboptimality(problem.x_star).abs().max()) < 1e-12
+    assert (
+        bool((problem.relative_suboptimality(problem.x0) == 1).all())
+        and float(problem.relative_suboptimality(problem.x_star).abs().max()) < 1e-12
+    )
     again = convex_problems(family, 4, 6, seed=3, cond=50.0, dtype=torch.float64)
     assert torch.equal(again.a, problem.a) and torch.equal(again.x0, problem.x0)
 
@@ -107,9 +111,27 @@ def test_presets_meta_train_and_the_shipped_model_loads(preset, tmp_path):
 def test_a_sweep_compares_learned_step_sizes_against_bfgs_with_a_line_search(tmp_path):
     from pipeline.sweep import compare
 
-    config = load_config(PRESETS[1], ["meta.iterations=2", "meta.val_every=2", "meta.unroll_steps=4", "task.batch_size=8", "task.val_size=8",
-                                      "task.test_size=8", "task.test_dim=12"])  # fmt: skip
+    config = load_config(
+        PRESETS[1],
+        [
+            "meta.iterations=2",
+            "meta.val_every=2",
+            "meta.unroll_steps=4",
+            "task.batch_size=8",
+            "task.val_size=8",
+            "task.test_size=8",
+            "task.test_dim=12",
+        ],
+    )
     train(config, tmp_path / "run", progress=False)
-    top = [{"rank": 1, "trial": "t1", "val_loss": 0.0, "params": {"bfgs_steps.reg_weight": 0.1}, "checkpoint": str(tmp_path / "run" / "best.pt")}]
+    top = [
+        {
+            "rank": 1,
+            "trial": "t1",
+            "val_loss": 0.0,
+            "params": {"bfgs_steps.reg_weight": 0.1},
+            "checkpoint": str(tmp_path / "run" / "best.pt"),
+        }
+    ]
     rows = compare(top, 5, tmp_path / "comparison")
     assert rows[0]["test_final_gap"] >= 0 and "Reference: BFGS-Armijo" in (tmp_path / "comparison" / "comparison.md").read_text()

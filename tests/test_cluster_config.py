@@ -1,4 +1,5 @@
 """cluster.yaml passes the cluster-config schema that ships inside the installed Ray package."""
+
 import json
 import re
 from pathlib import Path

@@ -28,7 +28,12 @@ def test_every_preset_loads(path):
 def test_quadratic_paper_preset_has_the_papers_settings():
     c = load_config("configs/quadratic_paper.yaml")
     assert (c.lsr1.buffer_size, c.meta.unroll_steps, c.lsr1.gamma1, c.lsr1.gamma2, c.lsr1.lambda_sec) == (8, 16, 0.4, 0.001, 100.0)
-    assert (c.lsr1.secant_penalty, c.lsr1.identity_in_step, c.lsr1.input_scaling, c.lsr1.curvature_scale) == ("paper", False, "none", "none")
+    assert (c.lsr1.secant_penalty, c.lsr1.identity_in_step, c.lsr1.input_scaling, c.lsr1.curvature_scale) == (
+        "paper",
+        False,
+        "none",
+        "none",
+    )
     assert (c.task.dim, c.task.batch_size, c.task.val_size, c.task.test_dim, c.task.test_size) == (2, 128, 32, 10, 32)
     assert (c.meta.lr, c.meta.betas, c.meta.weight_decay, c.task.meta_objective) == (1e-4, (0.9, 0.999), 0.01, "value")
 
@@ -41,8 +46,17 @@ def test_quadratic_preset_is_the_paper_problem_with_the_projects_formulation():
 
 
 def test_overrides_are_typed():
-    c = load_config("configs/smoke.yaml", ["meta.lr=1e-4", "lsr1.identity_in_step=true", "meta.grad_clip=none",
-                                           "lsr1.encoder_inputs=[x,g]", "meta.betas=[0.8,0.9]", "task.max_cond=50"])
+    c = load_config(
+        "configs/smoke.yaml",
+        [
+            "meta.lr=1e-4",
+            "lsr1.identity_in_step=true",
+            "meta.grad_clip=none",
+            "lsr1.encoder_inputs=[x,g]",
+            "meta.betas=[0.8,0.9]",
+            "task.max_cond=50",
+        ],
+    )
     assert c.meta.lr == 1e-4 and c.lsr1.identity_in_step is True and c.meta.grad_clip is None
     assert c.lsr1.encoder_inputs == ["x", "g"] and c.meta.betas == (0.8, 0.9) and c.task.max_cond == 50.0
 
@@ -114,7 +128,9 @@ def test_a_formulation_sets_its_switches_and_keys_after_it_win():
     assert (demo.secant_penalty, demo.line_search, demo.lbfgs_memory) == ("applied", "armijo", 10)
     # an override names a formulation over the preset's keys; a later override still wins
     literal = load_config("configs/hmr_demo.yaml", ["lsr1.formulation=paper", "lsr1.gamma1=0.1"]).lsr1
-    assert literal == dataclasses.replace(LSR1Config(**FORMULATIONS["paper"]), buffer_size=4, hidden_dim=32, gamma1=0.1, cap_step_index=True)
+    assert literal == dataclasses.replace(
+        LSR1Config(**FORMULATIONS["paper"]), buffer_size=4, hidden_dim=32, gamma1=0.1, cap_step_index=True
+    )
     assert load_config(None, ["lsr1.formulation=project"]).lsr1 == LSR1Config()
 
 

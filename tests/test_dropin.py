@@ -1,4 +1,5 @@
 """The drop-in comparison: LearnedSR1 against best-of-grid Adam on the held-out problems (lsr1.dropin)."""
+
 import math
 
 import pytest
@@ -20,7 +21,10 @@ def test_the_validation_split_has_the_same_problems_from_other_seeds():
     test, validation = dropin.problems("test"), dropin.problems("validation")
     assert [p.name for p in test] == [p.name for p in validation]
     for a, b in zip(test, validation):  # other data (logistic regression starts at log 2 on any): other gradients
-        gradients = [torch.cat([g.flatten() for g in torch.autograd.grad(loss(), list(model.parameters()))]) for model, loss in (a.build(), b.build())]
+        gradients = [
+            torch.cat([g.flatten() for g in torch.autograd.grad(loss(), list(model.parameters()))])
+            for model, loss in (a.build(), b.build())
+        ]
         assert not torch.allclose(*gradients)
     with pytest.raises(ValueError, match="split"):
         dropin.problems("train")

@@ -11,7 +11,6 @@ from lsr1.hmr.formats import (
     FormatError,
     amass_frames,
     find_amass_files,
-    load_amass_frames,
     read_3dpw,
     read_3dpw_split,
     read_amass,
@@ -158,5 +157,3 @@ def test_amass_reader_and_lgd_frames(hmr_data, tmp_path):  # noqa: F811
     np.savez(bad, poses=np.zeros((4, 156)), betas=np.zeros(16), trans=np.zeros((3, 3)))
     with pytest.raises(FormatError, match=r"x_poses\.npz: key 'trans': expected shape \(4, 3\)"):
         read_amass(bad)
-
-

@@ -7,14 +7,13 @@ import torch
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, LGDConfig, load_config
 from lsr1.hmr.body import BodyModel
-from lsr1.hmr.formats import load_amass_frames, read_3dpw_split
-from lsr1.learned.initializer import WithInitializer
+from lsr1.hmr.camera import H36M_TO_J14
+from lsr1.hmr.formats import FormatError, load_amass_frames, read_3dpw_split
 from lsr1.learned import LGD, LSR1
+from lsr1.learned.initializer import WithInitializer
 from lsr1.learners import make_learner
 from lsr1.meta import MetaLoss, run, step_metrics, train, unroll
 from lsr1.tasks import HMRProblem, problem_set, random_quadratics
-from lsr1.hmr.camera import H36M_TO_J14
-from lsr1.hmr.formats import FormatError
 from lsr1.tasks.hmr import amass_problem, load_joint_model, pw3d_arrays, pw3d_problem
 from tests.helpers import smoketest_meta_step, smoketest_optimizer, smoketest_task
 from tests.hmr_data import hmr_config, hmr_data  # noqa: F401  (session fixture)
@@ -129,8 +128,9 @@ def test_lgd_runs_without_context_on_any_fixed_size_problem():
 
 
 def test_train_selects_the_best_checkpoint_by_pa_mpjpe_and_resumes(hmr_data, tmp_path):  # noqa: F811
-    config = hmr_config(hmr_data, "meta.iterations=4", "meta.val_every=2", "task.batch_size=16", "hmr.init_hidden_dim=32",
-                        "meta.checkpoint_every_s=0")  # fmt: skip
+    config = hmr_config(
+        hmr_data, "meta.iterations=4", "meta.val_every=2", "task.batch_size=16", "hmr.init_hidden_dim=32", "meta.checkpoint_every_s=0"
+    )
     summary = train(config, tmp_path / "run", progress=False)
     lines = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "val_pa_mpjpe" in line]
     scores = [json.loads(line)["val_pa_mpjpe"] for line in lines]
@@ -138,11 +138,17 @@ def test_train_selects_the_best_checkpoint_by_pa_mpjpe_and_resumes(hmr_data, tmp
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["best_val_loss"] == min(scores) and any(k.startswith("initializer.") for k in best["model"])
     with pytest.raises(ValueError, match="another run name"):
-        train(hmr_config(hmr_data, "meta.iterations=6", "task.batch_size=16", "hmr.init_hidden_dim=32", "hmr.rotation=6d"),
-              tmp_path / "run", progress=False)  # fmt: skip
+        train(
+            hmr_config(hmr_data, "meta.iterations=6", "task.batch_size=16", "hmr.init_hidden_dim=32", "hmr.rotation=6d"),
+            tmp_path / "run",
+            progress=False,
+        )
     with pytest.raises(ValueError, match="select_metric 'val_nope'.*val_pa_mpjpe"):
-        train(hmr_config(hmr_data, "meta.iterations=1", "task.batch_size=16", "hmr.init_hidden_dim=32", "meta.select_metric=val_nope"),
-              tmp_path / "other", progress=False)  # fmt: skip
+        train(
+            hmr_config(hmr_data, "meta.iterations=1", "task.batch_size=16", "hmr.init_hidden_dim=32", "meta.select_metric=val_nope"),
+            tmp_path / "other",
+            progress=False,
+        )
 
 
 def test_per_step_metrics_of_a_trajectory(hmr_data):  # noqa: F811
@@ -167,8 +173,9 @@ def test_h36m_evaluation_regressor_is_used_when_configured(hmr_data, setup, tmp_
     problem = amass_problem(rows, model, config, seed=0)
     metrics = problem.evaluation_metrics(problem.target)
     assert {"pa_mpjpe14_h36m", "mpjpe14_h36m"} <= set(metrics) and float(metrics["pa_mpjpe14_h36m"].max()) < 1e-2
-    vertices = body.smpl(betas=torch.as_tensor(frames["betas10"]), body_pose=problem.target[:, 3:72],
-                         global_orient=problem.target[:, :3]).vertices  # fmt: skip
+    vertices = body.smpl(
+        betas=torch.as_tensor(frames["betas10"]), body_pose=problem.target[:, 3:72], global_orient=problem.target[:, :3]
+    ).vertices
     expected = vertices[:, torch.arange(17) * 300][:, list(H36M_TO_J14)]
     torch.testing.assert_close(problem.eval_gt, expected, atol=1e-5, rtol=0)
     np.save(tmp_path / "bad.npy", np.zeros((14, 6890)))

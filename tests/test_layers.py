@@ -1,6 +1,7 @@
 """The library's layers import downwards only: the body/data layer (lsr1/hmr) knows no optimizer, task or
 learner; hand-designed optimizers (lsr1/optim) and tasks (lsr1/tasks) know no learner; `lsr1.meta` drives a
 learner through its declared hooks and probes for none. Read from the source, so a new import fails here."""
+
 from __future__ import annotations
 
 import ast
@@ -45,8 +46,11 @@ def _probes(source: str) -> list[str]:
     return [
         node.args[1].value
         for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
-        and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("getattr", "hasattr")
+        and len(node.args) > 1
+        and isinstance(node.args[1], ast.Constant)
     ]
 
 

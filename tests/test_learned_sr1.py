@@ -270,9 +270,16 @@ def test_paper_penalty_is_equation_8_as_written():
 VARIANTS = [
     dict(),  # the paper's
     dict(eval_norm="problem"),
-    dict(secant_penalty="applied", identity_in_step=True, input_scaling="rms", curvature_scale="secant",
-         vector_norm="sqrt_dim", global_features=True, gamma2=1.0),
-]  # fmt: skip
+    dict(
+        secant_penalty="applied",
+        identity_in_step=True,
+        input_scaling="rms",
+        curvature_scale="secant",
+        vector_norm="sqrt_dim",
+        global_features=True,
+        gamma2=1.0,
+    ),
+]
 
 
 @pytest.mark.parametrize("options", VARIANTS)

@@ -61,7 +61,7 @@ def test_training_lowers_the_validation_loss(tmp_path):
 
 
 def test_resume_continues_at_the_same_iteration_with_the_same_result(tmp_path):
-    straight = train(_smoke("meta.iterations=30", "meta.val_every=10"), tmp_path / "a", progress=False)
+    train(_smoke("meta.iterations=30", "meta.val_every=10"), tmp_path / "a", progress=False)
     train(_smoke("meta.iterations=15", "meta.val_every=10"), tmp_path / "b", progress=False)
     seen = []
     resumed = train(
@@ -171,9 +171,9 @@ def test_burn_in_unrolls_the_same_trajectory_with_a_graph_only_over_the_last_k_s
     hook.remove()
     assert grad_enabled == [False] * burn_in + [True] * steps
     assert burned.iterates.shape[0] == steps + 1 and burned.values.shape[0] == steps + 1
-    assert_close(burned.iterates[1:].detach(), full.iterates[burn_in + 1:].detach(), atol=1e-12, rtol=1e-12)
+    assert_close(burned.iterates[1:].detach(), full.iterates[burn_in + 1 :].detach(), atol=1e-12, rtol=1e-12)
     assert_close(burned.values[0].detach(), full.values[0].detach())
-    assert_close(burned.values[1:].detach(), full.values[burn_in + 1:].detach(), atol=1e-12, rtol=1e-12)
+    assert_close(burned.values[1:].detach(), full.values[burn_in + 1 :].detach(), atol=1e-12, rtol=1e-12)
     assert burned.values[-1].requires_grad
 
 
@@ -188,4 +188,6 @@ def test_burn_in_is_drawn_from_the_seed_and_iteration_and_sets_the_horizon(tmp_p
     assert _burn_in(_smoke().meta, 5) == 0
     summary = train(_smoke("meta.burn_in=6", "meta.iterations=4", "meta.val_every=4"), tmp_path / "run", progress=False)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert summary.skipped == 0 and [line["burn_in"] for line in lines] == [_burn_in(_smoke("meta.burn_in=6").meta, i) for i in (1, 2, 3, 4)]
+    assert summary.skipped == 0 and [line["burn_in"] for line in lines] == [
+        _burn_in(_smoke("meta.burn_in=6").meta, i) for i in (1, 2, 3, 4)
+    ]

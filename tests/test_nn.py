@@ -138,7 +138,9 @@ def test_native_kernels_agree_with_torch_operators(dtype, with_prelu, weighted, 
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     for i, (got, want) in enumerate(zip(*results)):
         # the bias gradient is zero up to rounding (the bias cancels in BatchNorm): compare on the others' scale
-        assert_close(got, want, atol=tol * max(1.0, float(want.detach().abs().max())) if i != 4 else tol * 100, rtol=tol, what=f"result {i}")
+        assert_close(
+            got, want, atol=tol * max(1.0, float(want.detach().abs().max())) if i != 4 else tol * 100, rtol=tol, what=f"result {i}"
+        )
 
 
 def test_linear_bn_adds_the_residual_and_passes_it_the_output_gradient(path):

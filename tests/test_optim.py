@@ -5,8 +5,8 @@ import torch
 
 from lsr1.meta import run
 from lsr1.optim import BFGS, LBFGS, SR1, AdaHessian, Adam, Backtracked, GradientDescent, backtracking, strong_wolfe
-from lsr1.optim.sr1 import sr1_update
 from lsr1.optim.bfgs import bfgs_update
+from lsr1.optim.sr1 import sr1_update
 from lsr1.tasks import diagonal_quadratics, random_quadratics, rosenbrock
 from tests.helpers import assert_close, smoketest_optimizer
 
@@ -187,8 +187,9 @@ def test_step_curves_count_the_line_search_evaluations_of_every_step():
     from lsr1.analysis import step_curves
 
     problem = random_quadratics(6, 5, seed=3, dtype=torch.float64)
-    lbfgs, gd = step_curves(problem, {"L-BFGS": lambda part: (LBFGS(part, memory=3), part),
-                                       "GD": lambda part: (GradientDescent(0.1), part)}, steps=6, chunk=4)  # fmt: skip
+    lbfgs, gd = step_curves(
+        problem, {"L-BFGS": lambda part: (LBFGS(part, memory=3), part), "GD": lambda part: (GradientDescent(0.1), part)}, steps=6, chunk=4
+    )
     per_step = run(LBFGS(problem, memory=3), problem, 6).info["evaluations"].double().mean(1)
     assert_close(lbfgs.metrics["evaluations"], torch.cat([per_step.new_zeros(1), per_step.cumsum(0)]))
     assert float(lbfgs.metrics["evaluations"][-1]) > 6 and gd.metrics["evaluations"].tolist() == list(range(7))

@@ -1,4 +1,5 @@
 """lsr1.LearnedSR1, the drop-in torch.optim.Optimizer."""
+
 import inspect
 
 import pytest

@@ -1,4 +1,5 @@
 """HMR through the product's commands: the Ray Data feed, 2-worker Ray Train meta-training, 3DPW evaluation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,13 +12,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import pipeline.data
 from lsr1.analysis import step_curves
 from lsr1.config import ExperimentConfig
 from lsr1.hmr.formats import in_fraction
 from lsr1.meta import train
 from lsr1.tasks import problem_set
 from lsr1.tasks.hmr import HMRProblem, load_joint_model
-import pipeline.data
 from pipeline.data import absolute_paths, passes_per_epoch, training_dataset
 from pipeline.evaluate import main as evaluate_main
 from pipeline.prepare import prepare, prepared_files
@@ -77,8 +78,23 @@ def test_feed_deals_the_same_batches_to_each_worker_on_every_run_and_reshuffles_
 
 
 def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prepared, hmr_data, mlflow_store, tmp_path, capfd):  # noqa: F811
-    args = ["--config", "configs/hmr_smoke.yaml", "--name", "hmr2", "--workers", "2", "--runs-dir", str(tmp_path / "runs"),
-            "--set", "meta.iterations=6", "--set", "meta.val_every=3", "--test-steps", "3", *_overrides(prepared)]  # fmt: skip
+    args = [
+        "--config",
+        "configs/hmr_smoke.yaml",
+        "--name",
+        "hmr2",
+        "--workers",
+        "2",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--set",
+        "meta.iterations=6",
+        "--set",
+        "meta.val_every=3",
+        "--test-steps",
+        "3",
+        *_overrides(prepared),
+    ]
     assert train_main(args) == 0
     shown = capfd.readouterr()  # what a person sees: phases, the bar, the table; Ray's output is in the log files
     lines = assert_readable_console(shown.out + shown.err)
@@ -97,8 +113,21 @@ def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prep
 
     # the same checkpoint against an LGD-less comparison through the command line, logged as its own run
     out = tmp_path / "eval"
-    assert evaluate_main(["--checkpoint", str(tmp_path / "runs" / "hmr2" / "best.pt"), "--steps", "2", "--out", str(out),
-                          "--log-experiment", "hmr_smoke"]) == 0  # fmt: skip
+    assert (
+        evaluate_main(
+            [
+                "--checkpoint",
+                str(tmp_path / "runs" / "hmr2" / "best.pt"),
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--log-experiment",
+                "hmr_smoke",
+            ]
+        )
+        == 0
+    )
     curves = json.loads((out / "curves.json").read_text())
     assert [c["name"] for c in curves] == ["L-SR1", "L-BFGS (m=10) from the L-SR1 initializer"]
     assert curves[0]["pa_mpjpe"][0] == pytest.approx(curves[1]["pa_mpjpe"][0], rel=1e-5)  # both start from the initializer
@@ -111,8 +140,16 @@ def test_two_workers_meta_train_on_ray_data_and_log_3dpw_results(ray_local, prep
     # a sweep's comparison of its top trials (here: this run twice) against an LGD baseline
     lgd = hmr_config(hmr_data, "learner=lgd", "meta.iterations=2", "meta.val_every=2", "task.batch_size=16", "hmr.init_hidden_dim=32")
     train(lgd, tmp_path / "lgd", progress=False)
-    top = [{"rank": r, "trial": f"t{r}", "val_loss": 1.0, "params": {"lsr1.buffer_size": 4}, "checkpoint": str(tmp_path / "runs" / "hmr2" / "best.pt")}
-           for r in (1, 2)]  # fmt: skip
+    top = [
+        {
+            "rank": r,
+            "trial": f"t{r}",
+            "val_loss": 1.0,
+            "params": {"lsr1.buffer_size": 4},
+            "checkpoint": str(tmp_path / "runs" / "hmr2" / "best.pt"),
+        }
+        for r in (1, 2)
+    ]
     rows = compare(top, 2, tmp_path / "comparison", [tmp_path / "lgd" / "best.pt"])
     assert [r["trial"] for r in rows] == ["t1", "t2"] and rows[0]["test_pa_mpjpe"] == rows[1]["test_pa_mpjpe"] > 0
     assert "Reference: LGD: PA-MPJPE" in (tmp_path / "comparison" / "comparison.md").read_text()

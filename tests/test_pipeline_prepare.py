@@ -1,4 +1,5 @@
 """pipeline.prepare: AMASS/3DPW -> Parquet shards with a manifest; idempotent, atomic, bad files named."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,21 @@ def test_a_bad_amass_file_fails_the_run_or_is_skipped_and_listed(setup, capsys):
     manifest = json.loads((result["manifest"]).read_text())
     assert [entry["file"] for entry in manifest["skipped"]] == list(result["skipped"])
     # a kept shard that left a file out does not pass a later --on-error fail run unnoticed
-    assert main(["--set", f"hmr.amass_dir={setup.amass_dir}", "--set", f"hmr.pw3d_dir={setup.pw3d_dir}",
-                 "--set", f"hmr.prepared_dir={setup.prepared_dir}", "--set", f"hmr.body_dir={setup.body_dir}"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "--set",
+                f"hmr.amass_dir={setup.amass_dir}",
+                "--set",
+                f"hmr.pw3d_dir={setup.pw3d_dir}",
+                "--set",
+                f"hmr.prepared_dir={setup.prepared_dir}",
+                "--set",
+                f"hmr.body_dir={setup.body_dir}",
+            ]
+        )
+        == 1
+    )
     assert bad.name in capsys.readouterr().err
 
 

@@ -1,5 +1,6 @@
 """pipeline.sweep end to end on the shared local Ray instance with a real MLflow store: ASHA, parent and
 child runs, the comparison artifacts, the champion alias; and an interrupted sweep resumed."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,10 @@ def test_a_sweep_whose_trial_cannot_fit_the_cluster_stops_at_once(ray_local, mlf
     assert main(["--space", "tune_spaces/smoke.yaml", "--config", "configs/hmr_smoke.yaml", "--num-samples", "4"]) == 2
     assert time.monotonic() - tic < 10
     err = capsys.readouterr().err
-    assert ("a trial asks for 2.51 CPUs (1 worker x 1 CPU + 1.5 CPU for Ray Data + 0.01 CPU for the trial driver), "
-            "but the Ray cluster has 2 CPUs") in err
+    assert (
+        "a trial asks for 2.51 CPUs (1 worker x 1 CPU + 1.5 CPU for Ray Data + 0.01 CPU for the trial driver), "
+        "but the Ray cluster has 2 CPUs"
+    ) in err
     assert "Lower it: --workers 1 --cpus-per-worker 0.25" in err
     assert MlflowClient(mlflow_store).get_experiment_by_name("hmr_smoke") is None  # no parent run left behind
 
@@ -74,18 +77,24 @@ def test_smoke_sweep_logs_parent_children_comparison_and_champion(smoke_sweep):
     assert parent.data.tags["lsr1.best_run_id"] in {c.info.run_id for c in children}
 
 
-
 def test_mlflow_ui_compare_view_shows_the_sweeps_runs_and_metrics(smoke_sweep, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("no Chromium on this machine (`make test` installs Debian's chromium where apt-get can): "
-                    "the MLflow UI check needs a real browser")
+        pytest.skip(
+            "no Chromium on this machine (`make test` installs Debian's chromium where apt-get can): "
+            "the MLflow UI check needs a real browser"
+        )
     client = MlflowClient(smoke_sweep)
     parent = _parent(client, "smoke", "sw")
     children = _children(client, "smoke", parent.info.run_id)
     (port,) = free_ports(1)
-    ui = subprocess.Popen(["make", "-s", "ui", f"UI_PORT={port}", f"TRACKING_URI={smoke_sweep}"], cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ui = subprocess.Popen(
+        ["make", "-s", "ui", f"UI_PORT={port}", f"TRACKING_URI={smoke_sweep}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 180
@@ -95,13 +104,25 @@ def test_mlflow_ui_compare_view_shows_the_sweeps_runs_and_metrics(smoke_sweep, t
                     break
             except OSError:
                 if time.time() > deadline or ui.poll() is not None:
-                    raise AssertionError("`make ui` did not serve the MLflow UI within 3 minutes")
+                    raise AssertionError("`make ui` did not serve the MLflow UI within 3 minutes") from None
                 time.sleep(1)
         ids = ",".join(f'"{c.info.run_id}"' for c in children)
         url = f'{base}/#/compare-runs?runs=[{ids}]&experiments=["{parent.info.experiment_id}"]'
-        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                              "--virtual-time-budget=30000", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=300).stdout
+        dom = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={tmp_path}",
+                "--virtual-time-budget=30000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait()
@@ -111,8 +132,22 @@ def test_mlflow_ui_compare_view_shows_the_sweeps_runs_and_metrics(smoke_sweep, t
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(mlflow_store, tmp_path):
-    args = [sys.executable, "-m", "pipeline.sweep", *SWEEP, "--name", "cut", "--num-samples", "3", "--max-concurrent", "1",
-            "--runs-dir", str(tmp_path), "--num-cpus", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline.sweep",
+        *SWEEP,
+        "--name",
+        "cut",
+        "--num-samples",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--runs-dir",
+        str(tmp_path),
+        "--num-cpus",
+        "2",
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
     log_path = tmp_path / "driver.log"
     with log_path.open("w") as log:
@@ -131,8 +166,12 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(mlflow_s
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    finished_before = {r.info.run_id: r.info.end_time for r in client.search_runs(
-        [client.get_experiment_by_name("smoke").experiment_id], "attributes.status = 'FINISHED' and tags.`lsr1.sweep` = 'cut'")}
+    finished_before = {
+        r.info.run_id: r.info.end_time
+        for r in client.search_runs(
+            [client.get_experiment_by_name("smoke").experiment_id], "attributes.status = 'FINISHED' and tags.`lsr1.sweep` = 'cut'"
+        )
+    }
     resumed = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     children = _children(client, "smoke", _parent(client, "smoke", "cut").info.run_id)

@@ -1,4 +1,5 @@
 """pipeline.train: the local loop and Ray Train on the shared local Ray instance, with a real MLflow store."""
+
 from __future__ import annotations
 
 import subprocess
@@ -59,7 +60,17 @@ def test_the_summary_counts_every_iteration_when_the_best_checkpoint_is_earlier(
 
 
 def test_same_name_resumes_and_continues(mlflow_store, tmp_path):
-    args = ["--config", "configs/smoke.yaml", "--local", "--name", "again", "--runs-dir", str(tmp_path / "runs"), "--set", "meta.val_every=3"]
+    args = [
+        "--config",
+        "configs/smoke.yaml",
+        "--local",
+        "--name",
+        "again",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--set",
+        "meta.val_every=3",
+    ]
     assert main(args + ["--set", "meta.iterations=3"]) == 0
     assert main(args + ["--set", "meta.iterations=6"]) == 0
     assert load_checkpoint(tmp_path / "runs" / "again" / "last.pt")["iteration"] == 6
@@ -73,8 +84,22 @@ def test_bad_config_is_a_clear_error(mlflow_store, capsys):
 
 
 def test_two_workers_survive_a_killed_worker_without_losing_or_repeating_iterations(ray_local, mlflow_store, tmp_path):
-    args = ["--config", "configs/smoke.yaml", "--name", "fault", "--workers", "2", "--runs-dir", str(tmp_path / "runs"),
-            "--set", "meta.iterations=12", "--set", "meta.val_every=4", "--fail-once-at", "6"]
+    args = [
+        "--config",
+        "configs/smoke.yaml",
+        "--name",
+        "fault",
+        "--workers",
+        "2",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--set",
+        "meta.iterations=12",
+        "--set",
+        "meta.val_every=4",
+        "--fail-once-at",
+        "6",
+    ]
     assert main(args) == 0
     assert (tmp_path / "runs" / "ray" / "fault" / ".fault-injected").exists()  # the fault did happen
     assert load_checkpoint(tmp_path / "runs" / "fault" / "last.pt")["iteration"] == 12
@@ -168,8 +193,7 @@ def test_runs_started_together_on_a_new_store_all_open(tmp_path):
         "Run.open(sys.argv[2], 'together', sys.argv[3], load_config('configs/smoke.yaml'))\n"
     )
     processes = [
-        subprocess.Popen([sys.executable, "-c", script, str(start), uri, f"run{i}"], stderr=subprocess.PIPE, text=True)
-        for i in range(4)
+        subprocess.Popen([sys.executable, "-c", script, str(start), uri, f"run{i}"], stderr=subprocess.PIPE, text=True) for i in range(4)
     ]
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert [p.returncode for p in processes] == [0] * 4, "\n".join(errors)

@@ -4,17 +4,17 @@ import torch
 
 from lsr1.config import FORMULATIONS, LSR1Config
 from lsr1.learned import LSR1
-from lsr1.tasks import rastrigin, rosenbrock
 from lsr1.profiles import (
     FAMILIES,
+    evaluation_problems,
     hand_designed_solvers,
     performance_ratios,
     profile,
     run_profiles,
-    evaluation_problems,
     tuning_set,
     write_outputs,
 )
+from lsr1.tasks import rastrigin, rosenbrock
 
 
 def test_ratios_and_profile_on_a_known_case():
@@ -46,7 +46,7 @@ def test_the_test_set_is_30_seeded_problems_apart_from_the_tuning_set():
 
 def test_profiles_end_to_end_on_a_small_set(tmp_path):
     torch.manual_seed(0)
-    models = {size: LSR1(LSR1Config(**{**FORMULATIONS['paper'], 'hidden_dim': 16, 'buffer_size': size})).double().eval() for size in (2, 4)}
+    models = {size: LSR1(LSR1Config(**{**FORMULATIONS["paper"], "hidden_dim": 16, "buffer_size": size})).double().eval() for size in (2, 4)}
     solvers = {
         "untrained L-SR1": (lambda p, setting: models[4], None),
         "untrained L-SR1, L tuned": (lambda p, size: models[size], lambda kind: (2, 4)),  # as the shipped models' L
@@ -56,7 +56,7 @@ def test_profiles_end_to_end_on_a_small_set(tmp_path):
     result = run_profiles(solvers, problems, steps=10, tuning_problems=[p for p in tuning_set() if p.dim == 30])
     assert result.distances.shape == (6, 6) and (result.ratios >= 1.0).all()
     assert set(result.tuning) == {"untrained L-SR1, L tuned", "Adam", "AdaHessian", "GD"}
-    for kind, tuned in result.tuning["untrained L-SR1, L tuned"].items():  # the grid value with the best score
+    for tuned in result.tuning["untrained L-SR1, L tuned"].values():  # the grid value with the best score
         assert set(tuned["scores"]) == {"2", "4"} and tuned["scores"][tuned["chosen"]] == min(tuned["scores"].values())
     taus = torch.logspace(0, 2, 20, dtype=torch.float64)
     write_outputs(result, tmp_path, taus)

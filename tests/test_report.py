@@ -1,4 +1,5 @@
 """pipeline.report: the measured blocks of docs/results.md are rendered from files and MLflow, never by hand."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,10 @@ import pytest
 from pipeline.report import ReportError, render_blocks, run_benchmark
 from pipeline.tracking import Run
 
-TEXT = "".join(f"## {name}\n<!-- report:{name} -->\nstale\n<!-- /report:{name} -->\nprose stays\n" for name in ("profiles", "bfgs_steps", "hmr_table", "benchmark_step_cost"))
+TEXT = "".join(
+    f"## {name}\n<!-- report:{name} -->\nstale\n<!-- /report:{name} -->\nprose stays\n"
+    for name in ("profiles", "bfgs_steps", "hmr_table", "benchmark_step_cost")
+)
 
 
 def _sources(root, uri):
@@ -24,8 +28,20 @@ def _sources(root, uri):
 
     run = Run.open(uri, "hmr_demo", "evaluate-hmr-table", ExperimentConfig())
     curves = root / "curves.json"
-    curves.write_text(json.dumps([{"name": "L-SR1", "pa_mpjpe14_smpl": [150.0, 140.0], "mpjpe14_smpl": [230.0, 220.0], "reprojection": [0.5, 0.25], "evaluations": [0.0, 1.0]},
-                                  {"name": "LGD", "pa_mpjpe14_smpl": [160.0, 135.0], "mpjpe14_smpl": [240.0, 200.0], "reprojection": [0.5, 0.125]}]))  # fmt: skip
+    curves.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "L-SR1",
+                    "pa_mpjpe14_smpl": [150.0, 140.0],
+                    "mpjpe14_smpl": [230.0, 220.0],
+                    "reprojection": [0.5, 0.25],
+                    "evaluations": [0.0, 1.0],
+                },
+                {"name": "LGD", "pa_mpjpe14_smpl": [160.0, 135.0], "mpjpe14_smpl": [240.0, 200.0], "reprojection": [0.5, 0.125]},
+            ]
+        )
+    )
     run.log_artifact(curves, "test")
     return run
 
@@ -70,26 +86,42 @@ def test_a_benchmark_is_run_and_its_last_line_saved_or_its_failure_named(tmp_pat
 def test_the_ablation_block_reads_the_newest_ablation_sweep(tmp_path, mlflow_store):
     from lsr1.config import load_config
 
-    parent = Run.open(mlflow_store, "quadratic", "ablation", load_config("configs/quadratic.yaml"),
-                      tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/ablation.yaml"})  # fmt: skip
+    parent = Run.open(
+        mlflow_store,
+        "quadratic",
+        "ablation",
+        load_config("configs/quadratic.yaml"),
+        tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/ablation.yaml"},
+    )
     for hidden, inputs, loss in ((64, ["x", "g"], 0.5), (128, ["x", "p", "d", "g", "q"], 0.25)):
         config = load_config("configs/quadratic.yaml", [f"lsr1.hidden_dim={hidden}", f"lsr1.encoder_inputs={inputs}"])
         child = Run.open(mlflow_store, "quadratic", f"ablation-{hidden}", config, tags={"mlflow.parentRunId": parent.run_id})
         child.log_metrics([(300, {"val_loss": loss, "val_loss_std": loss / 10})])
     out = render_blocks("<!-- report:ablation -->\n<!-- /report:ablation -->\n", tmp_path, mlflow_store)
-    assert "| 64 | (x, g) | not reported | 0.5 | 0.05 | 300 | 0.5 (300) |" in out and "| 128 | (x, p, d, g, q) | −2.56 ± 2.80 | 0.25 | 0.025 | 300 | 0.25 (300) |" in out
+    assert (
+        "| 64 | (x, g) | not reported | 0.5 | 0.05 | 300 | 0.5 (300) |" in out
+        and "| 128 | (x, p, d, g, q) | −2.56 ± 2.80 | 0.25 | 0.025 | 300 | 0.25 (300) |" in out
+    )
 
 
 def test_the_second_ablation_lists_the_step_and_meta_gradient_switches(tmp_path, mlflow_store):
     from lsr1.config import load_config
 
-    parent = Run.open(mlflow_store, "quadratic", "ablation-step", load_config("configs/quadratic.yaml"),
-                      tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/ablation_step.yaml"})  # fmt: skip
+    parent = Run.open(
+        mlflow_store,
+        "quadratic",
+        "ablation-step",
+        load_config("configs/quadratic.yaml"),
+        tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/ablation_step.yaml"},
+    )
     config = load_config("configs/quadratic.yaml", ["lsr1.identity_in_step=true", "meta.second_order=false"])
     child = Run.open(mlflow_store, "quadratic", "ablation-step-1", config, tags={"mlflow.parentRunId": parent.run_id})
     child.log_metrics([(100, {"val_loss": -0.5, "val_loss_std": 0.2})])
-    out = render_blocks("<!-- report:ablation_step -->\n<!-- /report:ablation_step -->\n<!-- report:ablation -->\n<!-- /report:ablation -->\n",
-                        tmp_path, mlflow_store)  # fmt: skip
+    out = render_blocks(
+        "<!-- report:ablation_step -->\n<!-- /report:ablation_step -->\n<!-- report:ablation -->\n<!-- /report:ablation -->\n",
+        tmp_path,
+        mlflow_store,
+    )
     assert "| True | False | -0.5 | 0.2 | 100 | -0.5 (100) |" in out and "Not measured yet: a sweep over tune_spaces/ablation.yaml" in out
 
 
@@ -97,24 +129,35 @@ def test_the_hmr_table_has_parameter_counts_and_copies_its_figures(tmp_path, mlf
     from lsr1.config import ExperimentConfig
 
     run = Run.open(mlflow_store, "hmr_demo", "evaluate-hmr-table", ExperimentConfig())
-    curve = {"name": "L-SR1 w/o secant term", "pa_mpjpe14_smpl": [150.0, 120.0, 130.0], "mpjpe14_smpl": [1.0, 1.0, 1.0], "reprojection": [0.5, 0.25, 0.2]}
+    curve = {
+        "name": "L-SR1 w/o secant term",
+        "pa_mpjpe14_smpl": [150.0, 120.0, 130.0],
+        "mpjpe14_smpl": [1.0, 1.0, 1.0],
+        "reprojection": [0.5, 0.25, 0.2],
+    }
     counted = {**curve, "name": "L-BFGS (m=10) from the L-SR1 initializer", "evaluations": [0.0, 1.5, 3.25]}
     (tmp_path / "curves.json").write_text(json.dumps([curve, counted]))
-    (tmp_path / "models.json").write_text(json.dumps([{"name": "L-SR1 w/o secant term", "initializer_params": 1234567, "update_params": 890}]))
+    (tmp_path / "models.json").write_text(
+        json.dumps([{"name": "L-SR1 w/o secant term", "initializer_params": 1234567, "update_params": 890}])
+    )
     (tmp_path / "pa_mpjpe.png").write_bytes(b"png")
     for name in ("curves.json", "models.json", "pa_mpjpe.png"):
         run.log_artifact(tmp_path / name, "test")
     out = render_blocks("<!-- report:hmr_table -->\n<!-- /report:hmr_table -->\n", tmp_path, mlflow_store)
-    assert "| L-SR1 w/o secant term | 150.0 | 120.0 | 130.0 | 120.0 (1) | 0.25 | 0.2 | — | 1,234,567 + 890 | — |" in out  # older curves: not counted
+    assert (
+        "| L-SR1 w/o secant term | 150.0 | 120.0 | 130.0 | 120.0 (1) | 0.25 | 0.2 | — | 1,234,567 + 890 | — |" in out
+    )  # older curves: not counted
     assert "| L-BFGS (m=10) from the L-SR1 initializer | 150.0 | 120.0 | 130.0 | 120.0 (1) | 0.25 | 0.2 | 3.2 | — | — |" in out
     assert (tmp_path / "docs/hmr/pa_mpjpe.png").read_bytes() == b"png"
 
 
 def test_the_runtime_table_reads_the_nested_benchmark_figures(tmp_path, mlflow_store):
     (tmp_path / "benchmarks/results").mkdir(parents=True)
-    figures = {"machine": "x86_64 CPU, 1 thread(s)",
-               "inference": {"256": {m: {"ms": ms, "peak_mib": 2 * ms} for m, ms in (("lsr1", 30.0), ("lgd", 10.0), ("adam", 5.0))}},
-               "training": {"4": {m: {"ms": ms, "peak_mib": 3 * ms} for m, ms in (("lsr1", 7.0), ("lgd", 6.0))}}}  # fmt: skip
+    figures = {
+        "machine": "x86_64 CPU, 1 thread(s)",
+        "inference": {"256": {m: {"ms": ms, "peak_mib": 2 * ms} for m, ms in (("lsr1", 30.0), ("lgd", 10.0), ("adam", 5.0))}},
+        "training": {"4": {m: {"ms": ms, "peak_mib": 3 * ms} for m, ms in (("lsr1", 7.0), ("lgd", 6.0))}},
+    }
     (tmp_path / "benchmarks/results/hmr_step.json").write_text(json.dumps(figures))
     out = render_blocks("<!-- report:runtime -->\n<!-- /report:runtime -->\n", tmp_path, mlflow_store)
     assert "| inference | 256 | 30 | 10 | 5 | 60 | 20 | 10 | L-SR1 91 ms / 14.60 GiB, LGD 166 ms / 17.81 GiB (RTX 3090) |" in out
@@ -124,12 +167,19 @@ def test_the_runtime_table_reads_the_nested_benchmark_figures(tmp_path, mlflow_s
 def test_the_data_efficiency_table_reads_the_sweeps_test_comparison(tmp_path, mlflow_store):
     from lsr1.config import load_config
 
-    parent = Run.open(mlflow_store, "hmr_data_efficiency", "data-efficiency", load_config("configs/hmr_data_efficiency.yaml"),
-                      tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/data_efficiency.yaml"})  # fmt: skip
+    parent = Run.open(
+        mlflow_store,
+        "hmr_data_efficiency",
+        "data-efficiency",
+        load_config("configs/hmr_data_efficiency.yaml"),
+        tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/data_efficiency.yaml"},
+    )
     out = render_blocks("<!-- report:data_efficiency -->\n<!-- /report:data_efficiency -->\n", tmp_path, mlflow_store)
     assert "Not measured yet: the test comparison of sweep run" in out  # a sweep that did not finish
-    (tmp_path / "comparison.csv").write_text("rank,trial,val_pa_mpjpe,run_id,hmr.data_fraction,test_pa_mpjpe,test_mpjpe,test_pa_mpjpe_init\n"
-                                             "1,a,140.0,r1,0.1,150.0,200.0,160.0\n2,b,141.0,r2,0.8,151.0,201.0,161.0\n")  # fmt: skip
+    (tmp_path / "comparison.csv").write_text(
+        "rank,trial,val_pa_mpjpe,run_id,hmr.data_fraction,test_pa_mpjpe,test_mpjpe,test_pa_mpjpe_init\n"
+        "1,a,140.0,r1,0.1,150.0,200.0,160.0\n2,b,141.0,r2,0.8,151.0,201.0,161.0\n"
+    )
     parent.log_artifact(tmp_path / "comparison.csv", "comparison")
     out = render_blocks("<!-- report:data_efficiency -->\n<!-- /report:data_efficiency -->\n", tmp_path, mlflow_store)
     assert out.index("| 80 % | 51.67 | 141.0 | 151.0 | 161.0 | 201.0 |") < out.index("| 10 % | 53.03 | 140.0 | 150.0 | 160.0 | 200.0 |")
@@ -140,15 +190,27 @@ def test_the_quadratic_and_sensitivity_blocks(tmp_path, mlflow_store):
 
     config = load_config("configs/quadratic.yaml")
     run = Run.open(mlflow_store, "quadratic", "evaluate-quadratic-test", config)
-    (tmp_path / "curves.json").write_text(json.dumps([{"name": "L-BFGS (m=2)", "gap": [35.0] + [1.0] * 9 + [0.125] * 11, "newton_cosine": [0.5] * 21}]))
+    (tmp_path / "curves.json").write_text(
+        json.dumps([{"name": "L-BFGS (m=2)", "gap": [35.0] + [1.0] * 9 + [0.125] * 11, "newton_cosine": [0.5] * 21}])
+    )
     run.log_artifact(tmp_path / "curves.json", "test")
-    parent = Run.open(mlflow_store, "quadratic", "sensitivity", config, tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/sensitivity.yaml"})
+    parent = Run.open(
+        mlflow_store, "quadratic", "sensitivity", config, tags={"lsr1.kind": "sweep", "lsr1.sweep_space": "tune_spaces/sensitivity.yaml"}
+    )
     for lam, loss in ((100.0, -0.5), (0.0, -2.0)):
-        child = Run.open(mlflow_store, "quadratic", f"sensitivity-{lam}", load_config("configs/quadratic.yaml", [f"lsr1.lambda_sec={lam}", "lsr1.gamma1=0.4"]),
-                         tags={"mlflow.parentRunId": parent.run_id})  # fmt: skip
+        child = Run.open(
+            mlflow_store,
+            "quadratic",
+            f"sensitivity-{lam}",
+            load_config("configs/quadratic.yaml", [f"lsr1.lambda_sec={lam}", "lsr1.gamma1=0.4"]),
+            tags={"mlflow.parentRunId": parent.run_id},
+        )
         child.log_metrics([(100, {"val_loss": 2 * loss, "val_loss_std": 1.0}), (300, {"val_loss": loss, "val_loss_std": 1.0})])
-    out = render_blocks("<!-- report:quadratic -->\n<!-- /report:quadratic -->\n<!-- report:sensitivity -->\n<!-- /report:sensitivity -->\n",
-                        tmp_path, mlflow_store)  # fmt: skip
+    out = render_blocks(
+        "<!-- report:quadratic -->\n<!-- /report:quadratic -->\n<!-- report:sensitivity -->\n<!-- /report:sensitivity -->\n",
+        tmp_path,
+        mlflow_store,
+    )
     assert "| L-BFGS (m=2) | 35 | 1 | 0.125 | 0.125 | 0.50 |" in out  # gap at k = 0, 5, 10, 20; cosine at 20
     assert (tmp_path / "docs/quadratic/curves.json").is_file()
     assert out.index("| 0.0 | 0.4 | -2 | 1 | 300 | -4 (100) |") < out.index("| 100.0 | 0.4 | -0.5 | 1 | 300 | -1 (100) |")

@@ -5,7 +5,9 @@ from lsr1.config import config_to_dict, load_config
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 
 
-@pytest.mark.parametrize(("name", "preset"), [("smoke", "smoke"), ("quadratic", "quadratic"), ("hmr", "hmr"), ("bfgs_steps", "bfgs_steps_logistic")])
+@pytest.mark.parametrize(
+    ("name", "preset"), [("smoke", "smoke"), ("quadratic", "quadratic"), ("hmr", "hmr"), ("bfgs_steps", "bfgs_steps_logistic")]
+)
 def test_shipped_spaces_load_and_fit_their_preset(name, preset):
     space = load_space(f"tune_spaces/{name}.yaml")
     check_values(space, config_to_dict(load_config(f"configs/{preset}.yaml")))

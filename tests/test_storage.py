@@ -1,5 +1,6 @@
 """pipeline.storage: what --storage accepts and what it refuses, against a real S3 server (moto) and the shared
 local Ray instance; on two nodes: tests/e2e/test_two_nodes.py."""
+
 from __future__ import annotations
 
 import pytest

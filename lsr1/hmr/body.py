@@ -13,6 +13,7 @@ folds into a (24, 3) template and (24, 3, S) shape directions; the kinematic cha
 of the tree (9 levels instead of 23 sequential joints); only the selected vertices get pose correctives
 and skinning.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,11 +51,31 @@ NUM_JOINTS = 24
 EXTRA_JOINTS = 21  # smplx's VertexJointSelector with its defaults: 5 face, 6 feet, 10 fingertips
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 SMPL_JOINT_NAMES = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
-    "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hand", "right_hand",
-)  # fmt: skip
+    "pelvis",
+    "left_hip",
+    "right_hip",
+    "spine1",
+    "left_knee",
+    "right_knee",
+    "spine2",
+    "left_ankle",
+    "right_ankle",
+    "spine3",
+    "left_foot",
+    "right_foot",
+    "neck",
+    "left_collar",
+    "right_collar",
+    "head",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hand",
+    "right_hand",
+)
 GENDERS = ("neutral", "male", "female")
 
 
@@ -93,7 +114,7 @@ class JointModel(NamedTuple):
     vertex_weights: Tensor  # (E, 24)
     eval_regressor: Tensor | None  # (14, E) evaluation joints from the posed selected vertices, if given
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "JointModel":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> JointModel:
         """A copy with floating tensors cast to dtype and every tensor moved to device."""
 
         def move(value: object) -> object:
@@ -104,7 +125,6 @@ class JointModel(NamedTuple):
             return value
 
         return JointModel(*(move(v) for v in self))
-
 
 
 class BodyModel:

@@ -1,12 +1,13 @@
 """Keypoints and camera of LGD's HMR protocol (notes/lgd-protocol.md §2-4).
 
-    SMPL_TO_COCO          18 OpenPose-COCO keypoints from smplx's joint list (24 joints + extra vertices)
-    SMPL_TO_J14, H36M_TO_J14   the 14 LSP evaluation joints, from SMPL joints or the H36M regressor's 17
-    project               LGD's fixed camera: f = 256 at (0, 0, 6) looking down -z, y up, image v down
-    normalize_keypoints   bounding box of the confident joints -> [0, 1] on its longest side
-    random_rotations      LGD's augmentation: heading in [0, 360), tilt in [-20, 20] degrees about x and z
-    keep_mask             Bernoulli confidence dropout
+SMPL_TO_COCO          18 OpenPose-COCO keypoints from smplx's joint list (24 joints + extra vertices)
+SMPL_TO_J14, H36M_TO_J14   the 14 LSP evaluation joints, from SMPL joints or the H36M regressor's 17
+project               LGD's fixed camera: f = 256 at (0, 0, 6) looking down -z, y up, image v down
+normalize_keypoints   bounding box of the confident joints -> [0, 1] on its longest side
+random_rotations      LGD's augmentation: heading in [0, 360), tilt in [-20, 20] degrees about x and z
+keep_mask             Bernoulli confidence dropout
 """
+
 from __future__ import annotations
 
 import math
@@ -30,19 +31,46 @@ __all__ = [
 ]
 
 COCO_NAMES = (
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
-    "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "right_eye", "left_eye",
-    "right_ear", "left_ear",
-)  # fmt: skip
+    "nose",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
+)
 # indices into smplx's SMPL joints: 0-23 skeleton, 24 nose, 25 right eye, 26 left eye, 27 right ear, 28 left ear
 SMPL_TO_COCO = (24, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 25, 26, 27, 28)
 # LGD's joint weights in its meta-loss: 2 for shoulders and hips, 4 for elbows and knees, 8 for wrists and ankles
 COCO_JOINT_WEIGHTS = (1.0, 1.0, 2.0, 4.0, 8.0, 2.0, 4.0, 8.0, 2.0, 4.0, 8.0, 2.0, 4.0, 8.0, 1.0, 1.0, 1.0, 1.0)
 
 J14_NAMES = (
-    "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "right_wrist", "right_elbow",
-    "right_shoulder", "left_shoulder", "left_elbow", "left_wrist", "neck", "head",
-)  # fmt: skip
+    "right_ankle",
+    "right_knee",
+    "right_hip",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_wrist",
+    "right_elbow",
+    "right_shoulder",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "neck",
+    "head",
+)
 SMPL_TO_J14 = (8, 5, 2, 1, 4, 7, 21, 19, 17, 16, 18, 20, 12, 15)  # "head" is SMPL's head joint (skull base)
 H36M_TO_J14 = (6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10)  # rows of the 17-joint H36M regressor (SPIN)
 

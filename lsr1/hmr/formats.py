@@ -12,6 +12,7 @@
 Every reader validates keys, shapes, dtypes and finiteness and raises FormatError naming the file, the key
 and what was expected. Outputs are written to a temporary name and renamed (`atomic_output`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,12 @@ AMASS_TO_Y_UP = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 # `source` (the sequence's path under the AMASS root) and `frame` (its index in that sequence).
 AMASS_COLUMNS: dict[str, tuple[int, ...]] = {"pose72": (72,), "betas10": (10,), "trans": (3,)}
 PW3D_COLUMNS: dict[str, tuple[int, ...]] = {
-    "pose72": (72,), "betas10": (10,), "keypoints": (18, 2), "confidence": (18,), "joints24": (24, 3),
-}  # fmt: skip
+    "pose72": (72,),
+    "betas10": (10,),
+    "keypoints": (18, 2),
+    "confidence": (18,),
+    "joints24": (24, 3),
+}
 
 
 class FormatError(ValueError):
@@ -183,8 +188,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             cls = _standin(_Sparse, module, name)
         else:
             raise _Refused(
-                f"refusing {module}.{name}: only numpy arrays, plain containers, chumpy arrays and scipy sparse "
-                "matrices may be unpickled"
+                f"refusing {module}.{name}: only numpy arrays, plain containers, chumpy arrays and scipy sparse matrices may be unpickled"
             )
         cls._lsr1_standin = True
         return cls
@@ -243,7 +247,17 @@ def safe_unpickle(path: str | Path) -> Any:
         raise FormatError(f"{path}: no such file") from None
     except _Refused as err:
         raise FormatError(f"{path}: unsafe pickle, nothing was executed: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, OverflowError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        OverflowError,
+    ) as err:
         raise FormatError(f"{path}: not a readable pickle, truncated or corrupt ({type(err).__name__}: {err})") from None
     return _resolve(data, str(path))
 

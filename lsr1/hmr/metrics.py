@@ -4,6 +4,7 @@ Inputs are (B, J, 3) joints in metres, outputs (B,) in millimetres. PA aligns th
 truth with the similarity (scale, rotation, translation) that minimises the squared error, reflections
 excluded (as LGD's and SPIN's `compute_similarity_transform`), computed batched in float64.
 """
+
 from __future__ import annotations
 
 import torch

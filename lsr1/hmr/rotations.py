@@ -4,6 +4,7 @@
 continuous, unlike axis-angle near pi. All functions are batched over leading axes and differentiable;
 `axis_angle_to_matrix` has finite gradients at the zero rotation (SMPL's rest pose, AMASS's zeroed hands).
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,9 +52,15 @@ def matrix_to_axis_angle(rot: Tensor) -> Tensor:
     candidates = torch.stack(
         [
             torch.stack([1 + trace, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - trace, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-            torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - trace, m[..., 1, 2] + m[..., 2, 1]], -1),
-            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 + 2 * m[..., 2, 2] - trace], -1),
+            torch.stack(
+                [m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - trace, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1
+            ),
+            torch.stack(
+                [m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - trace, m[..., 1, 2] + m[..., 2, 1]], -1
+            ),
+            torch.stack(
+                [m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 + 2 * m[..., 2, 2] - trace], -1
+            ),
         ],
         dim=-2,
     )  # (..., 4, 4)
@@ -98,4 +105,3 @@ def euler_zyx_to_matrix(angles: Tensor) -> Tensor:
     ry = stack(cy, zero, sy, zero, one, zero, -sy, zero, cy)
     rz = stack(cz, -sz, zero, sz, cz, zero, zero, zero, one)
     return rz @ ry @ rx
-

@@ -12,6 +12,7 @@
 Poses are smooth (sums of slow sinusoids) and stay inside per-joint limits (squashed with tanh), around a
 relaxed standing pose; shapes are drawn per subject. `python -m lsr1.hmr.synthetic --out datasets/synthetic`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,9 @@ class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its opcode write
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, bytes):
-            self.write((pickle.SHORT_BINSTRING + bytes([len(obj)])) if len(obj) < 256 else (pickle.BINSTRING + len(obj).to_bytes(4, "little")))
+            self.write(
+                (pickle.SHORT_BINSTRING + bytes([len(obj)])) if len(obj) < 256 else (pickle.BINSTRING + len(obj).to_bytes(4, "little"))
+            )
             self.write(obj)
         elif isinstance(obj, np.ndarray):
             array = np.ascontiguousarray(obj)
@@ -197,11 +200,14 @@ def random_motion(frames: int, fps: float, rng: np.random.Generator, energy: flo
 def _heading(frames: int, fps: float, rng: np.random.Generator) -> np.ndarray:
     """Root rotations (frames, 3, 3), Y-up: a slowly turning heading with a little lean."""
     t = np.arange(frames) / fps
-    angles = np.stack([
-        0.08 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t + rng.uniform(0, 6.3)),
-        rng.uniform(0, 2 * np.pi) + rng.uniform(-0.3, 0.3) * t,
-        0.05 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t + rng.uniform(0, 6.3)),
-    ], -1)  # fmt: skip
+    angles = np.stack(
+        [
+            0.08 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t + rng.uniform(0, 6.3)),
+            rng.uniform(0, 2 * np.pi) + rng.uniform(-0.3, 0.3) * t,
+            0.05 * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * t + rng.uniform(0, 6.3)),
+        ],
+        -1,
+    )
     return euler_zyx_to_matrix(torch.from_numpy(angles)).numpy()
 
 

@@ -15,6 +15,7 @@ and the vertices smplx reads as extra joints (nose 332, eyes, ears, toes, heels,
 those anatomical spots, so smplx's default vertex ids work unchanged. `write_synthetic_body` saves it as
 `<dir>/smpl/SMPL_NEUTRAL.npz`, smplx's model-folder layout.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,15 +33,35 @@ __all__ = ["REST_JOINTS", "synthetic_body", "write_synthetic_body"]
 log = logging.getLogger(__name__)
 
 # Rest (T-pose) joint locations in metres, SMPL's frame: y up, +x the body's left, +z forward.
-REST_JOINTS = np.array([
-    [0.000, -0.223, 0.028], [0.068, -0.313, 0.015], [-0.068, -0.313, 0.015], [0.000, -0.112, -0.010],  # pelvis, hips, spine1
-    [0.105, -0.690, 0.010], [-0.105, -0.690, 0.010], [0.000, 0.025, 0.002],  # knees, spine2
-    [0.088, -1.090, -0.030], [-0.088, -1.090, -0.030], [0.000, 0.080, 0.025],  # ankles, spine3
-    [0.115, -1.150, 0.095], [-0.115, -1.150, 0.095], [0.000, 0.290, -0.015],  # feet (balls), neck
-    [0.080, 0.195, 0.005], [-0.080, 0.195, 0.005], [0.000, 0.355, 0.035],  # collars, head
-    [0.175, 0.225, -0.010], [-0.175, 0.225, -0.010], [0.435, 0.210, -0.030], [-0.435, 0.210, -0.030],  # shoulders, elbows
-    [0.690, 0.215, -0.010], [-0.690, 0.215, -0.010], [0.775, 0.205, -0.020], [-0.775, 0.205, -0.020],  # wrists, hands
-])  # fmt: skip
+REST_JOINTS = np.array(
+    [
+        [0.000, -0.223, 0.028],
+        [0.068, -0.313, 0.015],
+        [-0.068, -0.313, 0.015],
+        [0.000, -0.112, -0.010],  # pelvis, hips, spine1
+        [0.105, -0.690, 0.010],
+        [-0.105, -0.690, 0.010],
+        [0.000, 0.025, 0.002],  # knees, spine2
+        [0.088, -1.090, -0.030],
+        [-0.088, -1.090, -0.030],
+        [0.000, 0.080, 0.025],  # ankles, spine3
+        [0.115, -1.150, 0.095],
+        [-0.115, -1.150, 0.095],
+        [0.000, 0.290, -0.015],  # feet (balls), neck
+        [0.080, 0.195, 0.005],
+        [-0.080, 0.195, 0.005],
+        [0.000, 0.355, 0.035],  # collars, head
+        [0.175, 0.225, -0.010],
+        [-0.175, 0.225, -0.010],
+        [0.435, 0.210, -0.030],
+        [-0.435, 0.210, -0.030],  # shoulders, elbows
+        [0.690, 0.215, -0.010],
+        [-0.690, 0.215, -0.010],
+        [0.775, 0.205, -0.020],
+        [-0.775, 0.205, -0.020],  # wrists, hands
+    ]
+)
+
 
 @dataclass(frozen=True)
 class _Part:
@@ -89,18 +110,27 @@ def _parts() -> list[_Part]:
 # Where smplx's extra-joint vertices go: (name, part joint, target point). The closest vertex of that
 # part to the target takes smplx's id for the name.
 def _landmarks() -> list[tuple[str, int, tuple[float, float, float]]]:
-    marks = [("nose", 15, (0.0, 0.40, 0.14)), ("reye", 15, (-0.032, 0.44, 0.12)), ("leye", 15, (0.032, 0.44, 0.12)),
-             ("rear", 15, (-0.09, 0.42, 0.02)), ("lear", 15, (0.09, 0.42, 0.02))]  # fmt: skip
+    marks = [
+        ("nose", 15, (0.0, 0.40, 0.14)),
+        ("reye", 15, (-0.032, 0.44, 0.12)),
+        ("leye", 15, (0.032, 0.44, 0.12)),
+        ("rear", 15, (-0.09, 0.42, 0.02)),
+        ("lear", 15, (0.09, 0.42, 0.02)),
+    ]
     for side, s in (("L", True), ("R", False)):
         toes, foot = (10, 7) if s else (11, 8)
-        marks += [(f"{side}BigToe", toes, _mirror(0.10, -1.16, 0.21, s)),
-                  (f"{side}SmallToe", toes, _mirror(0.15, -1.16, 0.19, s)),
-                  (f"{side}Heel", foot, _mirror(0.088, -1.15, -0.08, s))]  # fmt: skip
+        marks += [
+            (f"{side}BigToe", toes, _mirror(0.10, -1.16, 0.21, s)),
+            (f"{side}SmallToe", toes, _mirror(0.15, -1.16, 0.19, s)),
+            (f"{side}Heel", foot, _mirror(0.088, -1.15, -0.08, s)),
+        ]
     for side, s in (("l", True), ("r", False)):
         hand, fingers = (20, 22) if s else (21, 23)
         marks += [(f"{side}thumb", hand, _mirror(0.74, 0.205, 0.07, s))]
-        marks += [(f"{side}{name}", fingers, _mirror(0.895, 0.205, z, s))
-                  for name, z in (("index", 0.01), ("middle", -0.01), ("ring", -0.03), ("pinky", -0.05))]  # fmt: skip
+        marks += [
+            (f"{side}{name}", fingers, _mirror(0.895, 0.205, z, s))
+            for name, z in (("index", 0.01), ("middle", -0.01), ("ring", -0.03), ("pinky", -0.05))
+        ]
     return marks
 
 

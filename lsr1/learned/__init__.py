@@ -1,5 +1,6 @@
 """Learned optimizers: nn.Modules with the batched init/step interface and the hooks of `base.LearnedOptimizer`
 (the HMR initializer network among them, `initializer`). `lsr1.learners.make_learner` builds one from a config."""
+
 from lsr1.learned.base import HandDesigned, LearnedOptimizer
 from lsr1.learned.bfgs_steps import BFGSSteps, BFGSStepsState
 from lsr1.learned.lgd import LGD, LGDState

@@ -2,6 +2,7 @@
 `lsr1.optim.base` plus the hooks through which `lsr1.meta.unroll` drives it. Every hook is declared here
 with a neutral default, so the driver calls methods and probes for nothing; `HandDesigned` gives a
 hand-designed optimizer the same face."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -31,11 +32,11 @@ class LearnedOptimizer(nn.Module):
     def step(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Any, Info]:
         raise NotImplementedError(f"{type(self).__name__} must implement step(state, x, g)")
 
-    def initial_point(self, problem: "Problem") -> Tensor:
+    def initial_point(self, problem: Problem) -> Tensor:
         """x_0 of an unroll. Default: the problem's own."""
         return problem.x0
 
-    def init_for(self, problem: "Problem", x0: Tensor, g0: Tensor) -> Any:
+    def init_for(self, problem: Problem, x0: Tensor, g0: Tensor) -> Any:
         """The state at x0 for `problem`, for a learner that conditions on the problem (e.g. its keypoints).
         Default: `init(x0, g0)`."""
         return self.init(x0, g0)

@@ -10,6 +10,7 @@ L-SR1. The features are scale-free: x, g and d each divided by their root mean s
 coordinates, plus log10 of the RMS of g (how close to a stationary point). The meta-loss penalty pulls P_k
 toward the identity near the optimum: reg_weight * mean_i (P_k,i - 1)^2 / (1 + ||g_k||^2 / ||g_0||^2).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

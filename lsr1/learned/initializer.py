@@ -1,12 +1,13 @@
 """The initializer network of learned-optimization HMR (LGD; paper Sec. 5.2), trained jointly with the update.
 
-    Initializer      keypoints (B, 36) -> Theta_0 = rest + [MLP_pose(k), MLP_shape(k)], LGD's pose_init and
-                     shape_init nets (`lsr1.nn.ElementwiseMLP` on (B, 36) rows)
-    WithInitializer  one learned optimizer made of an initializer and an update module (L-SR1 or LGD): its
-                     `initial_point(problem)` replaces problem.x0 in `lsr1.meta.unroll`, everything else is
-                     the update module's, so MetaLoss, checkpoints (one state_dict) and training need nothing
-                     HMR-specific. It reads the problem's `context` (the keypoints), nothing else of HMR.
+Initializer      keypoints (B, 36) -> Theta_0 = rest + [MLP_pose(k), MLP_shape(k)], LGD's pose_init and
+                 shape_init nets (`lsr1.nn.ElementwiseMLP` on (B, 36) rows)
+WithInitializer  one learned optimizer made of an initializer and an update module (L-SR1 or LGD): its
+                 `initial_point(problem)` replaces problem.x0 in `lsr1.meta.unroll`, everything else is
+                 the update module's, so MetaLoss, checkpoints (one state_dict) and training need nothing
+                 HMR-specific. It reads the problem's `context` (the keypoints), nothing else of HMR.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ class WithInitializer(LearnedOptimizer):
         super().__init__()
         self.initializer, self.update = initializer, update
 
-    def initial_point(self, problem: "Problem") -> Tensor:
+    def initial_point(self, problem: Problem) -> Tensor:
         """Theta_0 (B, N) predicted from the problem's context (its keypoints)."""
         if problem.context is None:
             raise ValueError(f"{type(problem).__name__} has no context for the initializer to read")
@@ -59,7 +60,7 @@ class WithInitializer(LearnedOptimizer):
     def init(self, x0: Tensor, g0: Tensor) -> Any:
         return self.update.init(x0, g0)
 
-    def init_for(self, problem: "Problem", x0: Tensor, g0: Tensor) -> Any:
+    def init_for(self, problem: Problem, x0: Tensor, g0: Tensor) -> Any:
         return self.update.init_for(problem, x0, g0)
 
     def step(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Any, Info]:

@@ -9,6 +9,7 @@ with P the pose part of x (LGD feeds theta and dE/dtheta, not beta or dE/dbeta) 
 gradient (LGD's batch-mean gradient times B). The MLPs are `lsr1.nn.ElementwiseMLP` applied to (B, d)
 rows: fc -> BN -> PReLU -> Dropout, two residual blocks, fc (LGD's blocks have one more PReLU).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
@@ -58,7 +59,7 @@ class LGD(LearnedOptimizer):
             raise ValueError(f"LGD.init: context must have shape {(x0.shape[0], self.context_dim)}, got {tuple(context.shape)}")
         return LGDState(context=context, active=x0.new_ones(x0.shape[0]))
 
-    def init_for(self, problem: "Problem", x0: Tensor, g0: Tensor) -> LGDState:
+    def init_for(self, problem: Problem, x0: Tensor, g0: Tensor) -> LGDState:
         """`init` with the problem's context (its keypoints); what `lsr1.meta.unroll` calls."""
         return self.init(x0, g0, getattr(problem, "context", None))
 

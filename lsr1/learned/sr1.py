@@ -24,6 +24,7 @@ The secant penalty of the meta-loss (weight lambda_sec) pulls the preconditioner
                trains short steps (DESIGN §3 correction).
 No N x N matrix is ever formed: B g costs O(L N).
 """
+
 from __future__ import annotations
 
 import copy
@@ -134,10 +135,16 @@ class LSR1(LearnedOptimizer):
         batch = x0.shape[0]
         buffer = x0.new_zeros(batch, self.buffer_size, x0.shape[1])
         return LSR1State(
-            x_prev=zeros, g_prev=zeros, d=g0, buffer=buffer, count=0,
-            alpha=zeros, scale=x0.new_ones(batch, 1), active=x0.new_ones(batch),
+            x_prev=zeros,
+            g_prev=zeros,
+            d=g0,
+            buffer=buffer,
+            count=0,
+            alpha=zeros,
+            scale=x0.new_ones(batch, 1),
+            active=x0.new_ones(batch),
             **dict(zip(("pair_p", "pair_q", "pair_rho"), empty_memory(x0, self.config.lbfgs_memory))),
-        )  # fmt: skip
+        )
 
     def _features(self, state: LSR1State, x: Tensor, g: Tensor, p: Tensor, q: Tensor, scale: Tensor) -> Tensor:
         """The encoder's input (B, N, I [+ 4]). Scales and global features are statistics of the state, held
@@ -199,10 +206,12 @@ class LSR1(LearnedOptimizer):
         if not config.cap_step_index:
             return None
         if self.horizon is None:
-            raise ValueError("lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.burn_in + meta.unroll_steps)")
+            raise ValueError(
+                "lsr1.cap_step_index holds the step index at the meta-training horizon: pass horizon (meta.burn_in + meta.unroll_steps)"
+            )
         return self.horizon - 1
 
-    def with_settings(self, *, buffer_size: int | None = None, lbfgs_memory: int | None = None, cap_step_index: bool | None = None) -> "LSR1":
+    def with_settings(self, *, buffer_size: int | None = None, lbfgs_memory: int | None = None, cap_step_index: bool | None = None) -> LSR1:
         """The same trained weights (shared, not copied) with the settings that may change after training: the
         buffer size L (the paper tests with other L than trained), the L-BFGS memory m of a model trained with
         the L-BFGS operator (its pairs are measured statistics, not learned, so it can keep as many as L-BFGS

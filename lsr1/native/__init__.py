@@ -7,6 +7,7 @@ The library is built into a cache folder (LSR1_CACHE_DIR, else $XDG_CACHE_HOME/l
 under a name that hashes the source, the flags and the platform, so an edited source or another machine
 gets its own build; concurrent first uses (Ray workers) each write a private file and rename it into place.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -65,14 +66,28 @@ class LinearBatchNormKernels:
         Linear's dtype and device: one module, one .to())."""
         dtype = x.dtype
         return (
-            dtype in SUFFIX and x.device.type == "cpu" and weight.dtype == dtype and weight.device.type == "cpu"
+            dtype in SUFFIX
+            and x.device.type == "cpu"
+            and weight.dtype == dtype
+            and weight.device.type == "cpu"
             and (residual is None or (residual.dtype == dtype and residual.device.type == "cpu"))
             and (share is None or (share.dtype == dtype and share.device.type == "cpu"))
-        )  # fmt: skip
+        )
 
     def forward(
-        self, z: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, slope: Tensor | None, residual: Tensor | None,
-        share: Tensor | None, eps: float, running_mean: Tensor, running_var: Tensor, factor: float, unbias: float,
+        self,
+        z: Tensor,
+        bias: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        slope: Tensor | None,
+        residual: Tensor | None,
+        share: Tensor | None,
+        eps: float,
+        running_mean: Tensor,
+        running_var: Tensor,
+        factor: float,
+        unbias: float,
     ) -> tuple[Tensor, Tensor]:
         """z: contiguous (R, C) x W^T, centred in place; the running statistics are updated in place.
         Returns out and (4, C) statistics for the backward (rstd, scale, then scratch)."""
@@ -81,10 +96,25 @@ class LinearBatchNormKernels:
         stats = z.new_empty(4, cols)
         base, row = stats.data_ptr(), cols * stats.element_size()
         self._forward[z.dtype](
-            z.data_ptr(), _address(residual), out.data_ptr(), bias.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
-            _address(slope), _address(share), eps, rows, cols, running_mean.data_ptr(), running_var.data_ptr(), factor,
-            unbias, base, base + row, base + 2 * row,
-        )  # fmt: skip
+            z.data_ptr(),
+            _address(residual),
+            out.data_ptr(),
+            bias.data_ptr(),
+            gamma.data_ptr(),
+            beta.data_ptr(),
+            _address(slope),
+            _address(share),
+            eps,
+            rows,
+            cols,
+            running_mean.data_ptr(),
+            running_var.data_ptr(),
+            factor,
+            unbias,
+            base,
+            base + row,
+            base + 2 * row,
+        )
         return out, stats
 
     def backward(
@@ -97,9 +127,22 @@ class LinearBatchNormKernels:
         grads = centered.new_empty(8, cols)  # bias, gamma, beta, the slope's (first entry), 4 C of scratch
         base, row, rstd = grads.data_ptr(), cols * grads.element_size(), stats.data_ptr()
         self._backward[centered.dtype](
-            grad_out.data_ptr(), centered.data_ptr(), rstd, rstd + row, beta.data_ptr(), _address(slope), _address(share),
-            rows, cols, grad_z.data_ptr(), base, base + row, base + 2 * row, base + 3 * row, base + 4 * row,
-        )  # fmt: skip
+            grad_out.data_ptr(),
+            centered.data_ptr(),
+            rstd,
+            rstd + row,
+            beta.data_ptr(),
+            _address(slope),
+            _address(share),
+            rows,
+            cols,
+            grad_z.data_ptr(),
+            base,
+            base + row,
+            base + 2 * row,
+            base + 3 * row,
+            base + 4 * row,
+        )
         return grad_z, grads[0], grads[1], grads[2], grads[3, :1] if slope is not None else None
 
 

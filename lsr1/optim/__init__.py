@@ -1,4 +1,5 @@
 """Hand-designed optimizers behind the batched init/step interface of `lsr1.optim.base`."""
+
 from lsr1.optim.adahessian import AdaHessian
 from lsr1.optim.base import Info, Optimizer
 from lsr1.optim.bfgs import BFGS

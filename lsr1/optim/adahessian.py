@@ -4,13 +4,14 @@ D = z * (H z) with Rademacher z (one sample per step; no spatial averaging, as e
 block for a flat vector), v = beta2 v + (1 - beta2) D^2, x <- x - lr m_hat / (sqrt(v_hat)^k + eps).
 Hessian-vector products come from the problem.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
 from lsr1.optim.base import Info, Objective, check_pair
-from lsr1.optim.first_order import AdamState, update_moments, adam_direction
+from lsr1.optim.first_order import AdamState, adam_direction, update_moments
 from lsr1.seeds import derive_seed, make_generator
 
 __all__ = ["AdaHessian"]

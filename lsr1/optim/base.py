@@ -11,6 +11,7 @@ Optimizers that need more than gradients (line searches, Hessian-vector products
 their constructor: any batched f with its gradient and Hessian-vector products, such as every problem of
 `lsr1.tasks`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable

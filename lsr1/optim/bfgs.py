@@ -1,4 +1,5 @@
 """Dense BFGS on the inverse Hessian (Nocedal & Wright Eq. 6.17), batched; O(N^2) memory, for small N."""
+
 from __future__ import annotations
 
 import torch

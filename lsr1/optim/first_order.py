@@ -1,4 +1,5 @@
 """First-order baselines: gradient descent and Adam (Kingma & Ba 2014), batched and functional."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

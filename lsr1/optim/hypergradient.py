@@ -9,6 +9,7 @@
 
 The learned step sizes (`lsr1.learned.bfgs_steps`) use the same BFGSDirection.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

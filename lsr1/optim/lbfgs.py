@@ -1,4 +1,5 @@
 """L-BFGS (Nocedal 1980; Liu & Nocedal 1989): two-loop recursion over the last m pairs, batched."""
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple

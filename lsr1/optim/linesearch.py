@@ -5,6 +5,7 @@ problems that have finished keep their accepted point. Each search returns the s
 x + t d, and the number of trial evaluations per problem. A search that fails keeps the best point that
 satisfies the sufficient-decrease condition, which may be t = 0 (no move).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -13,7 +14,6 @@ import torch
 from torch import Tensor
 
 from lsr1.optim.base import Objective
-
 
 __all__ = ["LINE_SEARCHES", "LineSearchResult", "backtracking", "fixed_step", "line_search", "stepped", "strong_wolfe"]
 

@@ -4,6 +4,7 @@ Each method keeps a curvature memory approximating the inverse Hessian; a step u
 s = x - x_prev, y = g - g_prev, takes d = -B g (falling back to -g where that is not a descent direction)
 and searches a step size along d. Subclasses define `init_memory`, `update` and `apply` only.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple

@@ -2,6 +2,7 @@
 for one problem, for the batched harness (`lsr1.meta.run`), so that a learned optimizer can be compared with
 L-BFGS, whose steps come from a line search too, at the same number of iterations.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -15,7 +16,9 @@ from lsr1.optim.linesearch import LineSearchResult, backtracking, stepped
 __all__ = ["Backtracked", "BacktrackedState", "armijo_step"]
 
 
-def armijo_step(problem: Objective, x: Tensor, f: Tensor, g: Tensor, proposal: Tensor, max_evals: int = 30) -> tuple[Tensor, LineSearchResult]:
+def armijo_step(
+    problem: Objective, x: Tensor, f: Tensor, g: Tensor, proposal: Tensor, max_evals: int = 30
+) -> tuple[Tensor, LineSearchResult]:
     """x + t (proposal - x) with the first t (from 1, by safeguarded interpolation) that decreases f enough
     (Armijo, c1 = 1e-4); t = 0 (no move) when none is found. f, g: f and its gradient at x. The search runs
     without a graph: in meta-training the step length is a statistic and the meta-gradient flows through the

@@ -3,6 +3,7 @@
 H+ = H + v v^T / (v . y) with v = s - H y, skipped where |v . y| < r ||y|| ||v|| (Nocedal & Wright Eq. 6.26).
 H may be indefinite; a non-descent direction falls back to -g (in the shared step). For small N.
 """
+
 from __future__ import annotations
 
 from typing import Any

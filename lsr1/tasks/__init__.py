@@ -1,4 +1,5 @@
 """Inner problems for meta-training and evaluation, batched and seeded."""
+
 from __future__ import annotations
 
 import torch

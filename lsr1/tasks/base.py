@@ -5,6 +5,7 @@ where the optimum is known; optional hooks give a meta-loss term other than f (`
 metrics (`evaluation_metrics`) and observations a learner may condition on (`context`). Analytic tasks give closed forms; `hvp` falls back to double backward.
 Problem sets are seeded: the same seed gives the same problems on any machine or worker count.
 """
+
 from __future__ import annotations
 
 import abc
@@ -82,16 +83,16 @@ class Problem(abc.ABC):
 
     # Every tensor attribute of a problem is batch-first, so these work for any task.
 
-    def _map(self, fn: "typing.Callable[[Tensor], Tensor]") -> "Problem":
+    def _map(self, fn: typing.Callable[[Tensor], Tensor]) -> Problem:
         clone = object.__new__(type(self))
         for key, value in vars(self).items():
             setattr(clone, key, fn(value) if isinstance(value, Tensor) else value)
         return clone
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Problem":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Problem:
         """A copy with every tensor moved (and floating tensors cast to dtype)."""
         return self._map(lambda t: t.to(device=device, dtype=dtype if dtype and t.is_floating_point() else None))
 
-    def select(self, index: slice | Tensor) -> "Problem":
+    def select(self, index: slice | Tensor) -> Problem:
         """The sub-batch `index` of the problems (e.g. one worker's share: slice(rank, None, world_size))."""
         return self._map(lambda t: t[index])

@@ -11,6 +11,7 @@ with random orthogonal U, V and singular values log-spaced so that A^T A / m has
 x* of the last two comes from Newton's method in float64 (strictly convex through mu), so the relative
 suboptimality (f(x_k) - f*) / (f(x_0) - f*) of any optimizer can be measured down to ~1e-12.
 """
+
 from __future__ import annotations
 
 import abc
@@ -44,7 +45,9 @@ class ConvexProblem(Problem):
     def __init__(self, a: Tensor, target: Tensor, x0: Tensor, x_star: Tensor | None = None) -> None:
         super().__init__(x0)
         if a.dim() != 3 or a.shape[0] != x0.shape[0] or a.shape[2] != x0.shape[1] or target.shape != a.shape[:2]:
-            raise ValueError(f"{type(self).__name__}: A must be (B, m, N) and the target (B, m); got {tuple(a.shape)}, {tuple(target.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: A must be (B, m, N) and the target (B, m); got {tuple(a.shape)}, {tuple(target.shape)}"
+            )
         self.a, self.target = a, target
         self._x_star = self.newton(x0.double()) if x_star is None else x_star
         self.f_star = self.value(self._x_star)  # (B,) kept: batch-first tensors follow select() and to()

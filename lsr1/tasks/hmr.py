@@ -13,6 +13,7 @@ Problems come from AMASS frames (`amass_problem`: random global rotation, projec
 or from 3DPW (`pw3d_problem`: OpenPose detections, valid frames, root in the camera frame), and
 `hmr_problem_set` gives the seeded splits of an experiment: train = AMASS, val / test = 3DPW.
 """
+
 from __future__ import annotations
 
 import functools
@@ -130,7 +131,9 @@ class HMRProblem(Problem):
             "joints24_gt": (batch, 24, 3),
             "eval_gt": (batch, 14, 3),
         }
-        given = dict(keypoints=keypoints, confidence=confidence, target=target, joints_gt=joints_gt, joints24_gt=joints24_gt, eval_gt=eval_gt)
+        given = dict(
+            keypoints=keypoints, confidence=confidence, target=target, joints_gt=joints_gt, joints24_gt=joints24_gt, eval_gt=eval_gt
+        )
         for name, shape in expected.items():
             if tuple(given[name].shape) != shape:
                 raise ValueError(f"HMRProblem: {name} must have shape {shape}, got {tuple(given[name].shape)}")
@@ -200,7 +203,7 @@ class HMRProblem(Problem):
                 "reprojection": self._reprojection(points),
             }
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "HMRProblem":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> HMRProblem:
         clone = super().to(device, dtype)
         clone.model = self.model.to(device, dtype)
         return clone
@@ -210,7 +213,7 @@ class HMRProblem(Problem):
         return {name: getattr(self, name).detach().cpu().numpy() for name in _ARRAYS}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], model: JointModel, config: HMRConfig) -> "HMRProblem":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], model: JointModel, config: HMRConfig) -> HMRProblem:
         """Rebuild a problem from `to_arrays` output (or a batch of rows with those columns), in model's dtype."""
         missing = [name for name in _ARRAYS if name not in arrays]
         if missing:

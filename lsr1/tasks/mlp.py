@@ -9,6 +9,7 @@ random teacher network of the same shape plus noise:
 so N = h (d + 2) + 1. The optimum is not known; the meta-loss term is log10 f(x) / f(x0), floored like the
 convex families' relative gap. Starting points follow torch.nn.Linear's default initialisation.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,13 @@ def mlp_problems(batch: int, n: int, seed: int, dtype: torch.dtype = torch.float
     """B regression networks with about n parameters (hidden width `mlp_width(n)`), each on its own teacher's data."""
     h, d, gen = mlp_width(n), INPUTS, make_generator(seed)
     inputs = torch.randn(batch, SAMPLES, d, generator=gen, dtype=torch.float64)
-    teacher = torch.cat([torch.randn(batch, h * d + h, generator=gen, dtype=torch.float64),
-                         torch.randn(batch, h + 1, generator=gen, dtype=torch.float64) / math.sqrt(h)], dim=1)  # fmt: skip
+    teacher = torch.cat(
+        [
+            torch.randn(batch, h * d + h, generator=gen, dtype=torch.float64),
+            torch.randn(batch, h + 1, generator=gen, dtype=torch.float64) / math.sqrt(h),
+        ],
+        dim=1,
+    )
     targets = network(inputs, teacher, h)[1] + NOISE * torch.randn(batch, SAMPLES, generator=gen, dtype=torch.float64)
     x0 = torch.cat([_uniform((batch, h * d + h), 1 / math.sqrt(d), gen), _uniform((batch, h + 1), 1 / math.sqrt(h), gen)], dim=1)
     return MLPRegression(inputs, targets, x0).to(device, dtype)

@@ -5,6 +5,7 @@ unit norm; validation and test sets reject cond(H) > max_cond, training batches 
 `diagonal_quadratics`: H diagonal with a given condition number, b = 0 (the performance-profile problems);
 H is kept as its diagonal so that N = 1000 costs O(N).
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,8 +101,10 @@ def random_quadratics(
     hs, bs, kept, drawn = [], [], 0, 0
     while kept < batch:
         if drawn >= 100 * batch and kept == 0:  # cond(A^T A) grows like n^2 or faster: a bound can be out of reach
-            raise ValueError(f"max_cond={max_cond:g} accepted none of {drawn} random quadratics at N = {n}; "
-                             "raise task.max_cond (the median condition number grows quickly with N)")
+            raise ValueError(
+                f"max_cond={max_cond:g} accepted none of {drawn} random quadratics at N = {n}; "
+                "raise task.max_cond (the median condition number grows quickly with N)"
+            )
         h, b = _unit_quadratic(batch, n, gen)
         drawn += batch
         if max_cond is not None:

@@ -1,5 +1,6 @@
 """N-dimensional Rastrigin: f(x) = A N + sum_i x_i^2 - A cos(2 pi x_i), minimum 0 at x = 0 (A = 10: the standard
 function; other amplitudes give other functions of the family, e.g. to tune baselines on)."""
+
 from __future__ import annotations
 
 import math

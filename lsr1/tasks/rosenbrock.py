@@ -1,5 +1,6 @@
 """N-dimensional Rosenbrock: f(x) = sum_{i<N} c (x_{i+1} - x_i^2)^2 + (1 - x_i)^2, minimum 0 at x = 1 (c = 100:
 the standard function; other c give other functions of the family, e.g. to tune baselines on)."""
+
 from __future__ import annotations
 
 import torch

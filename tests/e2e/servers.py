@@ -1,6 +1,7 @@
 """What the end-to-end tests start and call: servers in process groups of their own (stopped by signalling that
 group: `ray stop` would stop every Ray instance on the machine, another test run's too), the `ray` client and
 `ray job submit` as README.md gives it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
-
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -82,8 +82,14 @@ def node_ports() -> list[str]:
     be taken by another Ray node of this machine, and then that node's job agent or metrics do not start."""
     from pipeline.train import free_ports
 
-    names = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port")  # fmt: skip
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "metrics-export-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+    )
     return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)))] + ["--min-worker-port=0", "--max-worker-port=0"]
 
 
@@ -109,14 +115,32 @@ def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subproces
     ensured = ray("get-auth-token", "--generate", env=env)
     assert ensured.returncode == 0, f"ray get-auth-token --generate failed: {ensured.stderr[-2000:]}"
     gcs, dashboard, client = free_ports(3)
-    head = start_group([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
-                        f"--ray-client-server-port={client}", *node_ports(), "--disable-usage-stats", "--include-dashboard=true",
-                        *options], {**env, "RAY_AUTH_MODE": "token"}, log)  # fmt: skip
+    head = start_group(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}",
+            *node_ports(),
+            "--disable-usage-stats",
+            "--include-dashboard=true",
+            *options,
+        ],
+        {**env, "RAY_AUTH_MODE": "token"},
+        log,
+    )
     address = f"http://127.0.0.1:{dashboard}"
     try:
         # the job API can answer before the head node has registered itself with the state API
-        wait_until(lambda: ray("job", "list", "--address", address, env=env).returncode == 0 and bool(alive_nodes(address, env)),
-                   head, "the Ray head", log)  # fmt: skip
+        wait_until(
+            lambda: ray("job", "list", "--address", address, env=env).returncode == 0 and bool(alive_nodes(address, env)),
+            head,
+            "the Ray head",
+            log,
+        )
     except BaseException:
         stop_groups(head)
         raise
@@ -126,12 +150,25 @@ def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subproces
 def submit(address: str, env: dict[str, str], env_vars: dict[str, str], *command: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """README's line: `ray job submit --working-dir . --runtime-env-json '{"env_vars": {...}}' -- python -m ...`;
     submitted again while a freshly started head has no job agent yet (it says "please try again later")."""
-    line = ["job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": env_vars}),
-            "--", "python", "-m", *command]  # fmt: skip
+    line = [
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps({"env_vars": env_vars}),
+        "--",
+        "python",
+        "-m",
+        *command,
+    ]
     deadline = time.monotonic() + 120
     while True:
-        done = subprocess.run([str(BIN / "ray"), *line], cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            [str(BIN / "ray"), *line], cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=timeout
+        )
         if "No available agent to submit job" not in done.stderr + done.stdout or time.monotonic() > deadline:
             return done
         time.sleep(3)

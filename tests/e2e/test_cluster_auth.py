@@ -4,6 +4,7 @@ the Ray job API refuses a submission without the token and takes one with it, an
 server refuses a request without the password, while `pipeline.train` with it logs its run and names the run's
 page. HOME is a fresh folder: a machine where no Ray token exists yet. Runs before any in-process Ray instance
 (tests/e2e sorts first)."""
+
 from __future__ import annotations
 
 import base64
@@ -111,9 +112,18 @@ def test_the_mlflow_server_refuses_a_request_without_the_password_and_a_run_with
     uri = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HOME": str(home)}
     log = tmp_path / "mlflow.log"
-    server = start_group(_make("mlflow-server", f"MLFLOW_PORT={port}", f"MLFLOW_BACKEND=sqlite:///{tmp_path / 'mlflow.db'}",
-                               f"MLFLOW_ARTIFACTS={tmp_path / 'artifacts'}", f"MLFLOW_STATE={tmp_path / 'state'}",
-                               "MLFLOW_SERVER_ARGS=--workers 1"), env, log)  # fmt: skip
+    server = start_group(
+        _make(
+            "mlflow-server",
+            f"MLFLOW_PORT={port}",
+            f"MLFLOW_BACKEND=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"MLFLOW_ARTIFACTS={tmp_path / 'artifacts'}",
+            f"MLFLOW_STATE={tmp_path / 'state'}",
+            "MLFLOW_SERVER_ARGS=--workers 1",
+        ),
+        env,
+        log,
+    )
     try:
         wait_until(lambda: healthy(f"{uri}/health"), server, "the MLflow server", log)
         password = (home / ".lsr1" / "mlflow-password").read_text().strip()
@@ -126,8 +136,19 @@ def test_the_mlflow_server_refuses_a_request_without_the_password_and_a_run_with
         assert _status(search, basic("admin", "guess"), body={"max_results": 5}) == 401
         assert _status(search, basic("admin", password), body={"max_results": 5}) == 200
 
-        train = [sys.executable, "-m", "pipeline.train", "--config", "configs/smoke.yaml", "--smoke-test", "--local", "--name", "keyed",
-                 "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+        train = [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            "--config",
+            "configs/smoke.yaml",
+            "--smoke-test",
+            "--local",
+            "--name",
+            "keyed",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ]
         run_env = {**env, "MLFLOW_TRACKING_URI": uri}
         anonymous = subprocess.run(train, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300)
         assert anonymous.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in anonymous.stderr and "Traceback" not in anonymous.stderr

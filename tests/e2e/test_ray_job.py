@@ -2,6 +2,7 @@
 gives it (an HMR run whose data is in LSR1_DATA_DIR, outside the uploaded copy), and the run read back from
 the MLflow store the job wrote to. Runs first (tests/e2e sorts before tests/test_*): the in-process Ray
 instance of the other tests must not exist yet. On two nodes: test_two_nodes.py."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,21 @@ def _submit(address: str, env: dict, tmp: Path, *train_args: str, data_dir: Path
 
 def test_an_hmr_job_reads_the_data_root_and_logs_to_mlflow(ray_head, data_dir, tmp_path):
     address, env = ray_head
-    done = _submit(address, env, tmp_path, "--config", "configs/hmr_smoke.yaml", "--smoke-test", "--name", "e2e", "--workers", "2",
-                   "--test-steps", "2", data_dir=data_dir)  # fmt: skip
+    done = _submit(
+        address,
+        env,
+        tmp_path,
+        "--config",
+        "configs/hmr_smoke.yaml",
+        "--smoke-test",
+        "--name",
+        "e2e",
+        "--workers",
+        "2",
+        "--test-steps",
+        "2",
+        data_dir=data_dir,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     print(done.stdout + done.stderr)
     # the job's log as `ray job submit` shows it: the phases, the bar, the table; Ray's chatter in the log files

@@ -8,6 +8,7 @@ runs, local-storage and Ray session folders, so that like a worker node of a rea
 head writes there. Each node offers one `lsr1_node` resource and each Ray Train worker asks for one: one worker per node.
 Every run is `ray job submit` as README.md gives it, with --storage s3://.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,21 +26,70 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.train import free_ports
+from tests.e2e.servers import (
+    BIN,
+    alive_nodes,
+    healthy,
+    node_ports,
+    private_ray_tmpdir,
+    ray,
+    start_group,
+    start_head,
+    stop_groups,
+    submit,
+    wait_until,
+)
 from tests.helpers import BUCKET, logged_steps
-from tests.e2e.servers import BIN, alive_nodes, healthy, node_ports, private_ray_tmpdir, ray, start_group, start_head, stop_groups, submit, wait_until
 
 STORAGE = f"s3://{BUCKET}/lsr1"
 PIN = ["--worker-resource", "lsr1_node=1"]  # one Ray Train worker per node
-HMR = ["pipeline.train", "--config", "configs/hmr_smoke.yaml", "--name", "two", "--workers", "2", "--cpus-per-worker", "0.25",
-       "--storage", STORAGE, "--test-steps", "2", "--set", "meta.val_every=3", *PIN]  # fmt: skip
-SWEEP = ["pipeline.sweep", "--space", "tune_spaces/smoke.yaml", "--config", "configs/smoke.yaml", "--smoke-test", "--name", "sw2",
-         "--num-samples", "2", "--top-k", "2", "--cpus-per-worker", "0.5", "--storage", STORAGE, *PIN]  # fmt: skip
+HMR = [
+    "pipeline.train",
+    "--config",
+    "configs/hmr_smoke.yaml",
+    "--name",
+    "two",
+    "--workers",
+    "2",
+    "--cpus-per-worker",
+    "0.25",
+    "--storage",
+    STORAGE,
+    "--test-steps",
+    "2",
+    "--set",
+    "meta.val_every=3",
+    *PIN,
+]
+SWEEP = [
+    "pipeline.sweep",
+    "--space",
+    "tune_spaces/smoke.yaml",
+    "--config",
+    "configs/smoke.yaml",
+    "--smoke-test",
+    "--name",
+    "sw2",
+    "--num-samples",
+    "2",
+    "--top-k",
+    "2",
+    "--cpus-per-worker",
+    "0.5",
+    "--storage",
+    STORAGE,
+    *PIN,
+]
 
 
 def _files(aws: dict[str, str], prefix: str) -> dict[str, int]:
     """Path -> size of every file under BUCKET/prefix."""
-    bucket = pyarrow.fs.S3FileSystem(access_key=aws["AWS_ACCESS_KEY_ID"], secret_key=aws["AWS_SECRET_ACCESS_KEY"], region="us-east-1",
-                                     endpoint_override=aws["AWS_ENDPOINT_URL"])  # fmt: skip
+    bucket = pyarrow.fs.S3FileSystem(
+        access_key=aws["AWS_ACCESS_KEY_ID"],
+        secret_key=aws["AWS_SECRET_ACCESS_KEY"],
+        region="us-east-1",
+        endpoint_override=aws["AWS_ENDPOINT_URL"],
+    )
     infos = bucket.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True))
     return {i.path.removeprefix(f"{BUCKET}/"): i.size for i in infos if i.type == pyarrow.fs.FileType.File}
 
@@ -60,8 +110,12 @@ def _mount_namespaces(probe: Path) -> str | None:
     """None if this process may mount a tmpfs in a mount namespace of its own, else why not."""
     if shutil.which("unshare") is None:
         return "the unshare command (util-linux) is not installed"
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", str(probe)],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", str(probe)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return None if done.returncode == 0 else f"`unshare -m` + `mount -t tmpfs` is not permitted here: {done.stderr.strip()}"
 
 
@@ -89,9 +143,24 @@ def cluster(tmp_path_factory, s3, data_dir):
         processes = []
         stack.callback(lambda: stop_groups(*reversed(processes)))
         (port,) = free_ports(1)
-        mlflow = start_group([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                              "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
-                              "--workers", "1"], env, logs / "mlflow.log")  # fmt: skip
+        mlflow = start_group(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                f"s3://{BUCKET}/mlflow",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env,
+            logs / "mlflow.log",
+        )
         processes.append(mlflow)
         node = ["--resources", json.dumps({"lsr1_node": 1}), "--object-store-memory", str(150 * 1024**2)]
         head, address, gcs_port = start_head(env, logs / "head.log", "--num-cpus=2", *node)
@@ -99,8 +168,11 @@ def cluster(tmp_path_factory, s3, data_dir):
         head_ip = alive_nodes(address, env)[0]["node_ip"]
         second = [str(BIN / "ray"), "start", f"--address={head_ip}:{gcs_port}", "--block", "--num-cpus=1", *node, *node_ports()]
         mounts = " && ".join(f"mount -t tmpfs tmpfs {folder}" for folder in hidden)
-        worker = start_group(["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(second)}"],
-                             {**env, "RAY_AUTH_MODE": "token"}, logs / "node2.log")  # fmt: skip  (it joins with the head's token)
+        worker = start_group(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(second)}"],
+            {**env, "RAY_AUTH_MODE": "token"},
+            logs / "node2.log",
+        )  # it joins with the head's token
         processes.append(worker)
 
         wait_until(lambda: len(alive_nodes(address, env)) == 2, worker, "the second Ray node", logs / "node2.log")
@@ -129,8 +201,19 @@ def _run(client: MlflowClient, experiment: str, name: str):
 
 def test_a_local_storage_folder_on_two_nodes_stops_at_once_saying_what_to_pass(cluster):
     tic = time.monotonic()
-    done = submit(cluster.address, cluster.env, cluster.job_env, "pipeline.train", "--config", "configs/smoke.yaml", "--workers", "2",
-                  "--storage", str(cluster.root / "local-storage"), *PIN)  # fmt: skip
+    done = submit(
+        cluster.address,
+        cluster.env,
+        cluster.job_env,
+        "pipeline.train",
+        "--config",
+        "configs/smoke.yaml",
+        "--workers",
+        "2",
+        "--storage",
+        str(cluster.root / "local-storage"),
+        *PIN,
+    )
     out = done.stdout + done.stderr
     assert done.returncode != 0
     assert "is a local folder that 1 of the Ray cluster's 2 nodes cannot see" in out, out[-3000:]
@@ -152,8 +235,22 @@ def test_an_hmr_run_on_two_nodes_resumes_a_killed_worker_from_the_bucket(cluster
     assert "lsr1/ray/two/.fault-injected" in stored
     checkpoints = sorted({path.split("/")[3] for path in stored if path.count("/") > 3 and path.split("/")[3].startswith("checkpoint_")})
     assert checkpoints and all(f"lsr1/ray/two/{c}/last.pt" in stored for c in checkpoints)
-    workers = json.loads(ray("list", "actors", "--address", cluster.address, "--format", "json", "--detail", "--filter",
-                             "class_name=RayTrainWorker", "--limit", "1000", env=cluster.env).stdout)  # fmt: skip
+    workers = json.loads(
+        ray(
+            "list",
+            "actors",
+            "--address",
+            cluster.address,
+            "--format",
+            "json",
+            "--detail",
+            "--filter",
+            "class_name=RayTrainWorker",
+            "--limit",
+            "1000",
+            env=cluster.env,
+        ).stdout
+    )
     assert len({w["node_id"] for w in workers}) == 2  # one worker per node
     assert (cluster.root / "runs" / "two" / "best.pt").is_file()  # the driver's copy, on the head
     # the model's artifacts went through the MLflow server into the bucket
