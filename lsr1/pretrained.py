@@ -14,9 +14,10 @@ import torch
 
 from lsr1.checkpoint import config_of, load_checkpoint, save_checkpoint
 from lsr1.learned import LSR1, LearnedOptimizer
+from lsr1.learned.official import OfficialLSR1
 from lsr1.learners import make_learner
 
-__all__ = ["WEIGHTS_DIR", "available", "export", "info", "load"]
+__all__ = ["OFFICIAL_PREFIXES", "WEIGHTS_DIR", "available", "export", "from_official", "info", "load"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -63,6 +64,58 @@ def load(
     if not isinstance(model, LSR1):
         raise ValueError(f"{', '.join(changed)}: L-SR1 settings; {name!r} is a {config.learner} model")
     return model.with_settings(**changed)
+
+
+# their LSR1Optimizer's three networks -> ours (the keys after the prefix are the same: lsr1.learned.official)
+OFFICIAL_PREFIXES = {"enc.": "encoder.", "get_v.mlp.": "vector_generator.", "get_lr.mlp.": "lr_generator."}
+
+
+def from_official(
+    state_dict: dict[str, torch.Tensor] | str | Path, *, alpha1: float, alpha2: float, buffer_size: int, prefix: str = ""
+) -> OfficialLSR1:
+    """The authors' L-SR1 (the `LSR1Optimizer` of their published code) with their weights, in eval mode.
+
+    state_dict: that module's state_dict (keys `enc.*`, `get_v.mlp.*`, `get_lr.mlp.*`), or the path of their
+    Lightning checkpoint, whose `state_dict` holds one such module per optimizer under `prefix` (`pose_upd_net`
+    or `shape_upd_net` in their HMR model). A checkpoint is read as tensors only, never as code. The keys must
+    match exactly: a missing or unexpected key is an error that names it."""
+    if isinstance(state_dict, (str, Path)):
+        state_dict = _official_checkpoint(Path(state_dict), prefix)
+    model = OfficialLSR1(buffer_size=buffer_size, alpha1=alpha1, alpha2=alpha2)
+    theirs = {_their_key(key) for key in model.state_dict()}
+    missing, unexpected = sorted(theirs - set(state_dict)), sorted(set(state_dict) - theirs)
+    if missing or unexpected:
+        raise ValueError(f"not the state_dict of their LSR1Optimizer: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    tensors = {key: torch.as_tensor(value) for key, value in state_dict.items()}
+    model = model.to(next(t for t in tensors.values() if t.is_floating_point()).dtype)  # before loading: no rounding
+    model.load_state_dict({key: tensors[_their_key(key)] for key in model.state_dict()})
+    return model.eval()
+
+
+def _their_key(ours: str) -> str:
+    """Our state_dict key as their LSR1Optimizer names it."""
+    for their_prefix, our_prefix in OFFICIAL_PREFIXES.items():
+        if ours.startswith(our_prefix):
+            return their_prefix + ours[len(our_prefix) :]
+    raise ValueError(f"no official name for {ours}")
+
+
+def _official_checkpoint(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix.` in a Lightning checkpoint's state_dict, loaded with weights_only=True."""
+    if not prefix:
+        raise ValueError(f"{path}: a checkpoint holds several optimizers; pass prefix='pose_upd_net' or 'shape_upd_net'")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # what torch refuses to read as tensors and containers only
+        raise ValueError(f"{path}: not a checkpoint that loads as tensors only ({type(err).__name__}: {str(err)[:300]})") from None
+    tensors = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{path}: no state_dict in this checkpoint")
+    picked = {key[len(prefix) + 1 :]: value for key, value in tensors.items() if key.startswith(prefix + ".")}
+    if not picked:
+        heads = sorted({key.split(".")[0] for key in tensors})
+        raise ValueError(f"{path}: no keys under {prefix!r}; the state_dict's top-level names are {heads}")
+    return picked
 
 
 def export(checkpoint: str | Path, name: str, summary: dict[str, Any] | None = None, directory: Path = WEIGHTS_DIR) -> Path:

@@ -1,0 +1,102 @@
+"""One call of the authors' L-SR1 step, ours (lsr1.learned.official) against theirs, with the same weights, at
+B = 256 problems of D = 72 (HMR's pose), L = 4, eval mode, no graph, float32, one thread.
+
+Theirs loops over the batch in Python for every buffer product; ours is batched. Their module is not part of
+this repository: pass the folder that holds their package (the public GitHub repository gallif/lsr1, whose
+`lsr1/optimizer/lsr1.py` defines `LSR1Optimizer`) to time it beside ours; without it only ours is timed.
+
+    python benchmarks/official_step.py [--theirs /path/to/their/checkout] [--batch 256] [--dim 72] [--calls 20]
+
+Threads pinned to 1 (torch.set_num_threads). Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from lsr1.learned.official import OfficialLSR1
+from lsr1.pretrained import from_official
+
+
+def median_ms(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, g: torch.Tensor, calls: int) -> float:
+    """Median ms of `calls` calls after 5 warm-up ones (which fill the buffer and drop the identity)."""
+    times = []
+    with torch.no_grad():
+        for i in range(calls + 5):
+            tic = time.perf_counter()
+            x = x + call(x, g)
+            if i >= 5:
+                times.append((time.perf_counter() - tic) * 1e3)
+            g = torch.tanh(x)  # any gradient-like input that changes from call to call
+    return statistics.median(times)
+
+
+def their_module(checkout: Path, buffer_size: int) -> torch.nn.Module:
+    """LSR1Optimizer from their checkout, built as their HMR config builds it (L, alpha1 0.1, alpha2 0.001)."""
+    spec = importlib.util.spec_from_file_location("their_lsr1", checkout / "lsr1" / "optimizer" / "lsr1.py")
+    if spec is None or spec.loader is None or not (checkout / "lsr1" / "optimizer" / "lsr1.py").is_file():
+        sys.exit(f"error: {checkout} has no lsr1/optimizer/lsr1.py (their repository's layout)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = SimpleNamespace(
+        inner_ang_t=0.01,
+        inner_dir_vec_eps=1e-10,
+        inner_buffer_size=buffer_size,
+        inner_l_arch="mlp",
+        inner_dim=128,
+        alpha1=0.1,
+        alpha2=0.001,
+    )
+    return module.LSR1Optimizer(args).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--theirs", type=Path, default=None, help="a checkout of their repository (gallif/lsr1)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=72)
+    parser.add_argument("--buffer", type=int, default=4)
+    parser.add_argument("--calls", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x, g = torch.randn(args.batch, args.dim), torch.randn(args.batch, args.dim)
+    result: dict[str, float | int | str | None] = {"batch": args.batch, "dim": args.dim, "buffer": args.buffer, "threads": 1}
+    if args.theirs is not None:
+        theirs = their_module(args.theirs, args.buffer)
+        ours = from_official(theirs.state_dict(), alpha1=0.1, alpha2=0.001, buffer_size=args.buffer)
+        theirs.reset()
+        result["theirs_ms"] = median_ms(lambda x, g: theirs(x, g)[0], x, g, args.calls)
+    else:
+        ours = OfficialLSR1(buffer_size=args.buffer, alpha1=0.1).eval()
+    state = ours.init(x, g)
+
+    def our_call(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        nonlocal state
+        x_next, state, _ = ours.step(state, x, g)
+        return x_next - x
+
+    result["ours_ms"] = median_ms(our_call, x, g, args.calls)
+    result["speedup"] = result["theirs_ms"] / result["ours_ms"] if "theirs_ms" in result else None  # type: ignore[operator]
+    print(
+        f"machine: {platform.machine()}, torch {torch.__version__}, 1 thread; B = {args.batch}, D = {args.dim}, L = {args.buffer}, float32"
+    )
+    if "theirs_ms" in result:
+        print(f"theirs: {result['theirs_ms']:.1f} ms per call")
+    print(f"ours:   {result['ours_ms']:.1f} ms per call" + (f"  ({result['speedup']:.1f}x faster)" if result["speedup"] else ""))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

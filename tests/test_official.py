@@ -1,0 +1,92 @@
+"""The authors' L-SR1 step, ours (lsr1.learned.official) against a fixture made by running theirs
+(tests/data/official_lsr1/README.md says how): every step's update, B~_old dg and step sizes to 1e-10, in eval
+mode and in training mode with dropout off (BatchNorm's batch statistics pooled over B*D rows, as theirs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lsr1.learned.official import SAFE_NORM, OfficialLSR1
+from lsr1.pretrained import from_official
+from tests.helpers import assert_close
+
+FIXTURE = Path(__file__).parent / "data" / "official_lsr1"
+
+
+def _fixture() -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    weights = np.load(FIXTURE / "state_dict.npz", allow_pickle=False)
+    recorded = np.load(FIXTURE / "trajectories.npz", allow_pickle=False)
+    return {k: torch.from_numpy(weights[k]) for k in weights.files}, {k: recorded[k] for k in recorded.files}
+
+
+def _loaded() -> tuple[OfficialLSR1, dict[str, np.ndarray]]:
+    state_dict, recorded = _fixture()
+    model = from_official(state_dict, alpha1=float(recorded["alpha1"]), alpha2=float(recorded["alpha2"]), buffer_size=int(recorded["L"]))
+    return model, recorded
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_every_step_reproduces_the_authors_module(mode):
+    """Each step is fed their recorded iterate and gradient (their eval trajectory renormalises tiny vectors,
+    which would amplify rounding 600-fold if the trajectories ran freely), so each compares one call."""
+    model, recorded = _loaded()
+    if mode == "train":
+        model.train()
+        for module in model.modules():  # the fixture's training run had dropout off
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+    xs, gs = torch.from_numpy(recorded[f"{mode}_x"]), torch.from_numpy(recorded[f"{mode}_g"])
+    state = model.init(xs[0], gs[0])
+    with torch.no_grad():
+        for k in range(gs.shape[0]):
+            x_next, state, info = model.step(state, xs[k], gs[k])
+            assert_close(x_next - xs[k], torch.from_numpy(recorded[f"{mode}_update"][k]), what=f"{mode} update {k}")
+            assert_close(state.buffer[:, -1], torch.from_numpy(recorded[f"{mode}_v"][k]), what=f"{mode} v {k}")
+            assert_close(info["step_size"], torch.from_numpy(recorded[f"{mode}_lr"][k]).mean(-1), what=f"{mode} lr {k}")
+            b_old = torch.from_numpy(recorded[f"{mode}_bkdg"][k])
+            dx = torch.from_numpy(recorded[f"{mode}_dx"][k])
+            assert_close(info["secant_miss"], (b_old - dx).pow(2).mean(-1), what=f"{mode} secant {k}")
+    if mode == "train":  # momentum 0.1, one update per call, over the pooled rows
+        after = np.load(FIXTURE / "train_bn_after.npz", allow_pickle=False)
+        ours = {k: v for k, v in model.state_dict().items()}
+        for key in after.files:
+            mine = key.replace("get_v.mlp.", "vector_generator.").replace("get_lr.mlp.", "lr_generator.").replace("enc.", "encoder.", 1)
+            assert_close(ours[mine].double(), torch.from_numpy(after[key]).double(), what=key)
+
+
+def test_the_identity_is_in_the_operator_until_the_buffer_is_full_and_the_result_has_the_length_of_its_input():
+    model = OfficialLSR1(buffer_size=3).double()
+    u = torch.randn(2, 6, dtype=torch.float64)
+    buffer = torch.randn(2, 3, 6, dtype=torch.float64)
+    assert torch.equal(model.operator(buffer, 0, u), u)  # nothing pushed yet: u as it is
+    low_rank = torch.einsum("bld,bl->bd", buffer, torch.einsum("bld,bd->bl", buffer, u))
+    for pushed, y in ((2, u + low_rank), (3, low_rank), (7, low_rank)):
+        got = model.operator(buffer, pushed, u)
+        assert_close(got, y * u.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True))
+        assert_close(got.norm(dim=-1), u.norm(dim=-1))
+
+
+def test_a_vanishing_operator_gives_no_step_where_theirs_gives_nan():
+    """Their one deviation we make on purpose (SAFE_NORM): y = 0 once the identity is gone."""
+    model = OfficialLSR1(buffer_size=2).double()
+    u = torch.randn(1, 4, dtype=torch.float64)
+    orthogonal = torch.zeros(1, 2, 4, dtype=torch.float64)
+    assert torch.equal(model.operator(orthogonal, 2, u), torch.zeros_like(u)) and SAFE_NORM > 0
+
+
+def test_the_loader_names_the_keys_that_do_not_fit(tmp_path):
+    state_dict, _ = _fixture()
+    with pytest.raises(ValueError, match=r"missing \['enc.fc2.bias'\], unexpected \['enc.fc2.biass'\]"):
+        from_official(
+            {("enc.fc2.biass" if k == "enc.fc2.bias" else k): v for k, v in state_dict.items()}, alpha1=0.4, alpha2=0.001, buffer_size=4
+        )
+    checkpoint = tmp_path / "lsr1.ckpt"  # their Lightning checkpoint: one optimizer per prefix
+    torch.save({"state_dict": {f"pose_upd_net.{k}": v for k, v in state_dict.items()}}, checkpoint)
+    pose = from_official(checkpoint, alpha1=0.1, alpha2=0.001, buffer_size=4, prefix="pose_upd_net")
+    assert torch.equal(pose.encoder.fc1.weight, state_dict["enc.fc1.weight"])
+    with pytest.raises(ValueError, match="no keys under 'shape_upd_net'.*pose_upd_net"):
+        from_official(checkpoint, alpha1=0.1, alpha2=0.001, buffer_size=4, prefix="shape_upd_net")
