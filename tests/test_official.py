@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from lsr1.learned import without_learned_terms
 from lsr1.learned.official import SAFE_NORM, OfficialLSR1
 from lsr1.pretrained import from_official
+from lsr1.tasks import random_quadratics
 from tests.helpers import assert_close
 
 FIXTURE = Path(__file__).parent / "data" / "official_lsr1"
@@ -90,3 +92,42 @@ def test_the_loader_names_the_keys_that_do_not_fit(tmp_path):
     assert torch.equal(pose.encoder.fc1.weight, state_dict["enc.fc1.weight"])
     with pytest.raises(ValueError, match="no keys under 'shape_upd_net'.*pose_upd_net"):
         from_official(checkpoint, alpha1=0.1, alpha2=0.001, buffer_size=4, prefix="shape_upd_net")
+
+
+def test_without_learned_terms_the_authors_step_is_gradient_descent_at_alpha1():
+    model, recorded = _loaded()
+    plain = without_learned_terms(model)
+    problem = random_quadratics(3, 5, seed=4, dtype=torch.float64)
+    x, g = problem.x0, problem.grad(problem.x0)
+    state = plain.init(x, g)
+    with torch.no_grad():
+        for _ in range(2 * plain.buffer_size):  # past the point where their operator drops the identity
+            x_next, state, _ = plain.step(state, x, g)
+            assert_close(x_next, x - float(recorded["alpha1"]) * g)
+            x, g = x_next, problem.grad(x_next)
+    assert model.learned_terms and plain.encoder is model.encoder  # the original is untouched, the weights shared
+
+
+def test_without_learned_terms_ours_steps_gamma1_times_its_base_operator():
+    """The project's formulation with the L-BFGS operator: v = 0 and alpha = gamma1 leave x - gamma1 H g, H the
+    L-BFGS inverse Hessian of the measured pairs (s I before the first), as L-BFGS's own two-loop gives it."""
+    from lsr1.config import LSR1Config
+    from lsr1.learned import LSR1
+    from lsr1.optim.lbfgs import empty_memory, lbfgs_memory_update, two_loop
+
+    model = without_learned_terms(LSR1(LSR1Config(hidden_dim=8, buffer_size=2, lbfgs_memory=3)).double().eval())
+    problem = random_quadratics(2, 6, seed=1, dtype=torch.float64)
+    x, g = problem.x0, problem.grad(problem.x0)
+    state, pairs = model.init(x, g), empty_memory(x, 3)
+    x_prev, g_prev = torch.zeros_like(x), torch.zeros_like(g)
+    with torch.no_grad():
+        for k in range(6):
+            p, q = x - x_prev, g - g_prev
+            if k > 0:
+                pairs, _ = lbfgs_memory_update(pairs, p, q)
+            s = (p * q).sum(-1, keepdim=True).abs() / q.pow(2).sum(-1, keepdim=True)
+            base = torch.where(pairs.rho[:, -1:] > 0, two_loop(pairs, g), s * g)
+            x_next, state, info = model.step(state, x, g)
+            assert_close(x_next, x - model.gamma1 * base, what=f"step {k}")
+            assert torch.count_nonzero(info["v_norm"]) == 0
+            x_prev, g_prev, x, g = x, g, x_next, problem.grad(x_next)

@@ -4,7 +4,7 @@
 from lsr1.learned.base import HandDesigned, LearnedOptimizer
 from lsr1.learned.bfgs_steps import BFGSSteps, BFGSStepsState
 from lsr1.learned.lgd import LGD, LGDState
-from lsr1.learned.sr1 import LSR1, LSR1State, applied_secant_residual, precondition, secant_residual
+from lsr1.learned.sr1 import LSR1, LSR1State, applied_secant_residual, precondition, secant_residual, without_learned_terms
 
 __all__ = [
     "BFGSSteps",
@@ -18,4 +18,5 @@ __all__ = [
     "applied_secant_residual",
     "precondition",
     "secant_residual",
+    "without_learned_terms",
 ]

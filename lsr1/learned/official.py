@@ -21,6 +21,7 @@ Deliberate deviations, all here: `SAFE_NORM`, an epsilon under the renormalisati
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
@@ -85,6 +86,7 @@ class OfficialLSR1(LearnedOptimizer):
         if buffer_size < 1 or alpha1 <= 0:
             raise ValueError(f"OfficialLSR1: buffer_size must be >= 1 and alpha1 > 0, got {buffer_size} and {alpha1}")
         self.buffer_size, self.alpha1, self.alpha2 = buffer_size, alpha1, alpha2
+        self.learned_terms = True  # False: v = 0, the identity kept, alpha = alpha1: x - alpha1 g
         self.encoder = _MLP(5, features, width, dropout)  # E
         self.vector_generator = _MLP(features, 1, width, dropout)  # P
         self.lr_generator = _MLP(features, 1, width, dropout)  # G
@@ -94,9 +96,16 @@ class OfficialLSR1(LearnedOptimizer):
         zeros = torch.zeros_like(x0)
         return OfficialState(zeros, zeros, x0.new_zeros(x0.shape[0], self.buffer_size, x0.shape[1]), 0)
 
+    def with_learned_terms(self, on: bool) -> OfficialLSR1:
+        """The same weights (shared), with the learned terms on or off (`lsr1.learned.without_learned_terms`)."""
+        other = copy.copy(self)
+        other.learned_terms = on
+        return other
+
     def operator(self, buffer: Tensor, pushed: int, u: Tensor) -> Tensor:
-        """B~ u (B, D), renormalised to ||u|| per problem; u itself while the buffer is empty."""
-        if pushed == 0:
+        """B~ u (B, D), renormalised to ||u|| per problem; u itself while the buffer is empty (and always
+        without the learned terms, whose v = 0 leaves the identity alone)."""
+        if pushed == 0 or not self.learned_terms:
             return u
         y = torch.einsum("bld,bl->bd", buffer, torch.einsum("bld,bd->bl", buffer, u))
         if pushed < self.buffer_size:
@@ -106,11 +115,14 @@ class OfficialLSR1(LearnedOptimizer):
     def step(self, state: OfficialState, x: Tensor, g: Tensor) -> tuple[Tensor, OfficialState, Info]:
         dx, dg = x - state.x_prev, g - state.g_prev
         b_old = self.operator(state.buffer, state.pushed, dg)
-        features = self.encoder(torch.stack([x, dx, b_old, g, dg], dim=-1).detach())
-        v = self.vector_generator(features).squeeze(-1)
+        if self.learned_terms:
+            features = self.encoder(torch.stack([x, dx, b_old, g, dg], dim=-1).detach())
+            v = self.vector_generator(features).squeeze(-1)
+            alpha = torch.clamp_max(self.alpha1 * torch.exp(self.alpha2 * self.lr_generator(features).squeeze(-1)), STEP_CAP)
+        else:
+            v, alpha = torch.zeros_like(x), torch.full_like(x, self.alpha1)
         buffer = torch.cat([state.buffer[:, 1:], v.unsqueeze(1)], dim=1)  # FIFO: the oldest drops out
         pushed = state.pushed + 1
-        alpha = torch.clamp_max(self.alpha1 * torch.exp(self.alpha2 * self.lr_generator(features).squeeze(-1)), STEP_CAP)
         d = -self.operator(buffer, pushed, g)
         info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1), "secant_miss": (b_old - dx).pow(2).mean(-1)}
         return x + alpha * d, OfficialState(x, g, buffer, pushed), info

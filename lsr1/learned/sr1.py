@@ -38,11 +38,13 @@ from torch import Tensor
 
 from lsr1.config import ENCODER_INPUTS, LSR1Config
 from lsr1.learned.base import LearnedOptimizer
+from lsr1.learned.initializer import WithInitializer
+from lsr1.learned.official import OfficialLSR1
 from lsr1.nn import ElementwiseMLP
 from lsr1.optim.base import Info, check_pair, fifo_push
 from lsr1.optim.lbfgs import LBFGSMemory, empty_memory, lbfgs_memory_update, two_loop
 
-__all__ = ["GLOBAL_FEATURES", "LSR1", "LSR1State", "applied_secant_residual", "precondition", "secant_residual"]
+__all__ = ["GLOBAL_FEATURES", "LSR1", "LSR1State", "applied_secant_residual", "precondition", "secant_residual", "without_learned_terms"]
 
 GLOBAL_FEATURES = 4  # cos(p, q), cos(d, g), log(||q|| / ||g||), log(1 + k)
 
@@ -113,6 +115,7 @@ class LSR1(LearnedOptimizer):
         self.gamma2 = config.gamma2
         self.lambda_sec = config.lambda_sec
         self.identity_weight = 1.0 if config.identity_in_step else 0.0  # c
+        self.learned_terms = True  # False: v = 0 and alpha = gamma1 (`without_learned_terms`)
         self.unroll_line_search = config.line_search  # applied by the driver (lsr1.meta.unroll), which holds f
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
         # eval_norm: BatchNorm at evaluation never mixes problems (DESIGN §3): running statistics, or each
@@ -182,6 +185,19 @@ class LSR1(LearnedOptimizer):
         pairs = state.pairs
         if self.config.lbfgs_memory and state.count > 0:  # (p_0, q_0) = (x_0, g_0) is not a step
             pairs, _ = lbfgs_memory_update(pairs, p.detach(), q.detach())  # a statistic, like s
+        if self.learned_terms:
+            v, alpha = self._learned_terms(state, x, g, p, q, scale)
+        else:  # the ablation: no vectors, every step size gamma1 (`without_learned_terms`)
+            v, alpha = torch.zeros_like(x), torch.full_like(x, self.gamma1)
+        buffer = fifo_push(state.buffer, v)
+        d = self._operator(buffer, pairs, scale, g)
+        x_next = x - alpha * d
+        info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1), "curvature_scale": scale.squeeze(-1)}
+        new_state = LSR1State(x, g, d, buffer, state.count + 1, alpha, scale, state.active, *pairs)
+        return x_next, new_state, info
+
+    def _learned_terms(self, state: LSR1State, x: Tensor, g: Tensor, p: Tensor, q: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """v_k and alpha_k (B, N) from the three networks."""
         inputs = self._features(state, x, g, p, q, scale)
         weights = None  # every row counts equally in BN's training statistics: the unweighted kernels
         if not bool(state.active.all()):  # a frozen problem's state may hold the Inf it diverged to
@@ -194,13 +210,7 @@ class LSR1(LearnedOptimizer):
         log_step = self.lr_generator(features, weights).squeeze(-1)  # (B, N)
         if self.config.bounded_step_size:  # alpha within gamma1 * [e^-gamma2, e^gamma2]
             log_step = torch.tanh(log_step)
-        alpha = self.gamma1 * torch.exp(self.gamma2 * log_step)
-        buffer = fifo_push(state.buffer, v)
-        d = self._operator(buffer, pairs, scale, g)
-        x_next = x - alpha * d
-        info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1), "curvature_scale": scale.squeeze(-1)}
-        new_state = LSR1State(x, g, d, buffer, state.count + 1, alpha, scale, state.active, *pairs)
-        return x_next, new_state, info
+        return v, self.gamma1 * torch.exp(self.gamma2 * log_step)
 
     def _last_trained_step(self, config: LSR1Config) -> int | None:
         if not config.cap_step_index:
@@ -265,3 +275,23 @@ class LSR1(LearnedOptimizer):
         (DESIGN §3)."""
         residual = self._residual(state.buffer, state.pairs, state.alpha, state.scale, x - state.x_prev, g - state.g_prev)
         return self.lambda_sec * residual, {"secant_residual": residual}
+
+
+def without_learned_terms(model: LearnedOptimizer) -> LearnedOptimizer:
+    """The same optimizer with its learned terms switched off: no vectors (v = 0) and every step size gamma1,
+    the identity kept. What a learned model adds is its distance from this. For our formulation that is
+    gamma1 times the base operator (the L-BFGS inverse Hessian with `lbfgs_memory`, else s I; the identity
+    with weight 1 where the formulation has none, as the paper's), with the same search; for the authors'
+    (`OfficialLSR1`) it is x - alpha1 g. An HMR learner keeps its initializer and loses its update's terms.
+    The weights are shared, not copied."""
+    if isinstance(model, WithInitializer):
+        other = copy.copy(model)
+        other.update = without_learned_terms(model.update)
+        return other
+    if isinstance(model, OfficialLSR1):
+        return model.with_learned_terms(False)
+    if not isinstance(model, LSR1):
+        raise TypeError(f"without_learned_terms: an L-SR1 model, got {type(model).__name__}")
+    other = copy.copy(model)
+    other.learned_terms, other.identity_weight = False, 1.0
+    return other
