@@ -6,7 +6,8 @@ lsr1.optim       hand-designed baselines with the same interface
 lsr1.tasks       seeded batches of analytic problems
 lsr1.meta        unrolled meta-training and `run`, which evaluates any optimizer
 lsr1.pretrained  shipped trained models by name
-lsr1.profiles    performance profiles (`python -m lsr1.profiles`)
+lsr1.experiments the runners: performance profiles (`python -m lsr1.profiles`), the drop-in comparison
+                 (`python -m lsr1.dropin`), the BFGS step-size study (`python -m lsr1.iterations`)
 """
 
 from lsr1.optimizer import LearnedSR1

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lsr1.analysis import Curves, StepCurves, curves, markdown_table, plot_curves, step_curves
 from lsr1.checkpoint import CheckpointError, config_of, load_checkpoint
 from lsr1.config import ExperimentConfig
+from lsr1.experiments.analysis import Curves, StepCurves, curves, markdown_table, plot_curves, step_curves
 from lsr1.learned import LearnedOptimizer
 from lsr1.learners import make_learner
 from lsr1.optim import BFGS, LBFGS, HypergradientBFGS

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from ray.tune import Callback
 
-from lsr1.analysis import curves, plot_curves
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, config_to_dict, load_config
+from lsr1.experiments.analysis import curves, plot_curves
 from lsr1.optim import BFGS, LBFGS
 from lsr1.tasks import problem_set
 from pipeline.console import Console, board_name, setup

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lsr1.config import BFGSStepsConfig, load_config
-from lsr1.iterations import iterations_to_tolerance
+from lsr1.experiments.iterations import iterations_to_tolerance
 from lsr1.learned import BFGSSteps
 from lsr1.learners import make_learner
 from lsr1.meta import MetaLoss, run, train

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lsr1 import dropin
+from lsr1.experiments import dropin
 
 
 def test_every_held_out_problem_builds_the_same_finite_model_each_time():

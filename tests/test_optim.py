@@ -184,7 +184,7 @@ def test_backtracking_leaves_a_problem_with_a_non_finite_direction_where_it_is_w
 
 
 def test_step_curves_count_the_line_search_evaluations_of_every_step():
-    from lsr1.analysis import step_curves
+    from lsr1.experiments.analysis import step_curves
 
     problem = random_quadratics(6, 5, seed=3, dtype=torch.float64)
     lbfgs, gd = step_curves(

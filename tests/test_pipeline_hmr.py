@@ -13,8 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import pipeline.data
-from lsr1.analysis import step_curves
 from lsr1.config import ExperimentConfig
+from lsr1.experiments.analysis import step_curves
 from lsr1.hmr.formats import in_fraction
 from lsr1.meta import train
 from lsr1.tasks import problem_set

@@ -3,8 +3,7 @@ import math
 import torch
 
 from lsr1.config import FORMULATIONS, LSR1Config
-from lsr1.learned import LSR1
-from lsr1.profiles import (
+from lsr1.experiments.profiles import (
     FAMILIES,
     evaluation_problems,
     hand_designed_solvers,
@@ -14,6 +13,7 @@ from lsr1.profiles import (
     tuning_set,
     write_outputs,
 )
+from lsr1.learned import LSR1
 from lsr1.tasks import rastrigin, rosenbrock
 
 
@@ -66,8 +66,8 @@ def test_profiles_end_to_end_on_a_small_set(tmp_path):
 
 def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
     from lsr1 import pretrained
+    from lsr1.experiments.profiles import BFGS_STEPS_MODEL, BUFFER_SIZE, LEARNED_MODEL
     from lsr1.meta import run
-    from lsr1.profiles import BFGS_STEPS_MODEL, BUFFER_SIZE, LEARNED_MODEL
 
     problems = {p.kind: p for p in evaluation_problems(dims=(50,))}
     for kind, name in LEARNED_MODEL.items():
@@ -82,7 +82,7 @@ def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
 
 
 def test_l_sr1_is_tuned_over_the_general_models_the_lbfgs_memory_and_the_held_step_index():
-    from lsr1.profiles import BUFFER_GRID, BUFFER_SIZE, _models, _shipped, label
+    from lsr1.experiments.profiles import BUFFER_GRID, BUFFER_SIZE, _models, _shipped, label
 
     grid = _models("", ("mix", "mix_lbfgs"))("quadratic")
     assert ("quadratic100", 8, None, None) in grid and ("mix", 8, BUFFER_SIZE, None) not in grid  # no L-BFGS operator there
