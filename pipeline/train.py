@@ -58,7 +58,10 @@ log = logging.getLogger("pipeline.train")
 # (0.5); with less the feed waits forever for CPUs that the training workers hold
 DATA_CPUS = 1.5
 RESOURCE_TIMEOUT_S = 900.0  # how long a run waits for an autoscaling cluster to grow (--resource-timeout)
-FAULT_DELAY_S = 5.0  # --fail-once-at: from the fault to the kill, so that Ray has collected the last report
+# The fault-injection tests' hook, and nothing else's: with this variable set to an iteration in the driver's
+# environment, rank 0 SIGKILLs its own process once there (no command-line flag reaches it)
+TEST_FAULT_VARIABLE = "LSR1_TEST_KILL_RANK0_AT"
+FAULT_DELAY_S = 5.0  # from the fault to the kill, so that Ray has collected the last report
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -111,7 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             show(iteration, metrics)
         if rank == 0 and iteration == fail_once_at and not exists(loop_config["fault_marker"]):
             touch(loop_config["fault_marker"])  # in Ray's storage: the restarted rank 0 may run on another node
-            log.warning("fault injected at iteration %d (--fail-once-at): rank 0 kills its own process", iteration)
+            log.warning("fault injected at iteration %d (%s): rank 0 kills its own process", iteration, TEST_FAULT_VARIABLE)
             # Ray's controller collects a report when it polls the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s):
             # a kill sooner after the last one would lose it, and the restart would resume from the one before
             time.sleep(FAULT_DELAY_S)
@@ -401,7 +404,6 @@ def fit_with_ray(
     gpu: bool | None = None,
     custom_resources: dict[str, float] | None = None,
     max_failures: int = 3,
-    fail_once_at: int | None = None,
     callbacks: list | None = None,
     progress: str | None = None,
     console: Console | None = None,
@@ -434,7 +436,7 @@ def fit_with_ray(
             "config": config_to_dict(config),
             "tracking_uri": run.uri,
             "run_id": run.run_id,
-            "fail_once_at": fail_once_at,
+            "fail_once_at": int(os.environ[TEST_FAULT_VARIABLE]) if os.environ.get(TEST_FAULT_VARIABLE) else None,
             "fault_marker": join(storage, name, ".fault-injected"),
             "name": name,
             "progress": progress,
@@ -557,9 +559,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"wait this long for the cluster to fit the run (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)",
     )
     parser.add_argument("--verbose", action="store_true", help="also show Ray's, MLflow's and the workers' own output")
-    parser.add_argument(
-        "--fail-once-at", type=int, default=None, help=argparse.SUPPRESS
-    )  # fault-injection tests: rank 0 SIGKILLs itself once there
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
@@ -632,7 +631,6 @@ def main(argv: list[str] | None = None) -> int:
                 gpu=args.gpu,
                 custom_resources=custom,
                 max_failures=args.max_failures,
-                fail_once_at=args.fail_once_at,
                 dest=dest,
             )
         summary = _finalize(config, run, dest, args.test_steps, console)

@@ -14,7 +14,7 @@ from lsr1.checkpoint import load_checkpoint
 from lsr1.meta import validate
 from pipeline.console import Console
 from pipeline.evaluate import main as evaluate_main
-from pipeline.train import Request, main
+from pipeline.train import TEST_FAULT_VARIABLE, Request, main
 from tests.helpers import assert_readable_console, logged_steps
 
 
@@ -83,7 +83,7 @@ def test_bad_config_is_a_clear_error(mlflow_store, capsys):
     assert "meta.iterations" in capsys.readouterr().err
 
 
-def test_two_workers_survive_a_killed_worker_without_losing_or_repeating_iterations(ray_local, mlflow_store, tmp_path):
+def test_two_workers_survive_a_killed_worker_without_losing_or_repeating_iterations(ray_local, mlflow_store, tmp_path, monkeypatch):
     args = [
         "--config",
         "configs/smoke.yaml",
@@ -97,9 +97,8 @@ def test_two_workers_survive_a_killed_worker_without_losing_or_repeating_iterati
         "meta.iterations=12",
         "--set",
         "meta.val_every=4",
-        "--fail-once-at",
-        "6",
     ]
+    monkeypatch.setenv(TEST_FAULT_VARIABLE, "6")  # the tests' own hook: rank 0 kills itself at iteration 6
     assert main(args) == 0
     assert (tmp_path / "runs" / "ray" / "fault" / ".fault-injected").exists()  # the fault did happen
     assert load_checkpoint(tmp_path / "runs" / "fault" / "last.pt")["iteration"] == 12

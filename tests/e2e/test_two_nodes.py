@@ -12,6 +12,7 @@ Every run is `ray job submit` as README.md gives it, with --storage s3://.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -25,7 +26,7 @@ import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.train import free_ports
+from pipeline.train import TEST_FAULT_VARIABLE, free_ports
 from tests.e2e.servers import (
     BIN,
     alive_nodes,
@@ -222,7 +223,8 @@ def test_a_local_storage_folder_on_two_nodes_stops_at_once_saying_what_to_pass(c
 
 
 def test_an_hmr_run_on_two_nodes_resumes_a_killed_worker_from_the_bucket(cluster, s3):
-    out = _job(cluster, *HMR, "--set", "meta.iterations=6", "--fail-once-at", "4")
+    faulty = dataclasses.replace(cluster, job_env={**cluster.job_env, TEST_FAULT_VARIABLE: "4"})  # rank 0 kills itself at 4
+    out = _job(faulty, *HMR, "--set", "meta.iterations=6")
     client = MlflowClient(cluster.mlflow)
     run = _run(client, "hmr_smoke", "two")
     assert run.info.status == "FINISHED" and "test_pa_mpjpe" in run.data.metrics
