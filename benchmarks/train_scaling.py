@@ -30,10 +30,11 @@ import tempfile
 from pathlib import Path
 
 from lsr1.config import load_config
+from pipeline.cluster import connect_ray
 from pipeline.prepare import MANIFEST
 from pipeline.prepare import main as prepare_main
 from pipeline.tracking import Run
-from pipeline.train import connect_ray, fit_with_ray
+from pipeline.train import fit_with_ray
 
 
 def throughput(metrics_path: Path, batch_size: int, warmup: int) -> tuple[float, float, int]:

@@ -39,6 +39,16 @@ from lsr1.config import ConfigError, config_to_dict, load_config
 from lsr1.experiments.analysis import curves, plot_curves
 from lsr1.optim import BFGS, LBFGS
 from lsr1.tasks import problem_set
+from pipeline.cluster import (
+    RESOURCE_TIMEOUT_S,
+    ResourceError,
+    autoscaling_limit,
+    connect_ray,
+    require_resources,
+    run_request,
+    worker_resource,
+    worker_resources,
+)
 from pipeline.console import Console, board_name, setup
 from pipeline.data import absolute_paths
 from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
@@ -46,17 +56,7 @@ from pipeline.prepare import PrepareError
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.storage import StorageError, add_arguments, join, require_shared, resolve
 from pipeline.tracking import Run, TrackingError, tracking_uri
-from pipeline.train import (
-    RESOURCE_TIMEOUT_S,
-    ResourceError,
-    _autoscaling_limit,
-    connect_ray,
-    fit_with_ray,
-    require_resources,
-    run_request,
-    worker_resource,
-    worker_resources,
-)
+from pipeline.train import fit_with_ray
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     custom = dict(args.worker_resource)
     request = run_request(base, args.workers, cpus, use_gpu, driver_cpus=TRIAL_DRIVER_CPU, custom=custom)
     try:
-        require_shared(storage, autoscaling=_autoscaling_limit() is not None)
+        require_shared(storage, autoscaling=autoscaling_limit() is not None)
         require_resources(request, "a trial", args.resource_timeout)
         parent = Run.open(uri, base.name, name, base, tags={"lsr1.sweep_space": str(args.space), "lsr1.kind": "sweep"})
     except (StorageError, ResourceError, TrackingError) as err:

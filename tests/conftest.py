@@ -41,7 +41,7 @@ def s3(tmp_path_factory):
     yields the standard AWS variables that reach it (AWS_ENDPOINT_URL included)."""
     import boto3
 
-    from pipeline.train import free_ports
+    from pipeline.cluster import free_ports
     from tests.e2e.servers import BIN, healthy, start_group, stop_groups, wait_until
 
     log = tmp_path_factory.mktemp("s3") / "moto.log"

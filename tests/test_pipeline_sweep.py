@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.cluster import free_ports
 from pipeline.sweep import main
-from pipeline.train import free_ports
 from tests.helpers import logged_steps
 
 REPO = Path(__file__).resolve().parents[1]

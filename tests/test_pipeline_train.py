@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 import lsr1.meta
 from lsr1.checkpoint import load_checkpoint
 from lsr1.meta import validate
+from pipeline.cluster import Request
 from pipeline.console import Console
 from pipeline.evaluate import main as evaluate_main
-from pipeline.train import TEST_FAULT_VARIABLE, Request, main
+from pipeline.train import TEST_FAULT_VARIABLE, main
 from tests.helpers import assert_readable_console, logged_steps
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.cluster import Request
 from pipeline.storage import StorageError, exists, join, require_shared, resolve, touch
-from pipeline.train import Request
 from tests.helpers import BUCKET
 
 

@@ -80,7 +80,7 @@ def private_ray_tmpdir(prefix: str) -> Iterator[str]:
 def node_ports() -> list[str]:
     """`ray start` flags giving a node free ports of its own: the defaults (e.g. the dashboard agent's 52365) may
     be taken by another Ray node of this machine, and then that node's job agent or metrics do not start."""
-    from pipeline.train import free_ports
+    from pipeline.cluster import free_ports
 
     names = (
         "node-manager-port",
@@ -108,7 +108,7 @@ def alive_nodes(address: str, env: dict[str, str]) -> list[dict]:
 def start_head(env: dict[str, str], log: Path, *options: str) -> tuple[subprocess.Popen, str, int]:
     """`ray start --head --block` on free ports of its own; returns it, the dashboard address and the GCS port
     (for `ray start --address`)."""
-    from pipeline.train import free_ports
+    from pipeline.cluster import free_ports
 
     # `ray start` turns token auth on only where a token exists (a fresh machine has none until some ray.init
     # made one), and the clients here ask for it: make the token first, as `make cluster-up` does

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.train import free_ports
+from pipeline.cluster import free_ports
 from tests.e2e.servers import BIN, REPO, healthy, node_ports, private_ray_tmpdir, start_group, stop_groups, wait_until
 from tests.helpers import logged_steps
 

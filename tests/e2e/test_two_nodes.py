@@ -26,7 +26,8 @@ import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.train import TEST_FAULT_VARIABLE, free_ports
+from pipeline.cluster import free_ports
+from pipeline.train import TEST_FAULT_VARIABLE
 from tests.e2e.servers import (
     BIN,
     alive_nodes,
