@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from lsr1.config import ExperimentConfig
 from pipeline.console import route_library_logs
+from pipeline.storage import require_shared
 
 log = logging.getLogger("pipeline.train")  # the run's log, where its waits are
 
@@ -258,3 +259,27 @@ def require_resources(request: Request, what: str, timeout: float | None = None)
         if limit is not None:  # the run's own placement group keeps the new nodes busy from here on
             request_resources(bundles=[])
     raise ResourceError(f"{message} (waited {timeout:.0f} s)")
+
+
+def admit(
+    config: ExperimentConfig,
+    storage: str,
+    what: str,
+    *,
+    workers: int,
+    cpus_per_worker: float | None,
+    gpu: bool | None,
+    custom: dict[str, float],
+    timeout: float | None,
+    driver_cpus: float = 0.0,
+) -> Request:
+    """The checks before a run, or a sweep's trials, start on the cluster this process joined: the storage is one
+    that every node reaches (`pipeline.storage.require_shared`) and the request fits (`require_resources`).
+    Raises StorageError or ResourceError with the message to print; returns the request."""
+    import ray
+
+    cpus, use_gpu = worker_resources(config, workers, cpus_per_worker, gpu, ray.cluster_resources())
+    request = run_request(config, workers, cpus, use_gpu, driver_cpus=driver_cpus, custom=custom)
+    require_shared(storage, autoscaling=autoscaling_limit() is not None)
+    require_resources(request, what, timeout)
+    return request

@@ -42,19 +42,16 @@ from lsr1.tasks import problem_set
 from pipeline.cluster import (
     RESOURCE_TIMEOUT_S,
     ResourceError,
-    autoscaling_limit,
+    admit,
     connect_ray,
-    require_resources,
-    run_request,
     worker_resource,
-    worker_resources,
 )
 from pipeline.console import Console, board_name, setup
 from pipeline.data import absolute_paths
 from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
 from pipeline.prepare import PrepareError
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
-from pipeline.storage import StorageError, add_arguments, join, require_shared, resolve
+from pipeline.storage import StorageError, add_arguments, join, resolve
 from pipeline.tracking import Run, TrackingError, tracking_uri
 from pipeline.train import fit_with_ray
 
@@ -337,13 +334,19 @@ def main(argv: list[str] | None = None) -> int:
     console.phase(connect_ray(args.num_cpus, args.verbose))
     import ray
 
-    # a trial's request, as fit_with_ray will make it (trials see the same cluster)
-    cpus, use_gpu = worker_resources(base, args.workers, args.cpus_per_worker, None, ray.cluster_resources())
     custom = dict(args.worker_resource)
-    request = run_request(base, args.workers, cpus, use_gpu, driver_cpus=TRIAL_DRIVER_CPU, custom=custom)
-    try:
-        require_shared(storage, autoscaling=autoscaling_limit() is not None)
-        require_resources(request, "a trial", args.resource_timeout)
+    try:  # a trial's request, as fit_with_ray will make it (trials see the same cluster)
+        request = admit(
+            base,
+            storage,
+            "a trial",
+            workers=args.workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpu=None,
+            custom=custom,
+            timeout=args.resource_timeout,
+            driver_cpus=TRIAL_DRIVER_CPU,
+        )
         parent = Run.open(uri, base.name, name, base, tags={"lsr1.sweep_space": str(args.space), "lsr1.kind": "sweep"})
     except (StorageError, ResourceError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)

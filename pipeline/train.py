@@ -47,18 +47,16 @@ from pipeline.cluster import (
     DATA_CPUS,
     RESOURCE_TIMEOUT_S,
     ResourceError,
-    autoscaling_limit,
+    admit,
     connect_ray,
     ray_logs,
-    require_resources,
-    run_request,
     worker_resource,
     worker_resources,
 )
 from pipeline.console import NAMESPACE, Console, board_name, forward_warnings, progress_hook, setup
 from pipeline.data import absolute_paths
 from pipeline.prepare import PrepareError, prepared_files, require_folders
-from pipeline.storage import StorageError, add_arguments, exists, join, require_shared, resolve, touch
+from pipeline.storage import StorageError, add_arguments, exists, join, resolve, touch
 from pipeline.tracking import MetricsBuffer, Run, TrackingError, tracking_uri
 
 log = logging.getLogger("pipeline.train")
@@ -365,13 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.local:
         console.phase(connect_ray(args.num_cpus, args.verbose))
-        import ray
-
-        cpus, use_gpu = worker_resources(config, args.workers, args.cpus_per_worker, args.gpu, ray.cluster_resources())
         try:
-            require_shared(storage, autoscaling=autoscaling_limit() is not None)
-            require_resources(
-                run_request(config, args.workers, cpus, use_gpu, custom=custom), f"training run {args.name}", args.resource_timeout
+            admit(
+                config,
+                storage,
+                f"training run {args.name}",
+                workers=args.workers,
+                cpus_per_worker=args.cpus_per_worker,
+                gpu=args.gpu,
+                custom=custom,
+                timeout=args.resource_timeout,
             )
         except (StorageError, ResourceError) as err:
             print(f"error: {err}", file=sys.stderr)
