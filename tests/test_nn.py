@@ -1,6 +1,6 @@
 import copy
-import os
 import logging
+import os
 import shutil
 
 import pytest
