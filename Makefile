@@ -34,7 +34,7 @@ browser:
 	  ( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium ) >/dev/null 2>&1 || \
 	  echo "note: chromium could not be installed; the MLflow UI test will be skipped"
 
-# DESIGN §8: synthetic data, 2-worker HMR meta-training of L-SR1 and of LGD, both on the synthetic 3DPW test
+# docs/design.md §8: synthetic data, 2-worker HMR meta-training of L-SR1 and of LGD, both on the synthetic 3DPW test
 # split beside their initializer and L-BFGS; every step in MLflow. Running it again resumes finished runs.
 demo: $(STAMP)
 	$(PY) -m pipeline.prepare --synthetic

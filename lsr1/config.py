@@ -1,4 +1,4 @@
-"""Experiment configuration: dataclasses, YAML presets and `a.b=c` overrides (DESIGN §7).
+"""Experiment configuration: dataclasses, YAML presets and `a.b=c` overrides (docs/design.md §7).
 
 One config system for the library and the pipeline. Presets in `configs/` are partial YAML files over the
 defaults below (which run small); `load_config(path, overrides)` applies a preset then overrides, checks
@@ -100,7 +100,7 @@ class LSR1Config:
     bounded_step_size: bool = True  # alpha = gamma1 * exp(gamma2 * tanh(G)): a gamma2 of real range stays finite
     lambda_sec: float = 0.01  # secant penalty weight; 0 = "without learned projection"
     # the secant penalty: "paper" ||p - (I + sum v v^T) q||^2 as Eq. 8 is written, or "applied"
-    # ||p - diag(alpha)(s I + sum v v^T) q||^2 / ||p||^2, the operator that made the step (DESIGN §3)
+    # ||p - diag(alpha)(s I + sum v v^T) q||^2 / ||p||^2, the operator that made the step (docs/design.md §3)
     secant_penalty: str = "applied"
     identity_in_step: bool = True  # d = (s I + sum v v^T) g (Eq. 7, times s) instead of (sum v v^T) g (Alg. 1)
     input_scaling: str = "rms"  # "rms": each encoder input divided by its RMS over the problem's coordinates
@@ -116,7 +116,7 @@ class LSR1Config:
     vector_init_scale: float = 0.1  # P's last layer starts this much smaller than torch's default
     # "sqrt_dim" divides v by sqrt(N): B's added eigenvalues ||v||^2 stop growing with N (docs/results.md §4)
     vector_norm: str = "sqrt_dim"
-    # BatchNorm at evaluation, never coupling problems (DESIGN §3): torch's "running" statistics (the inputs are
+    # BatchNorm at evaluation, never coupling problems (docs/design.md §3): torch's "running" statistics (the inputs are
     # scale-free with input_scaling rms), or each "problem"'s own statistics over its coordinates; training uses
     # the batch's (frozen problems left out)
     eval_norm: str = "running"
@@ -149,7 +149,7 @@ class LSR1Config:
         _check(
             self.eval_norm != "batch",
             "lsr1.eval_norm 'batch' normalised over all problems of a batch, so a problem's steps depended on the "
-            "others (DESIGN §3); use 'problem' (each problem's own statistics) or 'running'",
+            "others (docs/design.md §3); use 'problem' (each problem's own statistics) or 'running'",
         )
         _check(self.eval_norm in NORMS, f"lsr1.eval_norm must be one of {list(NORMS)}, got {self.eval_norm!r}")
         _check(

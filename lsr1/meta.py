@@ -1,4 +1,4 @@
-"""Meta-training by unrolling K inner steps (paper Sec. 3.1 and Eq. 9; DESIGN §3).
+"""Meta-training by unrolling K inner steps (paper Sec. 3.1 and Eq. 9; docs/design.md §3).
 
     unroll     K steps of any optimizer on a batch of problems: objective values, penalties, diagnostics
     run        the same without a graph, learned modules in eval mode: how every optimizer is evaluated

@@ -3,7 +3,7 @@
 Every module of L-SR1 acts on each coordinate of the problem independently: an input of shape (B, N, d_in)
 is flattened to (B*N, d_in) rows, so one set of weights serves any dimension N. In training BatchNorm
 normalises over all B*N coordinates of the batch, leaving out rows of weight 0 (problems frozen by the
-divergence guard). At evaluation it must not couple problems (DESIGN §3): `norm="running"` uses the running
+divergence guard). At evaluation it must not couple problems (docs/design.md §3): `norm="running"` uses the running
 statistics (torch's eval mode), `norm="problem"` the statistics of each problem's own N coordinates.
 
 The layers are plain nn.Linear, nn.BatchNorm1d and nn.PReLU (standard state-dict keys), but each

@@ -1,4 +1,4 @@
-"""What the commands print (DESIGN §7): one line per phase, a progress bar per training run, then the results.
+"""What the commands print (docs/design.md §7): one line per phase, a progress bar per training run, then the results.
 
     setup         logging for a command: everything (ours, Ray's, MLflow's, Python warnings) goes to a log file;
                   the terminal gets the phases, the bars, warnings and errors. --verbose puts every INFO line on

@@ -1,4 +1,4 @@
-"""The HMR data feed (DESIGN §6): prepared AMASS shards -> Ray Data -> projected-keypoint batches on CPU actors.
+"""The HMR data feed (docs/design.md §6): prepared AMASS shards -> Ray Data -> projected-keypoint batches on CPU actors.
 
     training_dataset  read_parquet on the shards that `pipeline.prepare` listed (checksums verified first:
                       `prepared_files(..., verify=True)`),

@@ -15,7 +15,7 @@ def _deterministic() -> None:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One private local Ray instance for every test that needs Ray (DESIGN §8)."""
+    """One private local Ray instance for every test that needs Ray (docs/design.md §8)."""
     import ray
 
     # the same settings as pipeline.train.connect_ray (the dashboard frees the placement groups of stopped trials);

@@ -185,7 +185,7 @@ def test_h36m_evaluation_regressor_is_used_when_configured(hmr_data, setup, tmp_
 
 @pytest.mark.parametrize("learner", ["lsr1", "lgd"])
 def test_hmr_evaluation_of_a_frame_does_not_depend_on_the_other_frames(hmr_data, learner):  # noqa: F811
-    """A 3DPW frame gets the same trajectory alone and inside any evaluation chunk (DESIGN §3). In float64: a batch
+    """A 3DPW frame gets the same trajectory alone and inside any evaluation chunk (docs/design.md §3). In float64: a batch
     of 1 and one of 6 go through matrix products of other shapes, which may sum in another order (by CPU); in
     float32 those last-bit differences can tip a line search's accept test and change the trajectory, in float64
     they stay near 1e-16 and a tolerance of 1e-9 holds with room."""

@@ -1,4 +1,4 @@
-"""Human mesh recovery data and body model (DESIGN §4-5): pure torch + numpy + smplx, no Ray, no MLflow.
+"""Human mesh recovery data and body model (docs/design.md §4-5): pure torch + numpy + smplx, no Ray, no MLflow.
 
     lsr1.hmr.body            SMPL through smplx (real or synthetic files), the joints-only forward
     lsr1.hmr.formats         AMASS and 3DPW readers, the restricted unpickler, Parquet preparation

@@ -1,4 +1,4 @@
-"""The SMPL body (DESIGN §4-5): loading a model folder into `smplx.SMPL`, and the joints-only forward.
+"""The SMPL body (docs/design.md §4-5): loading a model folder into `smplx.SMPL`, and the joints-only forward.
 
     BodyModel      reads SMPL_<GENDER>.{npz,pkl} (real files through the restricted unpickler, cached as
                    .npz) and builds `smplx.SMPL(..., data_struct=...)`: smplx itself never unpickles

@@ -1,4 +1,4 @@
-"""Readers for the licensed data formats (DESIGN §5), and the one restricted unpickler every pickle goes through.
+"""Readers for the licensed data formats (docs/design.md §5), and the one restricted unpickler every pickle goes through.
 
     safe_unpickle  Python-2 and -3 pickles holding numpy arrays, plain containers, chumpy arrays and scipy
                    sparse matrices; anything else is refused before it is called, naming the file

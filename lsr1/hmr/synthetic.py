@@ -1,4 +1,4 @@
-"""Synthetic stand-ins for the licensed HMR data, written in the real formats (DESIGN §5), seeded and small.
+"""Synthetic stand-ins for the licensed HMR data, written in the real formats (docs/design.md §5), seeded and small.
 
     write_synthetic_amass   AMASS SMPL+H G `.npz` sequences (Z-up, 16 betas, hands, trans, dmpls) and the
                             `shape.npz` files real subjects have, under <root>/<dataset>/<subject>/

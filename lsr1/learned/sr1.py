@@ -1,4 +1,4 @@
-"""L-SR1: learned symmetric-rank-one preconditioning (paper Sec. 4, Alg. 1, Eqs. 7-9; DESIGN §3).
+"""L-SR1: learned symmetric-rank-one preconditioning (paper Sec. 4, Alg. 1, Eqs. 7-9; docs/design.md §3).
 
 Each step, three element-wise MLPs read the optimisation state coordinate by coordinate:
     f_k     = E([x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1}] (+ global features))     (B, N, M)
@@ -21,7 +21,7 @@ The secant penalty of the meta-loss (weight lambda_sec) pulls the preconditioner
     "applied"  ||p - M q||^2 / ||p||^2 with M = diag(alpha_k) (c s_k I + sum v v^T), the operator that made
                the step p: zero exactly where the step is Newton's along p (on a quadratic q = H p), and not
                lowered by a short step. The paper form is zero at p = 0 and charges the Newton step, so it
-               trains short steps (DESIGN §3 correction).
+               trains short steps (docs/design.md §3 correction).
 No N x N matrix is ever formed: B g costs O(L N).
 """
 
@@ -118,7 +118,7 @@ class LSR1(LearnedOptimizer):
         self.learned_terms = True  # False: v = 0 and alpha = gamma1 (`without_learned_terms`)
         self.unroll_line_search = config.line_search  # applied by the driver (lsr1.meta.unroll), which holds f
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
-        # eval_norm: BatchNorm at evaluation never mixes problems (DESIGN §3): running statistics, or each
+        # eval_norm: BatchNorm at evaluation never mixes problems (docs/design.md §3): running statistics, or each
         # problem's own statistics over its coordinates
         mlp = dict(hidden=config.hidden_dim, dropout=config.dropout, bn_momentum=config.bn_momentum, norm=config.eval_norm)
         h = config.hidden_dim
@@ -272,7 +272,7 @@ class LSR1(LearnedOptimizer):
 
     def meta_penalty(self, state: LSR1State, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
         """lambda_sec * the secant residual (Eq. 9) of the operator of step k on the step (p, q) it produced
-        (DESIGN §3)."""
+        (docs/design.md §3)."""
         residual = self._residual(state.buffer, state.pairs, state.alpha, state.scale, x - state.x_prev, g - state.g_prev)
         return self.lambda_sec * residual, {"secant_residual": residual}
 

@@ -1,4 +1,4 @@
-"""The one optimizer interface (DESIGN §2), shared by hand-designed and learned optimizers.
+"""The one optimizer interface (docs/design.md §2), shared by hand-designed and learned optimizers.
 
 Every optimizer is batched over B independent problems of dimension N and functional: the state is a value
 (a NamedTuple of tensors) returned by `step`, never an attribute mutated in place, so meta-training can

@@ -1,4 +1,4 @@
-"""Inner problems: a batch of B objectives R^N -> R with gradients and Hessian-vector products (DESIGN §2).
+"""Inner problems: a batch of B objectives R^N -> R with gradients and Hessian-vector products (docs/design.md §2).
 
 A problem is `value(x) -> (B,)`, `grad(x) -> (B, N)`, `hvp(x, v) -> (B, N)`, `x0 (B, N)` and `x_star (B, N)`
 where the optimum is known; optional hooks give a meta-loss term other than f (`meta_objective`), task

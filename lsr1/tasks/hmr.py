@@ -1,4 +1,4 @@
-"""Human mesh recovery as an inner problem (paper Sec. 5.2, Eqs. 12-13; DESIGN §4; notes/lgd-protocol.md).
+"""Human mesh recovery as an inner problem (paper Sec. 5.2, Eqs. 12-13; docs/design.md §4; notes/lgd-protocol.md).
 
 x = Theta = [pose (72 axis-angle or 144 6D values), betas (10)] per problem. Given 18 normalised COCO
 keypoints k and confidences w, the inner objective is Eq. 12 as LGD computes it,
