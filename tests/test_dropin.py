@@ -46,3 +46,8 @@ def test_compare_reports_a_winner_per_problem_and_adam_lowers_the_loss():
         assert row["winner"] in ("LearnedSR1", "tie", "Adam")
         assert row["adam"] <= row["start"]
         assert row["adam_lr"] in dropin.ADAM_LRS
+        # the ablation and L-BFGS, each against the same budget: neither may end above the start
+        assert row["ablation"] <= row["start"] and row["lbfgs"] <= row["start"]
+        assert row["vs_ablation"] in ("ours", "tie", "theirs") and row["vs_lbfgs"] in ("ours", "tie", "theirs")
+        expected = "tie" if abs(row["learned_sr1"] - row["ablation"]) <= dropin.TIE * abs(row["ablation"]) else None
+        assert expected is None or row["vs_ablation"] == expected

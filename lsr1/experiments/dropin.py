@@ -1,5 +1,6 @@
-"""`lsr1.LearnedSR1` as a drop-in optimizer against the best learning rate of `torch.optim.Adam`, on a
-held-out set of small problems written as a user writes them (an nn.Module, data, a loss).
+"""`lsr1.LearnedSR1` as a drop-in optimizer against the best learning rate of `torch.optim.Adam`, its own model
+with the learned terms off (`lsr1.learned.without_learned_terms`) and `torch.optim.LBFGS`, on a held-out set of
+small problems written as a user writes them (an nn.Module, data, a loss).
 
     python -m lsr1.dropin [--pretrained mix_lbfgs_long] [--evaluations 100] [--split test] [--out runs/dropin]
 
@@ -33,10 +34,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lsr1.learned import LSR1, without_learned_terms
 from lsr1.optimizer import LearnedSR1
+from lsr1.pretrained import load
 from lsr1.tasks import derive_seed, make_generator, random_quadratics
 
-__all__ = ["ADAM_LRS", "SPLITS", "TIE", "DropInProblem", "compare", "problems", "run_adam", "run_learned"]
+__all__ = ["ADAM_LRS", "SPLITS", "TIE", "DropInProblem", "compare", "problems", "run_adam", "run_lbfgs", "run_learned"]
 
 ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 TIE = 1e-3  # final losses within 0.1 % of each other: the same point (both converged), neither wins
@@ -150,7 +153,25 @@ def run_adam(problem: DropInProblem, lr: float, evaluations: int) -> float:
     return _final(loss)
 
 
-def run_learned(problem: DropInProblem, pretrained: str, evaluations: int) -> tuple[float, int]:
+def run_lbfgs(problem: DropInProblem, evaluations: int) -> float:
+    """Final loss of `torch.optim.LBFGS` (strong Wolfe search, history 10) within `evaluations` closure calls."""
+    model, loss = problem.build()
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=evaluations, max_eval=evaluations, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    try:
+        opt.step(closure)
+    except RuntimeError:
+        return math.inf
+    return _final(loss)
+
+
+def run_learned(problem: DropInProblem, pretrained: str | LSR1, evaluations: int) -> tuple[float, int]:
     """Final loss of LearnedSR1 after `evaluations` closure calls (line search included), and the calls
     made: one `step` with max_iter = max_eval = evaluations, which ends at the last accepted iterate."""
     model, loss = problem.build()
@@ -172,22 +193,45 @@ def run_learned(problem: DropInProblem, pretrained: str, evaluations: int) -> tu
     return _final(loss), calls
 
 
+def _better(ours: float, theirs: float) -> str:
+    """ "ours", "tie" (within TIE of each other) or "theirs"."""
+    if math.isfinite(ours) and abs(ours - theirs) <= TIE * abs(theirs):
+        return "tie"
+    return "ours" if ours < theirs else "theirs"
+
+
 def compare(pretrained: str, evaluations: int, progress: bool = True, split: str = "test") -> list[dict]:
-    """One row per problem: start, LearnedSR1, best-of-grid Adam and its learning rate, and the winner."""
+    """One row per problem: start, LearnedSR1, the same model without its learned terms (v = 0, step sizes
+    gamma1: `without_learned_terms`), torch.optim.LBFGS, best-of-grid Adam and its learning rate, and who is
+    better: LearnedSR1 against Adam (`winner`), against its ablation and against L-BFGS."""
+    ablation = without_learned_terms(load(pretrained, cap_step_index=True))  # as LearnedSR1 loads a name
     rows, suite = [], problems(split)
     for i, problem in enumerate(suite):
         adam = {lr: run_adam(problem, lr, evaluations) for lr in ADAM_LRS}
         best_lr = min(adam, key=adam.get)
         learned, _ = run_learned(problem, pretrained, evaluations)
+        plain, _ = run_learned(problem, ablation, evaluations)
+        lbfgs = run_lbfgs(problem, evaluations)
         start = _final(problem.build()[1])
-        tie = abs(learned - adam[best_lr]) <= TIE * abs(adam[best_lr]) if math.isfinite(learned) else False
-        outcome = "tie" if tie else ("LearnedSR1" if learned < adam[best_lr] else "Adam")
+        outcome = {"ours": "LearnedSR1", "tie": "tie", "theirs": "Adam"}[_better(learned, adam[best_lr])]
         rows.append(
-            {"problem": problem.name, "start": start, "learned_sr1": learned, "adam": adam[best_lr], "adam_lr": best_lr, "winner": outcome}
+            {
+                "problem": problem.name,
+                "start": start,
+                "learned_sr1": learned,
+                "ablation": plain,
+                "lbfgs": lbfgs,
+                "adam": adam[best_lr],
+                "adam_lr": best_lr,
+                "winner": outcome,
+                "vs_ablation": _better(learned, plain),
+                "vs_lbfgs": _better(learned, lbfgs),
+            }
         )
         if progress:
             print(
-                f"[{i + 1}/{len(suite)}] {problem.name}: LearnedSR1 {learned:.4g}, Adam {adam[best_lr]:.4g} (lr {best_lr:g})",
+                f"[{i + 1}/{len(suite)}] {problem.name}: LearnedSR1 {learned:.4g}, without learned terms {plain:.4g}, "
+                f"L-BFGS {lbfgs:.4g}, Adam {adam[best_lr]:.4g} (lr {best_lr:g})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -206,16 +250,25 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     rows = compare(args.pretrained, args.evaluations, split=args.split)
     tally = {who: sum(r["winner"] == who for r in rows) for who in ("LearnedSR1", "tie", "Adam")}
+    against = {key: {who: sum(r[key] == who for r in rows) for who in ("ours", "tie", "theirs")} for key in ("vs_ablation", "vs_lbfgs")}
     lines = [
-        f"LearnedSR1({args.pretrained!r}) against best-of-grid Adam, {args.evaluations} evaluations each, {args.split} split",
+        f"LearnedSR1({args.pretrained!r}) against its ablation (no learned terms), torch.optim.LBFGS and best-of-grid Adam, "
+        f"{args.evaluations} evaluations each, {args.split} split",
         "",
-        "| problem | start | LearnedSR1 | best Adam (lr) | better |",
-        "|---|---|---|---|---|",
+        "| problem | start | LearnedSR1 | without learned terms | L-BFGS | best Adam (lr) | better than Adam |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['problem']} | {r['start']:.4g} | {r['learned_sr1']:.4g} | {r['adam']:.4g} ({r['adam_lr']:g}) | {r['winner']} |" for r in rows
+        f"| {r['problem']} | {r['start']:.4g} | {r['learned_sr1']:.4g} | {r['ablation']:.4g} | {r['lbfgs']:.4g} | {r['adam']:.4g} ({r['adam_lr']:g}) "
+        f"| {r['winner']} |"
+        for r in rows
     ]
-    lines += ["", f"LearnedSR1 better on {tally['LearnedSR1']} of {len(rows)}, ties {tally['tie']}, Adam better on {tally['Adam']}"]
+    lines += [
+        "",
+        f"LearnedSR1 better than Adam on {tally['LearnedSR1']} of {len(rows)}, ties {tally['tie']}, Adam better on {tally['Adam']}",
+        "LearnedSR1 better than its ablation on {ours}, ties {tie}, worse on {theirs}".format(**against["vs_ablation"]),
+        "LearnedSR1 better than L-BFGS on {ours}, ties {tie}, worse on {theirs}".format(**against["vs_lbfgs"]),
+    ]
     print("\n".join(lines))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +284,10 @@ def main(argv: list[str] | None = None) -> None:
                 "learned_better": tally["LearnedSR1"],
                 "ties": tally["tie"],
                 "adam_better": tally["Adam"],
+                "better_than_ablation": against["vs_ablation"]["ours"],
+                "worse_than_ablation": against["vs_ablation"]["theirs"],
+                "better_than_lbfgs": against["vs_lbfgs"]["ours"],
+                "worse_than_lbfgs": against["vs_lbfgs"]["theirs"],
             }
         )
     )
