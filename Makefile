@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP) browser
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff check --no-cache .
+	$(PY) -m ruff format --check --no-cache .
 	$(PY) -m pytest
 
 # The MLflow UI test drives a real headless Chromium: Debian's package, where this machine can install it
