@@ -153,29 +153,9 @@ def run_adam(problem: DropInProblem, lr: float, evaluations: int) -> float:
     return _final(loss)
 
 
-def run_lbfgs(problem: DropInProblem, evaluations: int) -> float:
-    """Final loss of `torch.optim.LBFGS` (strong Wolfe search, history 10) within `evaluations` closure calls."""
-    model, loss = problem.build()
-    opt = torch.optim.LBFGS(model.parameters(), max_iter=evaluations, max_eval=evaluations, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        value = loss()
-        value.backward()
-        return value
-
-    try:
-        opt.step(closure)
-    except RuntimeError:
-        return math.inf
-    return _final(loss)
-
-
-def run_learned(problem: DropInProblem, pretrained: str | LSR1, evaluations: int) -> tuple[float, int]:
-    """Final loss of LearnedSR1 after `evaluations` closure calls (line search included), and the calls
-    made: one `step` with max_iter = max_eval = evaluations, which ends at the last accepted iterate."""
-    model, loss = problem.build()
-    opt = LearnedSR1(model.parameters(), pretrained=pretrained, max_iter=evaluations, max_eval=evaluations)
+def _one_step(opt: torch.optim.Optimizer, loss: Callable[[], Tensor]) -> tuple[float, int]:
+    """Final loss after one `step(closure)` of an optimizer that evaluates a closure itself (LearnedSR1,
+    torch.optim.LBFGS), inf where it refused a NaN / Inf gradient, and the closure calls made."""
     calls = 0
 
     def closure() -> Tensor:
@@ -188,9 +168,23 @@ def run_learned(problem: DropInProblem, pretrained: str | LSR1, evaluations: int
 
     try:
         opt.step(closure)
-    except RuntimeError:  # a NaN / Inf gradient: LearnedSR1 refuses to move
+    except RuntimeError:
         return math.inf, calls
     return _final(loss), calls
+
+
+def run_lbfgs(problem: DropInProblem, evaluations: int) -> float:
+    """Final loss of `torch.optim.LBFGS` (strong Wolfe search, history 10) within `evaluations` closure calls."""
+    model, loss = problem.build()
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=evaluations, max_eval=evaluations, line_search_fn="strong_wolfe")
+    return _one_step(opt, loss)[0]
+
+
+def run_learned(problem: DropInProblem, pretrained: str | LSR1, evaluations: int) -> tuple[float, int]:
+    """Final loss of LearnedSR1 after `evaluations` closure calls (line search included), and the calls
+    made: one `step` with max_iter = max_eval = evaluations, which ends at the last accepted iterate."""
+    model, loss = problem.build()
+    return _one_step(LearnedSR1(model.parameters(), pretrained=pretrained, max_iter=evaluations, max_eval=evaluations), loss)
 
 
 def _better(ours: float, theirs: float) -> str:
