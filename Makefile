@@ -39,7 +39,7 @@ browser:
 demo: $(STAMP)
 	$(PY) -m pipeline.prepare --synthetic
 	$(PY) -m pipeline.train --config configs/hmr_demo.yaml --name demo-lsr1 --workers 2
-	$(PY) -m pipeline.train --config configs/hmr_demo.yaml --set learner=lgd --name demo-lgd --workers 2
+	$(PY) -m pipeline.train --config configs/hmr_demo.yaml --set learner=lgd --set meta.line_search=none --name demo-lgd --workers 2
 	$(PY) -m pipeline.evaluate --checkpoint runs/demo-lsr1/best.pt --checkpoint runs/demo-lgd/best.pt \
 	  --steps 20 --out runs/demo-comparison --log-experiment hmr_demo
 	@printf '\nThe runs in the MLflow UI: make ui   (then http://127.0.0.1:$(UI_PORT), experiment hmr_demo)\n'

@@ -24,6 +24,7 @@ from lsr1.config import load_config
 from lsr1.hmr.synthetic import generate
 from lsr1.learners import make_learner
 from lsr1.meta import run, step_metrics, train
+from lsr1.optim import with_line_search
 from lsr1.tasks import problem_set
 
 
@@ -60,7 +61,10 @@ def main() -> None:
         model.load_state_dict(load_checkpoint(out / learner / "best.pt")["model"])
         test = problem_set(config.task, "test", hmr=config.hmr)
         steps = args.eval_steps or config.meta.unroll_steps
-        curves[learner] = {k: v.tolist() for k, v in step_metrics(test, run(model, test, steps).iterates).items()}
+        curves[learner] = {
+            k: v.tolist()
+            for k, v in step_metrics(test, run(with_line_search(model, config.meta.line_search), test, steps).iterates).items()
+        }
         print(
             f"{learner}: {summary.iterations} iterations in {seconds[learner]:.0f} s, best val PA-MPJPE "
             f"{summary.best_val_loss:.1f} mm at iteration {summary.best_iteration}; test split: {test.batch_size} frames"

@@ -37,7 +37,7 @@ from lsr1.config import ExperimentConfig, load_config
 from lsr1.hmr.synthetic import generate
 from lsr1.learners import make_learner
 from lsr1.meta import MetaLoss, run
-from lsr1.optim import Adam
+from lsr1.optim import Adam, with_line_search
 from lsr1.tasks import Problem, problem_set
 
 ADAM_LR = 0.01
@@ -93,8 +93,9 @@ def inference(method: str, args: argparse.Namespace, data: Path, batch: int, dev
     """ms and peak MiB per inner iteration of `method` (lsr1, lgd or adam) at this batch size."""
     config, problem = setting(args, data, "lsr1" if method == "adam" else method, batch, device)
     optimizer = Adam(lr=ADAM_LR) if method == "adam" else make_learner(config).to(device).eval()
-    full = best_ms(lambda: run(optimizer, problem, args.steps), args.repeats, device)
-    start = best_ms(lambda: run(optimizer, problem, 0), args.repeats, device)
+    driven = with_line_search(optimizer, "none" if method == "adam" else config.meta.line_search)
+    full = best_ms(lambda: run(driven, problem, args.steps), args.repeats, device)
+    start = best_ms(lambda: run(driven, problem, 0), args.repeats, device)
     with torch.no_grad():
         initial_point = getattr(optimizer, "initial_point", None)
         x = problem.x0 if initial_point is None else initial_point(problem)
@@ -123,7 +124,7 @@ def training(learner_name: str, args: argparse.Namespace, data: Path, batch: int
     """ms per unrolled step and the peak MiB of one meta-training iteration (MetaLoss forward and backward)."""
     config, problem = setting(args, data, learner_name, batch, device)
     learner = make_learner(config).to(device).train()
-    loss = MetaLoss(learner, config.meta.unroll_steps)
+    loss = MetaLoss(learner, config.meta.unroll_steps, line_search=config.meta.line_search)
     iteration = lambda: loss(problem)[0].backward()  # noqa: E731
     ms = best_ms(iteration, args.repeats, device) / config.meta.unroll_steps
     return {"ms": ms, "peak_mib": peak_mib(iteration, device), "unroll_steps": config.meta.unroll_steps}

@@ -15,7 +15,7 @@ timing only (its meta-iteration also runs the body model and the initializer), o
 written to a temporary folder; one Ray Train worker's share of the demo's batch is its half:
 
     python benchmarks/meta_step.py [--iterations 20] [--rounds 3] [--config configs/quadratic.yaml] [--profile]
-    python benchmarks/meta_step.py --config configs/hmr_demo.yaml --set task.batch_size=32 [--set learner=lgd]
+    python benchmarks/meta_step.py --config configs/hmr_demo.yaml --set task.batch_size=32 [--set learner=lgd --set meta.line_search=none]
 
 Threads are pinned: torch.set_num_threads(1) and OMP_NUM_THREADS=1 in both sides' processes (and 2 for
 the extra 2-thread figure of today's code). Last line: one JSON object.
@@ -54,7 +54,7 @@ def training(config, count: int) -> tuple[Callable[[Problem], object], list[Prob
     batches."""
     torch.manual_seed(0)
     learner = make_learner(config)
-    loss = MetaLoss(learner, config.meta.unroll_steps)
+    loss = MetaLoss(learner, config.meta.unroll_steps, line_search=config.meta.line_search)
     opt = torch.optim.AdamW(learner.parameters(), lr=config.meta.lr, weight_decay=config.meta.weight_decay)
     problems = [problem_set(config.task, "train", i, hmr=config.hmr) for i in range(count)]
     return (lambda problem: meta_step(loss, opt, problem, grad_clip=config.meta.grad_clip)), problems
@@ -78,7 +78,9 @@ def first_iteration_float64(config) -> dict[str, float]:
     """Loss and meta-gradient norm of the first meta-iteration in float64 (seed 0, training problem 0)."""
     torch.manual_seed(0)
     learner = make_learner(config).double()
-    loss, _ = MetaLoss(learner, config.meta.unroll_steps)(problem_set(config.task, "train", 0, dtype=torch.float64, hmr=config.hmr))
+    loss, _ = MetaLoss(learner, config.meta.unroll_steps, line_search=config.meta.line_search)(
+        problem_set(config.task, "train", 0, dtype=torch.float64, hmr=config.hmr)
+    )
     loss.backward()
     grads = [p.grad.flatten() for p in learner.parameters() if p.grad is not None]
     return {"loss": float(loss), "grad_norm": float(torch.cat(grads).norm())}

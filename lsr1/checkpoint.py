@@ -62,12 +62,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def config_of(payload: dict[str, Any], path: str | Path = "<checkpoint>") -> ExperimentConfig:
     """The experiment config stored in a checkpoint; architecture always comes from here on resume.
 
-    A checkpoint written before an L-SR1 switch existed lacks its key, and ran as the switch's paper value (each
-    was added with that default); since the defaults became the project's formulation, a missing switch is
-    filled from FORMULATIONS["paper"], so that such a checkpoint loads as it was trained."""
+    Older checkpoints are migrated: a switch that did not exist yet when one was written is filled with the
+    value it ran as, the paper's (each switch was added with that default; since the defaults became the
+    project's formulation, from FORMULATIONS["paper"]); `lsr1.line_search` moves to `meta.line_search` (for
+    an L-SR1 learner: it never searched another's steps),
+    `lsr1.secant_penalty` "applied" / "paper" becomes `lsr1.formulation` "project" / "paper", and
+    `lsr1.vector_init_scale` is dropped (it only initialised weights that the checkpoint's replace)."""
     stored = dict(payload["config"])
     if isinstance(stored.get("lsr1"), dict):
-        stored["lsr1"] = {**FORMULATIONS["paper"], **stored["lsr1"]}
+        lsr1 = dict(stored["lsr1"])
+        lsr1.pop("vector_init_scale", None)
+        line_search = lsr1.pop("line_search", "none")
+        if stored.get("learner", "lsr1") == "lsr1" and line_search != "none":  # it only ever searched L-SR1's steps
+            stored["meta"] = {"line_search": line_search, **stored.get("meta", {})}
+        if "secant_penalty" in lsr1:
+            penalty = lsr1.pop("secant_penalty")
+            lsr1.setdefault("formulation", "project" if penalty == "applied" else penalty)
+        stored["lsr1"] = {**FORMULATIONS["paper"], **lsr1}
     try:
         return config_from_dict(ExperimentConfig, stored)
     except ConfigError as err:

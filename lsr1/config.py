@@ -26,6 +26,7 @@ __all__ = [
     "HMRConfig",
     "LGDConfig",
     "LSR1Config",
+    "MOVED_KEYS",
     "MetaConfig",
     "REMOVED_SWITCHES",
     "SWITCHES_TAG",
@@ -38,13 +39,24 @@ __all__ = [
 ]
 
 ENCODER_INPUTS = ("x", "p", "d", "g", "q")  # x_{k-1}, p_{k-1}, d_{k-1}, g_{k-1}, q_{k-1} (Alg. 1, line 3)
-TASK_NAMES = ("quadratic", "diagonal_quadratic", "rosenbrock", "rastrigin", "least_squares", "logistic", "logsumexp", "mlp", "hmr")
+TASK_NAMES = (
+    "quadratic",
+    "official_quadratic",
+    "diagonal_quadratic",
+    "rosenbrock",
+    "rastrigin",
+    "least_squares",
+    "logistic",
+    "logsumexp",
+    "mlp",
+    "hmr",
+)
 MIXABLE_TASKS = ("quadratic", "least_squares", "logistic", "logsumexp", "mlp")  # task.train_tasks: log-scale meta-losses
 # the update module; "lgd" is LGD's MLP update (Song et al. 2020), HMR only; "bfgs_steps" the LSTM
 # coordinate-wise step sizes for BFGS (arXiv 2412.00059), analytic tasks only
 LEARNERS = ("lsr1", "lgd", "bfgs_steps")
 ROTATIONS = ("axis_angle", "6d")
-LINE_SEARCH_KINDS = ("none", "armijo")  # lsr1.line_search
+LINE_SEARCH_KINDS = ("none", "armijo")  # meta.line_search
 NORMS = ("running", "problem")  # BatchNorm's statistics at evaluation (lsr1.nn)
 
 
@@ -53,13 +65,13 @@ NORMS = ("running", "problem")  # BatchNorm's statistics at evaluation (lsr1.nn)
 # defaults, the formulation of every shipped model but the `*_paper` ones; "paper" is our reading of the
 # paper's text (Eq. 7-9 and App. C as written: no identity in the step, the secant term on I + sum v v^T).
 FORMULATIONS: dict[str, dict[str, Any]] = {
-    "project": {},
+    "project": {"formulation": "project"},
     "paper": {
+        "formulation": "paper",
         "gamma1": 0.4,
         "gamma2": 0.001,
         "bounded_step_size": False,
         "lambda_sec": 100.0,
-        "secant_penalty": "paper",
         "identity_in_step": False,
         "input_scaling": "none",
         "global_features": False,
@@ -67,7 +79,19 @@ FORMULATIONS: dict[str, dict[str, Any]] = {
         "vector_norm": "none",
         "eval_norm": "problem",
         "lbfgs_memory": 0,
-        "line_search": "none",
+    },
+    # the authors' published code (`lsr1.learned.official.OfficialLSR1`): their own module, of which only these
+    # fields apply (buffer_size, hidden_dim = their MLP width, gamma1/gamma2 = alpha1/alpha2, dropout,
+    # lambda_sec = their secant weight); BatchNorm's momentum is theirs, 0.1
+    "official": {
+        "formulation": "official",
+        "buffer_size": 4,
+        "hidden_dim": 256,
+        "gamma1": 0.4,
+        "gamma2": 0.001,
+        "dropout": 0.2,
+        "lambda_sec": 10.0,
+        "bn_momentum": 0.1,
     },
 }
 
@@ -75,7 +99,16 @@ FORMULATIONS: dict[str, dict[str, Any]] = {
 # stored config (a checkpoint) that has one at that value loads; another value is refused. Their negative
 # results are in docs/log.md; the tag still has the switches.
 SWITCHES_TAG = "lsr1-switches-2026-12-07"
-REMOVED_SWITCHES: dict[str, Any] = {"identity_weight": 1.0, "secant_target": "new_step", "secant_normalize": False, "first_scale": "pair"}
+REMOVED_SWITCHES: dict[str, Any] = {
+    "identity_weight": 1.0,
+    "secant_target": "new_step",
+    "secant_normalize": False,
+    "first_scale": "pair",
+    "vector_init_scale": 0.1,  # only the initialisation of P's last layer (lsr1.learned.sr1.VECTOR_INIT_SCALE)
+}
+# Keys that moved: the old lsr1 key -> where it lives now. A stored config (a checkpoint) is migrated when
+# loaded (`lsr1.checkpoint.config_of`); a preset or an override that uses the old key gets an error naming the new.
+MOVED_KEYS = {"line_search": "meta.line_search", "secant_penalty": "lsr1.formulation"}
 
 
 class ConfigError(ValueError):
@@ -90,18 +123,20 @@ def _check(ok: bool, message: str) -> None:
 @dataclass
 class LSR1Config:
     """L-SR1 architecture and its meta-loss weight (paper Sec. 4, App. C). The defaults are the project's
-    formulation, which every shipped model but the `*_paper` ones uses; `formulation: paper` (a key of the
-    lsr1 section, see FORMULATIONS) sets the switches of the paper-literal one."""
+    formulation, which every shipped model but the `*_paper` ones uses."""
 
+    # Which L-SR1. "project" and "paper" are `lsr1.learned.sr1.LSR1` with the secant term on the operator that made
+    # the step, ||p - diag(alpha)(s I + sum v v^T) q||^2 / ||p||^2 (docs/design.md §3), or ||p - (I + sum v v^T) q||^2
+    # as Eq. 8 is written; "official" is the authors' module (`lsr1.learned.official`). In a preset or an override
+    # (`lsr1.formulation: paper`) it also sets the switches of FORMULATIONS[name]; keys beside it in the same
+    # section, or later overrides, change them further.
+    formulation: str = "project"
     buffer_size: int = 8  # L
     hidden_dim: int = 128  # d_hidden = M
     gamma1: float = 0.5  # alpha = gamma1 * exp(gamma2 * alpha~)
     gamma2: float = 1.0
     bounded_step_size: bool = True  # alpha = gamma1 * exp(gamma2 * tanh(G)): a gamma2 of real range stays finite
     lambda_sec: float = 0.01  # secant penalty weight; 0 = "without learned projection"
-    # the secant penalty: "paper" ||p - (I + sum v v^T) q||^2 as Eq. 8 is written, or "applied"
-    # ||p - diag(alpha)(s I + sum v v^T) q||^2 / ||p||^2, the operator that made the step (docs/design.md §3)
-    secant_penalty: str = "applied"
     identity_in_step: bool = True  # d = (s I + sum v v^T) g (Eq. 7, times s) instead of (sum v v^T) g (Alg. 1)
     input_scaling: str = "rms"  # "rms": each encoder input divided by its RMS over the problem's coordinates
     global_features: bool = True  # add cos(p, q), cos(d, g), log(||q||/||g||), log(1 + k) to every coordinate
@@ -113,7 +148,6 @@ class LSR1Config:
     encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
-    vector_init_scale: float = 0.1  # P's last layer starts this much smaller than torch's default
     # "sqrt_dim" divides v by sqrt(N): B's added eigenvalues ||v||^2 stop growing with N (docs/results.md §4)
     vector_norm: str = "sqrt_dim"
     # BatchNorm at evaluation, never coupling problems (docs/design.md §3): torch's "running" statistics (the inputs are
@@ -125,13 +159,9 @@ class LSR1Config:
     # learned rank-one terms and step sizes then correct a quasi-Newton operator that carries the curvature
     # already measured (docs/results.md §9). 0: s I, Eq. 7
     lbfgs_memory: int = 0
-    # "armijo": every step, in meta-training too, is shortened by Armijo backtracking along the learned
-    # direction (lsr1.optim.armijo_step; the step length is a statistic without a meta-gradient), as L-BFGS's
-    # steps come from a line search; an operator that overshoots then cannot diverge. "none": the step as learned
-    line_search: str = "none"
 
     def __post_init__(self) -> None:
-        _check(self.line_search in LINE_SEARCH_KINDS, f"lsr1.line_search must be one of {LINE_SEARCH_KINDS}, got {self.line_search!r}")
+        _check(self.formulation in FORMULATIONS, f"lsr1.formulation: unknown {self.formulation!r}; valid: {list(FORMULATIONS)}")
         _check(self.lbfgs_memory >= 0, f"lsr1.lbfgs_memory must be >= 0, got {self.lbfgs_memory}")
         _check(
             self.lbfgs_memory == 0 or self.identity_in_step,
@@ -152,16 +182,11 @@ class LSR1Config:
             "others (docs/design.md §3); use 'problem' (each problem's own statistics) or 'running'",
         )
         _check(self.eval_norm in NORMS, f"lsr1.eval_norm must be one of {list(NORMS)}, got {self.eval_norm!r}")
-        _check(
-            self.secant_penalty in ("paper", "applied"),
-            f"lsr1.secant_penalty must be 'paper' or 'applied', got {self.secant_penalty!r}",
-        )
         _check(self.input_scaling in ("none", "rms"), f"lsr1.input_scaling must be 'none' or 'rms', got {self.input_scaling!r}")
         _check(
             self.curvature_scale in ("none", "secant"),
             f"lsr1.curvature_scale must be 'none' or 'secant', got {self.curvature_scale!r}",
         )
-        _check(self.vector_init_scale > 0, f"lsr1.vector_init_scale must be > 0, got {self.vector_init_scale}")
         _check(self.vector_norm in ("none", "sqrt_dim"), f"lsr1.vector_norm must be 'none' or 'sqrt_dim', got {self.vector_norm!r}")
         unknown = [n for n in self.encoder_inputs if n not in ENCODER_INPUTS]
         _check(not unknown, f"lsr1.encoder_inputs: unknown {unknown}; valid: {list(ENCODER_INPUTS)}")
@@ -269,7 +294,9 @@ class TaskConfig:
     test_size: int = 32
     max_cond: float | None = 1000.0  # quadratics: validation/test reject cond(H) above this
     cond: float = 100.0  # diagonal_quadratic, least_squares, logistic, logsumexp: condition number of the data
-    # quadratic: the meta-loss term, "value" f(x_k) (Eq. 9) or "log_gap" log10 (f(x_k) - f*) / (f(x_0) - f*)
+    # quadratic: the meta-loss term, "value" f(x_k) (Eq. 9) or "log_gap" log10 (f(x_k) - f*) / (f(x_0) - f*).
+    # official_quadratic is the family of the authors' example: the same H and b, x0 uniform in [-5.12, 5.12],
+    # no condition filter in any split, and a draw that is singular in float32 redrawn (their script crashes)
     meta_objective: str = "value"
     seed: int = 0
 
@@ -320,8 +347,19 @@ class MetaConfig:
     lr_decay_every: int | None = None  # multiply lr by lr_decay_factor every this many iterations
     lr_decay_factor: float = 1.0
     second_order: bool = False  # keep inner gradients in the graph (default: first-order, detached)
+    # "armijo": the driver (`lsr1.meta.unroll`) shortens every inner step, in meta-training and evaluation, by
+    # Armijo backtracking along the learner's direction (`lsr1.optim.Backtracked`; the step length is a statistic
+    # without a meta-gradient), as L-BFGS's steps come from a line search: an operator that overshoots then
+    # cannot diverge. "none": the steps as learned
+    line_search: str = "none"
     divergence_guard: float | None = 1000.0  # freeze problems whose f rises this far (None: Eq. 9 as is)
+    # the iterates the meta-loss scores: "after" x_1..x_K, or "before" x_0..x_{K-1} and the secant terms of the
+    # steps that produced x_1..x_{K-1}, as the authors' example does (their last step then gets no gradient
+    # from the trajectory)
+    scored: str = "after"
+    discount: float = 1.0  # gamma: the k-th of K scored terms weighs gamma^(K-1-k) (the authors' example)
     val_every: int = 50
+    val_steps: int | None = None  # inner steps of validation (None: the horizon trained for, burn_in + K)
     select_metric: str = "val_loss"  # validation metric (lower is better) that picks best.pt, e.g. val_pa_mpjpe
     checkpoint_every_s: float = 120.0
     seed: int = 0
@@ -334,6 +372,10 @@ class MetaConfig:
         for key in ("iterations", "unroll_steps", "val_every"):
             _check(getattr(self, key) >= 1, f"meta.{key} must be >= 1, got {getattr(self, key)}")
         _check(self.burn_in >= 0, f"meta.burn_in must be >= 0, got {self.burn_in}")
+        _check(self.line_search in LINE_SEARCH_KINDS, f"meta.line_search must be one of {LINE_SEARCH_KINDS}, got {self.line_search!r}")
+        _check(self.scored in ("after", "before"), f"meta.scored must be 'after' or 'before', got {self.scored!r}")
+        _check(0 < self.discount <= 1, f"meta.discount must be in (0, 1], got {self.discount}")
+        _check(self.val_steps is None or self.val_steps >= 1, f"meta.val_steps must be >= 1, got {self.val_steps}")
         _check(self.lr > 0, f"meta.lr must be > 0, got {self.lr}")
         _check(
             self.divergence_guard is None or self.divergence_guard > 0,
@@ -368,6 +410,15 @@ class ExperimentConfig:
         _check(
             self.learner != "lgd" or self.task.name == "hmr",
             f"learner 'lgd' conditions on keypoints and needs task.name 'hmr', got {self.task.name!r}",
+        )
+        _check(
+            self.lsr1.formulation != "official" or self.task.name != "hmr",
+            "lsr1.formulation 'official' is for analytic tasks here; HMR runs the project's L-SR1",
+        )
+        _check(
+            self.learner != "lgd" or self.meta.line_search == "none",
+            "learner 'lgd' follows LGD's protocol, whose steps are not searched: add meta.line_search=none "
+            "(the HMR presets search L-SR1's steps)",
         )
         _check(
             self.learner != "bfgs_steps" or self.task.name != "hmr",
@@ -442,9 +493,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _lsr1_section(data: dict[str, Any], where: str) -> dict[str, Any]:
-    """The lsr1 section with its `formulation` expanded (keys beside it win) and deleted switches checked."""
+    """The lsr1 section with its `formulation` expanded (keys beside it win), and moved and deleted switches
+    checked."""
     data = dict(data)
-    name = data.pop("formulation", None)
+    for key, now in MOVED_KEYS.items():
+        _check(key not in data, f"{where}.{key} moved to {now}")
+    name = data.get("formulation")
     if name is not None:
         _check(name in FORMULATIONS, f"{where}.formulation: unknown {name!r}; valid: {list(FORMULATIONS)}")
         data = {**FORMULATIONS[name], **data}
@@ -518,7 +572,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         value = yaml.safe_load(raw) if raw.strip() else ""
         if parents == ["lsr1"] and leaf == "formulation":  # its switches replace the preset's, later overrides win
             _check(value in FORMULATIONS, f"override {item!r}: unknown formulation; valid: {list(FORMULATIONS)}")
-            node.pop("formulation", None)
             node.update(FORMULATIONS[value])
         else:
             node[leaf] = value

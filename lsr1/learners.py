@@ -7,6 +7,7 @@ from __future__ import annotations
 from lsr1.config import ExperimentConfig
 from lsr1.learned import LGD, LSR1, BFGSSteps, LearnedOptimizer
 from lsr1.learned.initializer import Initializer, WithInitializer
+from lsr1.learned.official import OfficialLSR1
 from lsr1.tasks.hmr import CONTEXT_DIM, NUM_BETAS, pose_size, rest_theta
 
 __all__ = ["make_learner"]
@@ -18,6 +19,9 @@ def make_learner(config: ExperimentConfig) -> LearnedOptimizer:
     if config.learner == "bfgs_steps":
         return BFGSSteps(config.bfgs_steps)
     horizon = config.meta.burn_in + config.meta.unroll_steps  # the last step meta-training reaches
+    c = config.lsr1
+    if config.lsr1.formulation == "official":  # analytic tasks only (the config says so)
+        return OfficialLSR1(c.buffer_size, c.gamma1, c.gamma2, width=c.hidden_dim, dropout=c.dropout, secant_weight=c.lambda_sec)
     if config.task.name != "hmr":
         return LSR1(config.lsr1, horizon)  # the config only allows "lgd" with HMR
     pose_dim = pose_size(config.hmr.rotation)

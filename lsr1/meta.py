@@ -33,7 +33,7 @@ from lsr1.config import ExperimentConfig, MetaConfig, config_to_dict
 from lsr1.learned.base import HandDesigned, LearnedOptimizer
 from lsr1.learners import make_learner
 from lsr1.optim.base import Optimizer
-from lsr1.optim.safeguard import armijo_step
+from lsr1.optim.safeguard import Backtracked, armijo_step, with_line_search
 from lsr1.tasks import Problem, problem_set
 
 __all__ = [
@@ -87,7 +87,7 @@ class Unroll:
 
 
 def unroll(
-    optimizer: Optimizer,
+    optimizer: Optimizer | Backtracked,
     problem: Problem,
     steps: int,
     *,
@@ -99,7 +99,7 @@ def unroll(
 ) -> Unroll:
     """Run `steps` iterations from problem.x0, keeping the graph through the optimizer for meta-gradients.
 
-    The optimizer is driven through `LearnedOptimizer`'s hooks (a hand-designed one through `HandDesigned`,
+    The optimizer (or the learner) is driven through `LearnedOptimizer`'s hooks (a hand-designed one through `HandDesigned`,
     whose hooks are the defaults): `initial_point(problem)` (x0 from an initializer network),
     `init_for(problem, x0, g0)` (an init that conditions on the problem, e.g. its keypoints), `meta_penalty`,
     `with_active` and `with_step_length`. meta_objective: also record `problem.meta_objective` at every
@@ -115,17 +115,18 @@ def unroll(
     burn_in: first take this many steps without a graph (the guard applies to them too); the result then
     holds x_0 and the `steps` iterates after them, and x_0 keeps its graph for an initializer's loss.
 
-    A learner whose `unroll_line_search` is "armijo" (`lsr1.line_search`) has each step shortened by Armijo
+    An optimizer behind `Backtracked` (`meta.line_search` "armijo") has each step shortened by Armijo
     backtracking on f here, where f is known (`lsr1.optim.armijo_step`); info["evaluations"] counts its
     evaluations, and `with_step_length` tells the learner's state what fraction of its step was taken. The
     search ends with f and its gradient at the accepted point, which the next step then uses (outside a
     second-order graph) instead of evaluating them again.
     """
-    learner = optimizer if isinstance(optimizer, LearnedOptimizer) else HandDesigned(optimizer)
+    searched = isinstance(optimizer, Backtracked)
+    inner = optimizer.optimizer if searched else optimizer
+    learner = inner if isinstance(inner, LearnedOptimizer) else HandDesigned(inner)
     x = learner.initial_point(problem)
     g = problem.grad(x if second_order else x.detach())
     state = learner.init_for(problem, x, g)
-    searched = learner.unroll_line_search == "armijo"
     values, penalties, infos, iterates = [problem.value(x)], [], [], [x]
     objectives = [problem.meta_objective(x, values[0])] if meta_objective else []
     alive = torch.ones_like(values[0], dtype=torch.bool)
@@ -138,7 +139,7 @@ def unroll(
             x_next, state, info = learner.step(state, x, g)
             if searched:
                 finite = torch.isfinite(x_next.detach()).all(-1)  # the search keeps a non-finite step at x
-                x_next, search = armijo_step(problem, x, f, g, x_next)
+                x_next, search = armijo_step(problem, x, f, g, x_next, optimizer.max_evals)
                 state = learner.with_step_length(state, search.t)
                 info = {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
         if divergence_guard is not None:
@@ -183,17 +184,18 @@ def unroll(
     )
 
 
-def run(optimizer: Optimizer, problem: Problem, steps: int) -> Unroll:
+def run(optimizer: Optimizer | Backtracked, problem: Problem, steps: int) -> Unroll:
     """Evaluate any optimizer: no graph, learned modules in eval mode, iterates kept."""
-    was_training = isinstance(optimizer, nn.Module) and optimizer.training
-    if isinstance(optimizer, nn.Module):
-        optimizer.eval()
+    module = optimizer.optimizer if isinstance(optimizer, Backtracked) else optimizer
+    was_training = isinstance(module, nn.Module) and module.training
+    if isinstance(module, nn.Module):
+        module.eval()
     try:
         with torch.no_grad():
             return unroll(optimizer, problem, steps, keep_iterates=True)
     finally:
         if was_training:
-            optimizer.train()
+            module.train()
 
 
 class MetaLoss(nn.Module):
@@ -202,16 +204,31 @@ class MetaLoss(nn.Module):
     The objective is the mean of `problem.meta_objective` (f itself for analytic tasks; Eq. 13's terms for
     HMR) over the iterates x_1..x_K, and also over x_0 when the learner predicts it (`initial_point`, as
     LGD supervises its initial estimate), plus the learner's penalties (the secant term). With burn_in = m
-    the K iterates are x_{m+1}..x_{m+K}, after m steps without a graph (`unroll`).
+    the K iterates are x_{m+1}..x_{m+K}, after m steps without a graph (`unroll`). line_search: the driver's
+    (`meta.line_search`), "armijo" to unroll the learner behind `Backtracked`.
+
+    scored "before" and discount gamma < 1 give the authors' example (`meta.scored`, `meta.discount`): the
+    n = K iterates x_0..x_{K-1} and the penalties of the steps that produced x_1..x_{K-1}, each term of x_k
+    weighted gamma^(n-1-k), both sums divided by n.
     """
 
-    def __init__(self, learner: LearnedOptimizer, steps: int, second_order: bool = False, divergence_guard: float | None = None) -> None:
+    def __init__(
+        self,
+        learner: LearnedOptimizer,
+        steps: int,
+        second_order: bool = False,
+        divergence_guard: float | None = None,
+        line_search: str = "none",
+        scored: str = "after",
+        discount: float = 1.0,
+    ) -> None:
         super().__init__()
         self.learner, self.steps, self.second_order, self.divergence_guard = learner, steps, second_order, divergence_guard
+        self.line_search, self.scored, self.discount = line_search, scored, discount
 
     def forward(self, problem: Problem, burn_in: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         result = unroll(
-            self.learner,
+            with_line_search(self.learner, self.line_search),
             problem,
             self.steps,
             second_order=self.second_order,
@@ -219,9 +236,16 @@ class MetaLoss(nn.Module):
             meta_objective=True,
             burn_in=burn_in,
         )
-        first = 0 if self.learner.predicts_initial_point else 1
-        objective = result.objectives[first:].mean()
-        penalty = result.penalties.mean()
+        if self.scored == "after" and self.discount == 1.0:
+            first = 0 if self.learner.predicts_initial_point else 1
+            objective, penalty = result.objectives[first:].mean(), result.penalties.mean()
+        else:
+            objectives = result.objectives[:-1] if self.scored == "before" else result.objectives[1:]
+            penalties = result.penalties[:-1] if self.scored == "before" else result.penalties
+            n = objectives.shape[0]
+            weights = self.discount ** torch.arange(n - 1, -1, -1, dtype=objectives.dtype, device=objectives.device)
+            objective = (weights * objectives.mean(1)).sum() / n
+            penalty = (weights[n - penalties.shape[0] :] * penalties.mean(1)).sum() / n  # a penalty per scored x_k, k >= 1
         parts = {"objective": objective.detach(), "penalty": penalty.detach()}
         parts.update({key: value.detach().mean() for key, value in result.info.items()})
         return objective + penalty, parts
@@ -263,7 +287,7 @@ def meta_step(
     return StepResult(float(loss.detach()), float(grad_norm), not ok, {k: float(v) for k, v in parts.items()})
 
 
-def validate(learner: LearnedOptimizer, problem: Problem, steps: int) -> dict[str, float]:
+def validate(learner: LearnedOptimizer | Backtracked, problem: Problem, steps: int) -> dict[str, float]:
     """Mean over the trajectory of f(x_k) per problem, then mean and std over problems (eval mode), and the
     means of the problem's `evaluation_metrics` at the last iterate (as val_<name>)."""
     result = run(learner, problem, steps)
@@ -372,7 +396,9 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, start)
 
-    loss_module: nn.Module = MetaLoss(learner, meta.unroll_steps, meta.second_order, meta.divergence_guard)
+    loss_module: nn.Module = MetaLoss(
+        learner, meta.unroll_steps, meta.second_order, meta.divergence_guard, meta.line_search, meta.scored, meta.discount
+    )
     if hooks.wrap is not None:
         loss_module = hooks.wrap(loss_module)
     if val_problems is None:
@@ -421,7 +447,8 @@ def train(
         }
         validating = iteration % meta.val_every == 0 or iteration == meta.iterations
         if validating:
-            metrics.update(validate(learner, val_problems, meta.burn_in + meta.unroll_steps))  # the horizon trained for
+            horizon = meta.val_steps or meta.burn_in + meta.unroll_steps  # by default the horizon trained for
+            metrics.update(validate(with_line_search(learner, meta.line_search), val_problems, horizon))
             if meta.select_metric not in metrics:
                 valid = sorted(key for key in metrics if key.startswith("val_"))
                 raise ValueError(f"meta.select_metric {meta.select_metric!r} is not reported by validation; valid: {valid}")

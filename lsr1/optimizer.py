@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lsr1.learned.sr1 import LSR1, LSR1State
+from lsr1.optim.linesearch import armijo
 
 __all__ = ["LearnedSR1"]
 
@@ -34,8 +35,9 @@ class LearnedSR1(torch.optim.Optimizer):
         past it, the model would see an index it never saw. A module is used as it is.
     buffer_size: L at use time (default: as trained).
     line_search: "armijo" halves the learned step until the loss decreases enough (at most
-        `max_backtracks` extra closure calls, else no move), which keeps a model trained on other problems
-        from diverging on yours; None takes the learned step as it is, as in the paper.
+        `max_backtracks` closure calls, else no move; the project's one Armijo search, `lsr1.optim.armijo`,
+        on the closure), which keeps a model trained on other problems from diverging on yours; None takes
+        the learned step as it is, as in the paper.
     max_iter: L-SR1 iterations per `step` call, as in torch.optim.LBFGS. Within a call, the line search's
         accepted evaluation (loss and gradients at the new point) starts the next iteration, so an
         iteration costs one closure call where the first step is accepted, against two for max_iter = 1
@@ -121,13 +123,14 @@ class LearnedSR1(torch.optim.Optimizer):
             state = LSR1State(**{k: slot[k] for k in LSR1State._fields}) if slot else self.model.init(x, g)
             x_next, state, _ = self.model.step(state, x, g)
             self.state[params[0]] = state._asdict()
-            self._write(params, x_next)
             if self.line_search == "armijo":
-                accepted, calls = self._backtrack(params, closure, f, x, g, x_next - x, min(self.max_backtracks, budget - evaluations))
+                accepted, calls = self._backtrack(params, closure, f, x, g, x_next, int(min(self.max_backtracks, budget - evaluations)))
                 evaluations += calls
                 if accepted is not None:
                     f = accepted
                     continue
+            else:
+                self._write(params, x_next)
             if iteration + 1 == self.max_iter or evaluations == budget:
                 break
             with torch.enable_grad():  # the gradients at the new point (at x again after no acceptable step)
@@ -142,20 +145,22 @@ class LearnedSR1(torch.optim.Optimizer):
             offset += p.numel()
 
     def _backtrack(
-        self, params: list[Tensor], closure: Callable[[], Tensor], f0: float, x: Tensor, g: Tensor, step: Tensor, tries: float
+        self, params: list[Tensor], closure: Callable[[], Tensor], f0: float, x: Tensor, g: Tensor, x_next: Tensor, tries: int
     ) -> tuple[float | None, int]:
-        """Shrink the step (parameters already at x + step) until f <= f0 + 1e-4 t g.step, in at most `tries`
+        """Armijo from the learned step x_next, halving (`lsr1.optim.armijo` on the closure), in at most `tries`
         closure calls: the accepted f (the closure's gradients are then those of the parameters), or None
-        after staying at x; and the calls made."""
-        slope = float((g * step).sum())
-        t, calls = 1.0, 0
-        while calls < tries:
+        after staying at x; and the calls made. Trial t writes x + t (x_next - x), x_next itself at t = 1."""
+        step = x_next - x
+
+        def phi(t: Tensor) -> Tensor:
+            scale = float(t)
+            self._write(params, x_next if scale == 1.0 else x + scale * step)
             with torch.enable_grad():
-                f = float(closure().detach())
-            calls += 1
-            if f <= f0 + 1e-4 * t * slope:
-                return f, calls
-            t *= 0.5
-            self._write(params, x + t * step)
-        self._write(params, x)  # no acceptable step: stay
-        return None, calls
+                return torch.tensor([float(closure().detach())], dtype=torch.float64)
+
+        as_line = lambda value: torch.tensor([value], dtype=torch.float64)  # noqa: E731
+        t, f, calls = armijo(phi, as_line(f0), as_line(float((g * step).sum())), as_line(1.0), max_evals=tries, shrink="halve")
+        if float(t) == 0.0:
+            self._write(params, x)  # no acceptable step: stay
+            return None, int(calls)
+        return float(f), int(calls)

@@ -40,7 +40,7 @@ from lsr1.config import ExperimentConfig
 from lsr1.experiments.analysis import Curves, StepCurves, curves, markdown_table, plot_curves, step_curves
 from lsr1.learned import LearnedOptimizer
 from lsr1.learners import make_learner
-from lsr1.optim import BFGS, LBFGS, HypergradientBFGS
+from lsr1.optim import BFGS, LBFGS, HypergradientBFGS, with_line_search
 from lsr1.tasks import Problem, problem_set
 from pipeline.prepare import PrepareError, resolve_data_paths
 
@@ -60,7 +60,7 @@ def _label(config: ExperimentConfig) -> str:
         return "BFGS-LSTM step sizes"
     without = "L-SR1 w/o secant term" if config.task.name == "hmr" else "L-SR1 w/o projection"
     name = "L-SR1" if config.lsr1.lambda_sec > 0 else without
-    return name + (" (paper)" if config.lsr1.secant_penalty == "paper" else "")  # the paper-literal formulation
+    return name + (" (paper)" if config.lsr1.formulation == "paper" else "")  # the paper-literal formulation
 
 
 def _labels(configs: list[ExperimentConfig], tags: list[str]) -> list[str]:
@@ -101,13 +101,14 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
     groups: dict[str, list[Curves]] = {}
     labels = _labels([c for c, _, _ in models], [_tag(p) for p in checkpoints])
     if models[0][0].learner == "bfgs_steps":  # no buffer size: against the step-size baselines of its paper
-        group = [curves(label, m, problem, steps) for label, (_, m, _) in zip(labels, models)]
+        group = [curves(label, with_line_search(m, c.meta.line_search), problem, steps) for label, (c, m, _) in zip(labels, models)]
         group.append(curves("BFGS-Armijo", BFGS(problem, line_search="armijo"), problem, steps))
         group.append(curves("BFGS-HD per coordinate", HypergradientBFGS(per_coordinate=True), problem, steps))
         groups["BFGS step sizes"] = group
     for size in buffer_sizes if models[0][0].learner == "lsr1" else ():
         group = [
-            curves(f"{label} (L={size})", m.with_settings(buffer_size=size), problem, steps) for label, (_, m, _) in zip(labels, models)
+            curves(f"{label} (L={size})", with_line_search(m.with_settings(buffer_size=size), c.meta.line_search), problem, steps)
+            for label, (c, m, _) in zip(labels, models)
         ]
         group.append(curves(f"L-BFGS (m={size})", LBFGS(problem, memory=size), problem, steps))
         groups[f"L = {size}"] = group
@@ -175,7 +176,8 @@ def evaluate_hmr(
     problem = problem_set(config.task, "test", hmr=config.hmr)
     labels = _labels([c for c, _, _ in models], [_tag(p) for p in checkpoints])
     names = list(names) + labels[len(names) :]
-    methods = {name: (lambda part, m=model: (m, part)) for name, (_, model, _) in zip(names, models)}
+    driven = [with_line_search(model, c.meta.line_search) for c, model, _ in models]
+    methods = {name: (lambda part, m=m: (m, part)) for name, m in zip(names, driven)}
     first = models[0][1]
     lbfgs = f"L-BFGS (m={HMR_LBFGS_MEMORY}) from the {names[0]} initializer"
     methods[lbfgs] = lambda part: (lambda begin: (LBFGS(begin, memory=HMR_LBFGS_MEMORY), begin))(starting_from_initializer(part, first))

@@ -37,7 +37,7 @@ from ray.tune import Callback
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, config_to_dict, load_config
 from lsr1.experiments.analysis import curves, plot_curves
-from lsr1.optim import BFGS, LBFGS
+from lsr1.optim import BFGS, LBFGS, with_line_search
 from lsr1.tasks import problem_set
 from pipeline.cluster import (
     RESOURCE_TIMEOUT_S,
@@ -236,12 +236,8 @@ def compare(top: list[dict[str, Any]], steps: int, out: Path, baselines: list[Pa
     problem = problem_set(task, "test", dtype=torch.float64)
     lines, rows = [], []
     for entry, config, model, _ in loaded:
-        if config.learner == "lsr1":  # each trial at its own L
-            curve = curves(
-                f"{entry['trial']} (L={config.lsr1.buffer_size})", model.with_settings(buffer_size=config.lsr1.buffer_size), problem, steps
-            )
-        else:
-            curve = curves(entry["trial"], model, problem, steps)
+        label = f"{entry['trial']} (L={config.lsr1.buffer_size})" if config.learner == "lsr1" else entry["trial"]  # each trial at its own L
+        curve = curves(label, with_line_search(model, config.meta.line_search), problem, steps)
         lines.append(curve)
         rows.append(_row(entry, {"test_final_gap": float(curve.gap[-1]), "test_mean_objective": float(curve.objective[1:].mean())}))
     if loaded[0][1].learner == "lsr1":

@@ -28,7 +28,7 @@ def test_every_preset_loads(path):
 def test_quadratic_paper_preset_has_the_papers_settings():
     c = load_config("configs/quadratic_paper.yaml")
     assert (c.lsr1.buffer_size, c.meta.unroll_steps, c.lsr1.gamma1, c.lsr1.gamma2, c.lsr1.lambda_sec) == (8, 16, 0.4, 0.001, 100.0)
-    assert (c.lsr1.secant_penalty, c.lsr1.identity_in_step, c.lsr1.input_scaling, c.lsr1.curvature_scale) == (
+    assert (c.lsr1.formulation, c.lsr1.identity_in_step, c.lsr1.input_scaling, c.lsr1.curvature_scale) == (
         "paper",
         False,
         "none",
@@ -41,7 +41,7 @@ def test_quadratic_paper_preset_has_the_papers_settings():
 def test_quadratic_preset_is_the_paper_problem_with_the_projects_formulation():
     ours, paper = load_config("configs/quadratic.yaml"), load_config("configs/quadratic_paper.yaml")
     assert (ours.task.dim, ours.task.test_dim, ours.task.batch_size, ours.meta.unroll_steps, ours.lsr1.buffer_size) == (2, 10, 128, 16, 8)
-    assert ours.lsr1.secant_penalty == "applied" and ours.lsr1.identity_in_step and ours.lsr1.curvature_scale == "secant"
+    assert ours.lsr1.formulation == "project" and ours.lsr1.identity_in_step and ours.lsr1.curvature_scale == "secant"
     assert ours.meta.iterations == paper.meta.iterations  # trained the same way
 
 
@@ -81,7 +81,7 @@ def test_unknown_key_lists_the_valid_ones():
         ("meta.lr", "section.key=value"),
         ("lsr1.vector_norm=l2", "vector_norm must be"),
         ("lsr1.first_scale=zero", "first_scale='zero': this switch was deleted"),
-        ("lsr1.formulation=official", "unknown formulation"),
+        ("lsr1.formulation=theirs", "unknown formulation"),
     ],
 )
 def test_bad_values_are_clear_errors(override, message):
@@ -123,9 +123,9 @@ def test_the_defaults_are_the_formulation_of_the_shipped_models():
 
 def test_a_formulation_sets_its_switches_and_keys_after_it_win():
     paper = load_config("configs/smoke.yaml").lsr1  # formulation: paper, lambda_sec 10 beside it
-    assert paper.secant_penalty == "paper" and paper.gamma2 == 0.001 and paper.lambda_sec == 10.0 and paper.hidden_dim == 32
-    demo = load_config("configs/hmr_demo.yaml").lsr1  # the project's (the defaults) with its own additions
-    assert (demo.secant_penalty, demo.line_search, demo.lbfgs_memory) == ("applied", "armijo", 10)
+    assert paper.formulation == "paper" and paper.gamma2 == 0.001 and paper.lambda_sec == 10.0 and paper.hidden_dim == 32
+    demo = load_config("configs/hmr_demo.yaml")  # the project's (the defaults) with its own additions
+    assert (demo.lsr1.formulation, demo.meta.line_search, demo.lsr1.lbfgs_memory) == ("project", "armijo", 10)
     # an override names a formulation over the preset's keys; a later override still wins
     literal = load_config("configs/hmr_demo.yaml", ["lsr1.formulation=paper", "lsr1.gamma1=0.1"]).lsr1
     assert literal == dataclasses.replace(
@@ -147,3 +147,30 @@ def test_a_stored_config_with_a_deleted_switch_loads_only_at_the_value_that_rema
     old = config_to_dict(load_config("configs/quadratic_paper.yaml"))
     del old["lsr1"]["global_features"], old["lsr1"]["eval_norm"]
     assert config_of({"config": old}) == load_config("configs/quadratic_paper.yaml")
+
+
+def test_a_stored_config_from_before_the_line_search_moved_to_the_driver_is_migrated():
+    from lsr1.checkpoint import config_of
+
+    demo = load_config("configs/hmr_demo.yaml")
+    old = config_to_dict(demo)
+    del old["meta"]["line_search"], old["lsr1"]["formulation"]
+    old["lsr1"] |= {"line_search": "armijo", "secant_penalty": "applied", "vector_init_scale": 0.001}
+    assert config_of({"config": old}) == demo
+    # LGD's run of the same preset stored the lsr1 section too, but its steps were never searched
+    lgd = config_of({"config": {**old, "learner": "lgd"}})
+    assert lgd.meta.line_search == "none" and lgd.learner == "lgd"
+    old["lsr1"]["secant_penalty"] = "paper"
+    assert config_of({"config": old}).lsr1.formulation == "paper"
+
+
+def test_moved_keys_name_their_new_place_and_lgd_refuses_a_line_search():
+    with pytest.raises(ConfigError, match="lsr1.secant_penalty moved to lsr1.formulation"):
+        load_config("configs/quadratic.yaml", ["lsr1.secant_penalty=paper"])
+    with pytest.raises(ConfigError, match="lsr1.line_search moved to meta.line_search"):
+        load_config("configs/quadratic.yaml", ["lsr1.line_search=armijo"])
+    with pytest.raises(ConfigError, match="vector_init_scale=0.5: this switch was deleted"):
+        load_config("configs/quadratic.yaml", ["lsr1.vector_init_scale=0.5"])
+    with pytest.raises(ConfigError, match="learner 'lgd'.*meta.line_search=none"):
+        load_config("configs/hmr_demo.yaml", ["learner=lgd"])
+    assert load_config("configs/hmr_demo.yaml", ["learner=lgd", "meta.line_search=none"]).meta.line_search == "none"

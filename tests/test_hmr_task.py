@@ -13,6 +13,7 @@ from lsr1.learned import LGD, LSR1
 from lsr1.learned.initializer import WithInitializer
 from lsr1.learners import make_learner
 from lsr1.meta import MetaLoss, run, step_metrics, train, unroll
+from lsr1.optim import Backtracked, with_line_search
 from lsr1.tasks import HMRProblem, problem_set, random_quadratics
 from lsr1.tasks.hmr import amass_problem, load_joint_model, pw3d_arrays, pw3d_problem
 from tests.helpers import smoketest_meta_step, smoketest_optimizer, smoketest_task
@@ -99,9 +100,9 @@ def test_initializer_and_update_module_meta_train_as_one_learner(hmr_data, learn
 
 
 def test_an_lsr1_update_with_a_line_search_searches_behind_the_initializer_too(hmr_data):  # noqa: F811
-    config = hmr_config(hmr_data, "lsr1.line_search=armijo", "hmr.init_hidden_dim=32", "task.batch_size=8")
-    model = make_learner(config).eval()
-    assert model.unroll_line_search == "armijo" and make_learner(hmr_config(hmr_data, "learner=lgd")).unroll_line_search == "none"
+    config = hmr_config(hmr_data, "meta.line_search=armijo", "hmr.init_hidden_dim=32", "task.batch_size=8")
+    model = with_line_search(make_learner(config).eval(), config.meta.line_search)
+    assert isinstance(model, Backtracked) and isinstance(model.optimizer, WithInitializer)
     result = run(model, problem_set(config.task, "train", 0, hmr=config.hmr), 3)
     assert (result.values[1:] <= result.values[:-1]).all() and (result.info["evaluations"] >= 1).all()
 

@@ -3,9 +3,10 @@ import copy
 import pytest
 import torch
 
-from lsr1.config import FORMULATIONS, LSR1Config
+from lsr1.config import FORMULATIONS, LSR1Config, load_config
 from lsr1.learned import LSR1, applied_secant_residual, precondition, secant_residual
 from lsr1.meta import run
+from lsr1.optim import Backtracked
 from lsr1.optim.base import fifo_push
 from lsr1.tasks import Quadratic, random_quadratics
 from tests.helpers import assert_close, smoketest_meta_step, smoketest_optimizer
@@ -182,9 +183,9 @@ def test_applied_penalty_is_zero_at_the_newton_step_and_positive_at_a_short_step
 
 
 def test_applied_penalty_measures_the_operator_of_the_step():
-    """meta_penalty with secant_penalty 'applied' is ||p - alpha (c s q + sum v v^T q)||^2 / ||p||^2 of the
+    """meta_penalty with formulation 'project' is ||p - alpha (c s q + sum v v^T q)||^2 / ||p||^2 of the
     step it follows, with the state's own alpha, s and buffer, in dense form."""
-    model = _small(secant_penalty="applied", identity_in_step=True, curvature_scale="secant", lambda_sec=3.0).double()
+    model = _small(formulation="project", identity_in_step=True, curvature_scale="secant", lambda_sec=3.0).double()
     problem = random_quadratics(3, 5, seed=4, dtype=torch.float64)
     x0 = problem.x0
     g0 = problem.grad(x0)
@@ -255,7 +256,7 @@ def test_a_shipped_model_loaded_with_its_step_index_held_changes_only_past_its_t
 
 
 def test_paper_penalty_is_equation_8_as_written():
-    model = _small(secant_penalty="paper", identity_in_step=True, curvature_scale="secant", lambda_sec=2.0).double()
+    model = _small(formulation="paper", identity_in_step=True, curvature_scale="secant", lambda_sec=2.0).double()
     problem = random_quadratics(2, 4, seed=8, dtype=torch.float64)
     x0 = problem.x0
     g0 = problem.grad(x0)
@@ -271,7 +272,7 @@ VARIANTS = [
     dict(),  # the paper's
     dict(eval_norm="problem"),
     dict(
-        secant_penalty="applied",
+        formulation="project",
         identity_in_step=True,
         input_scaling="rms",
         curvature_scale="secant",
@@ -336,7 +337,7 @@ def test_unroll_marks_frozen_problems_inactive_in_the_state():
 def test_a_non_finite_step_under_the_line_search_freezes_its_problem_at_its_iterate():
     from lsr1.meta import unroll
 
-    model = _small(identity_in_step=True, line_search="armijo").double()
+    model = _small(identity_in_step=True).double()
     problem = random_quadratics(3, 4, seed=2, dtype=torch.float64)
     step = model.step
 
@@ -345,7 +346,7 @@ def test_a_non_finite_step_under_the_line_search_freezes_its_problem_at_its_iter
         return x_next.index_fill(0, torch.tensor([2]), float("nan")), state, info
 
     model.step = poisoned
-    result = unroll(model, problem, 3, divergence_guard=10.0, keep_iterates=True)
+    result = unroll(Backtracked(model), problem, 3, divergence_guard=10.0, keep_iterates=True)
     assert result.info["diverged"][-1].tolist() == [0.0, 0.0, 1.0] and result.state.active.tolist() == [1.0, 1.0, 0.0]
     assert torch.isfinite(result.iterates).all() and torch.equal(result.iterates[-1, 2], problem.x0[2])
     assert (result.values[-1, :2] < result.values[0, :2]).all()
@@ -428,20 +429,28 @@ def test_lbfgs_memory_needs_the_identity_in_the_step():
 
 
 def test_line_search_armijo_shortens_every_step_in_the_driver_and_keeps_the_meta_gradient_of_the_direction():
-    from lsr1.config import ConfigError
+    from lsr1.config import ConfigError, MetaConfig
     from lsr1.meta import unroll
-    from lsr1.optim import Backtracked
+    from lsr1.optim import armijo_step
 
     options = dict(identity_in_step=True, curvature_scale="secant", lbfgs_memory=3, gamma1=2.0)  # long steps
     torch.manual_seed(0)
-    searched = _small(**options, line_search="armijo").double()
-    plain = copy.deepcopy(searched)
-    plain.unroll_line_search = "none"
+    model = _small(**options).double()
+    searched = Backtracked(model)
     problem = random_quadratics(4, 6, seed=3, dtype=torch.float64)
-    # evaluation: the same iterates as the plain model wrapped in the test-time safeguard
-    ours, wrapped = run(searched, problem, 6), run(Backtracked(plain.eval(), problem), problem, 6)
-    assert torch.equal(ours.iterates, wrapped.iterates)
-    assert torch.equal(ours.info["evaluations"], wrapped.info["evaluations"]) and (ours.info["evaluations"] >= 1).all()
+    # evaluation: the iterates of the learner's steps, each shortened by the one Armijo search, written out
+    ours = run(searched, problem, 6)
+    x, f, g = problem.x0, problem.value(problem.x0), problem.grad(problem.x0)
+    state, iterates, evaluations = model.eval().init(x, g), [x], []
+    with torch.no_grad():
+        for _ in range(6):
+            proposal, state, _ = model.step(state, x, g)
+            x, search = armijo_step(problem, x, f, g, proposal)
+            state, f, g = model.with_step_length(state, search.t), search.f, search.g
+            iterates.append(x)
+            evaluations.append(search.evaluations.double())
+    assert torch.equal(ours.iterates, torch.stack(iterates))
+    assert torch.equal(ours.info["evaluations"], torch.stack(evaluations)) and (ours.info["evaluations"] >= 1).all()
     assert (ours.values[1:] <= ours.values[:-1]).all() and (ours.info["step_length"] < 1).any()
     # f and its gradient at the accepted point come from the search: one gradient per step, none twice
     grads = []
@@ -452,20 +461,22 @@ def test_line_search_armijo_shortens_every_step_in_the_driver_and_keeps_the_meta
     # training: the step length is a statistic, the direction carries the meta-gradient; the divergence guard
     # reads f at the accepted point from the search: batched calls for f(x_0), each round of trials, and
     # each recorded f(x_k)
-    searched.train()
+    model.train()
     values = []
     counting.value = lambda x: values.append(1) or problem.value(x)
     result = unroll(searched, counting, 3, divergence_guard=1e6)
     assert len(values) == 1 + int(result.info["evaluations"].amax(-1).sum()) + 3
     result.values[1:].mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in searched.parameters() if p.requires_grad)
-    assert searched.vector_generator.fc2.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    assert model.vector_generator.fc2.weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="line_search"):
-        LSR1Config(line_search="wolfe")
+        MetaConfig(line_search="wolfe")
+    with pytest.raises(ConfigError, match="lsr1.line_search moved to meta.line_search"):
+        load_config(None, ["lsr1.line_search=armijo"])
 
 
 def test_after_a_shortened_step_the_applied_penalty_measures_the_step_taken():
-    model = _small(identity_in_step=True, curvature_scale="secant", secant_penalty="applied", lambda_sec=1.0).double().eval()
+    model = _small(identity_in_step=True, curvature_scale="secant", formulation="project", lambda_sec=1.0).double().eval()
     problem = random_quadratics(3, 5, seed=4, dtype=torch.float64)
     x, g = problem.x0, problem.grad(problem.x0)
     proposal, state, _ = model.step(model.init(x, g), x, g)

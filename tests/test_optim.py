@@ -151,9 +151,9 @@ def test_backtracking_keeps_a_diverging_step_rule_monotone_and_leaves_good_steps
     problem = diagonal_quadratics(3, 8, seed=0, cond=100, dtype=torch.float64)  # eigenvalues up to 1
     diverging = run(GradientDescent(3.0), problem, 20).values  # beyond 2 / lambda_max
     assert diverging[-1].min() > diverging[0].max()
-    safe = run(Backtracked(GradientDescent(3.0), problem), problem, 20).values
+    safe = run(Backtracked(GradientDescent(3.0)), problem, 20).values
     assert (safe[1:] <= safe[:-1] + 1e-12).all() and (safe[-1] < safe[0]).all()
-    plain, guarded = run(GradientDescent(0.5), problem, 5), run(Backtracked(GradientDescent(0.5), problem), problem, 5)
+    plain, guarded = run(GradientDescent(0.5), problem, 5), run(Backtracked(GradientDescent(0.5)), problem, 5)
     assert torch.equal(plain.values, guarded.values)  # every step of 0.5 already decreases f enough
 
 
@@ -162,10 +162,10 @@ def test_backtracking_evaluates_f_at_its_trial_points_only():
     calls = []
     counting = copy.copy(problem)
     counting.value = lambda x: calls.append(1) or problem.value(x)
-    result = run(Backtracked(GradientDescent(3.0), counting), counting, 5)
-    # run records f(x_0)..f(x_5); the wrapper evaluates f(x_0) once, then only its search's trial points
-    # (the accepted one's value starts the next search)
-    assert len(calls) == 6 + 1 + int(result.info["evaluations"].sum())
+    result = run(Backtracked(GradientDescent(3.0)), counting, 5)
+    # run records f(x_0)..f(x_5), and the driver's search starts from the recorded f(x_0), then evaluates
+    # only its trial points (the accepted one's value starts the next search)
+    assert len(calls) == 6 + int(result.info["evaluations"].sum())
 
 
 def test_backtracking_leaves_a_problem_with_a_non_finite_direction_where_it_is_without_evaluating():
@@ -210,3 +210,24 @@ def test_a_pair_too_small_to_square_in_float32_is_not_kept_by_the_quasi_newton_m
     memory, ok = lbfgs_memory_update(empty_memory(s, 3), s, y)
     assert ok.tolist() == [False, True]
     assert torch.isfinite(two_loop(memory, torch.ones(2, 4))).all()
+
+
+def test_the_one_armijo_search_halves_or_interpolates_and_gives_up_at_no_move():
+    from lsr1.optim import armijo
+
+    trials = []
+
+    def phi(t):  # f along the line: 1 - t + 2 t^2 from f0 = 1, slope -1; Armijo holds for t <= 0.49995
+        trials.append(t.clone())
+        return 1.0 - t + 2.0 * t * t
+
+    one = torch.ones(2, dtype=torch.float64)
+    t, f, evaluations = armijo(phi, one, -one, one * torch.tensor([1.0, 0.25], dtype=torch.float64), shrink="halve")
+    assert t.tolist() == [0.25, 0.25] and evaluations.tolist() == [3, 1] and torch.equal(f, 1.0 - t + 2.0 * t * t)
+    assert [float(trial[0]) for trial in trials] == [1.0, 0.5, 0.25]
+    t, _, evaluations = armijo(phi, one, -one, one, shrink="interpolate")
+    assert t[0] == 0.25 and evaluations[0] == 2  # the quadratic through f0, the slope and f(1) is phi itself: its minimiser
+    t, f, evaluations = armijo(phi, one, -one, one, max_evals=1)  # no acceptable trial within the budget: stay
+    assert t.tolist() == [0.0, 0.0] and torch.equal(f, one) and evaluations.tolist() == [1, 1]
+    with pytest.raises(ValueError, match="shrink"):
+        armijo(phi, one, -one, one, shrink="third")

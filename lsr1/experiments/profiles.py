@@ -174,7 +174,7 @@ def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
     the paper-literal one as in Table 7) and BFGS-LSTM, from the shipped models."""
     return {
         "L-SR1": (lambda p, setting: _shipped(setting), _models("", GENERAL_MODELS)),
-        "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting), p.problem), _models("", GENERAL_MODELS)),
+        "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting)), _models("", GENERAL_MODELS)),
         "L-SR1 w/o projection": (lambda p, setting: _shipped(setting), _models("_noproj")),
         "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE, None, None)), None),
         "BFGS-LSTM": (lambda p, _: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64), None),

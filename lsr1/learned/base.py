@@ -23,8 +23,6 @@ class LearnedOptimizer(nn.Module):
 
     # whether `initial_point` predicts x_0 (an initializer network), so that the meta-loss scores x_0 too
     predicts_initial_point: bool = False
-    # "armijo": the driver shortens each proposed step by backtracking on f (`lsr1.line_search`)
-    unroll_line_search: str = "none"
 
     def init(self, x0: Tensor, g0: Tensor) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement init(x0, g0)")
@@ -49,7 +47,8 @@ class LearnedOptimizer(nn.Module):
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), {}
 
     def with_step_length(self, state: Any, t: Tensor) -> Any:
-        """The state after a line search took t (B,) times the proposed step. Default: unchanged."""
+        """The state after the driver's line search (`lsr1.optim.Backtracked`) took t (B,) times the proposed
+        step. Default: unchanged."""
         return state
 
     def with_active(self, state: Any, active: Tensor) -> Any:

@@ -66,10 +66,6 @@ class WithInitializer(LearnedOptimizer):
     def step(self, state: Any, x: Tensor, g: Tensor) -> tuple[Tensor, Any, Info]:
         return self.update.step(state, x, g)
 
-    @property
-    def unroll_line_search(self) -> str:  # type: ignore[override]
-        return self.update.unroll_line_search
-
     def with_step_length(self, state: Any, t: Tensor) -> Any:
         return self.update.with_step_length(state, t)
 

@@ -80,12 +80,19 @@ class OfficialLSR1(LearnedOptimizer):
     """The authors' L-SR1 step; `lsr1.pretrained.from_official` loads their weights into it."""
 
     def __init__(
-        self, buffer_size: int = 4, alpha1: float = 0.4, alpha2: float = 0.001, width: int = 256, features: int = 128, dropout: float = 0.2
+        self,
+        buffer_size: int = 4,
+        alpha1: float = 0.4,
+        alpha2: float = 0.001,
+        width: int = 256,
+        features: int = 128,
+        dropout: float = 0.2,
+        secant_weight: float = 10.0,
     ) -> None:
         super().__init__()
         if buffer_size < 1 or alpha1 <= 0:
             raise ValueError(f"OfficialLSR1: buffer_size must be >= 1 and alpha1 > 0, got {buffer_size} and {alpha1}")
-        self.buffer_size, self.alpha1, self.alpha2 = buffer_size, alpha1, alpha2
+        self.buffer_size, self.alpha1, self.alpha2, self.secant_weight = buffer_size, alpha1, alpha2, secant_weight
         self.learned_terms = True  # False: v = 0, the identity kept, alpha = alpha1: x - alpha1 g
         self.encoder = _MLP(5, features, width, dropout)  # E
         self.vector_generator = _MLP(features, 1, width, dropout)  # P
@@ -124,5 +131,13 @@ class OfficialLSR1(LearnedOptimizer):
         buffer = torch.cat([state.buffer[:, 1:], v.unsqueeze(1)], dim=1)  # FIFO: the oldest drops out
         pushed = state.pushed + 1
         d = -self.operator(buffer, pushed, g)
-        info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1), "secant_miss": (b_old - dx).pow(2).mean(-1)}
-        return x + alpha * d, OfficialState(x, g, buffer, pushed), info
+        info = {"step_size": alpha.mean(-1), "v_norm": v.norm(dim=-1)}
+        return x + alpha * d, OfficialState(x.detach(), g.detach(), buffer, pushed), info
+
+    def meta_penalty(self, state: OfficialState, x: Tensor, g: Tensor) -> tuple[Tensor, Info]:
+        """Their secant term for the step that produced x: secant_weight * mean_d (B~ dg - dx)^2, B~ the operator
+        of that step (renormalised to ||dg||) and dx without a graph, so that only the vectors in B~ learn
+        from it: it trains the alignment of B~ dg with dx."""
+        dx, dg = (x - state.x_prev).detach(), (g - state.g_prev).detach()
+        miss = (self.operator(state.buffer, state.pushed, dg) - dx).pow(2).mean(-1)
+        return self.secant_weight * miss, {"secant_residual": miss}

@@ -100,6 +100,12 @@ def _log_ratio(a: Tensor, b: Tensor, limit: float = 10.0) -> Tensor:
     return (torch.log(a.norm(dim=-1).clamp_min(tiny)) - torch.log(b.norm(dim=-1).clamp_min(tiny))).clamp(-limit, limit)
 
 
+# P's last layer starts this much smaller than torch's default: a small untrained preconditioner keeps the first
+# unrolls finite (with torch's scale, B = sum v v^T is large enough on ill-conditioned training quadratics that
+# most batches diverge)
+VECTOR_INIT_SCALE = 0.1
+
+
 class LSR1(LearnedOptimizer):
     """The learned optimizer; `config` fixes the architecture, `buffer_size` may differ at test time.
     horizon: the last step meta-training reaches, K unrolled steps after up to meta.burn_in detached ones
@@ -116,7 +122,6 @@ class LSR1(LearnedOptimizer):
         self.lambda_sec = config.lambda_sec
         self.identity_weight = 1.0 if config.identity_in_step else 0.0  # c
         self.learned_terms = True  # False: v = 0 and alpha = gamma1 (`without_learned_terms`)
-        self.unroll_line_search = config.line_search  # applied by the driver (lsr1.meta.unroll), which holds f
         self._inputs = [ENCODER_INPUTS.index(name) for name in config.encoder_inputs]
         # eval_norm: BatchNorm at evaluation never mixes problems (docs/design.md §3): running statistics, or each
         # problem's own statistics over its coordinates
@@ -126,11 +131,9 @@ class LSR1(LearnedOptimizer):
         self.encoder = ElementwiseMLP(width, h, **mlp)  # E: state -> features
         self.vector_generator = ElementwiseMLP(h, 1, **mlp)  # P: features -> v
         self.lr_generator = ElementwiseMLP(h, 1, **mlp)  # G: features -> log step size
-        # A small untrained preconditioner keeps the first unrolls finite: with torch's default scale,
-        # B = sum v v^T is large enough on ill-conditioned training quadratics that most batches diverge.
         with torch.no_grad():
-            self.vector_generator.fc2.weight.mul_(config.vector_init_scale)
-            self.vector_generator.fc2.bias.mul_(config.vector_init_scale)
+            self.vector_generator.fc2.weight.mul_(VECTOR_INIT_SCALE)
+            self.vector_generator.fc2.bias.mul_(VECTOR_INIT_SCALE)
 
     def init(self, x0: Tensor, g0: Tensor) -> LSR1State:
         check_pair(x0, g0, "LSR1")
@@ -260,7 +263,7 @@ class LSR1(LearnedOptimizer):
         return precondition(buffer, u, 0.0) + self.identity_weight * base
 
     def _residual(self, buffer: Tensor, pairs: LBFGSMemory, alpha: Tensor, scale: Tensor, p: Tensor, q: Tensor) -> Tensor:
-        if self.config.secant_penalty == "applied":
+        if self.config.formulation == "project":
             return _relative_miss(p, alpha * self._operator(buffer, pairs, scale, q))
         return secant_residual(buffer, p, q)
 

@@ -6,13 +6,14 @@ from lsr1.optim.bfgs import BFGS
 from lsr1.optim.first_order import Adam, GradientDescent
 from lsr1.optim.hypergradient import BFGSDirection, HypergradientBFGS
 from lsr1.optim.lbfgs import LBFGS
-from lsr1.optim.linesearch import backtracking, line_search, strong_wolfe
-from lsr1.optim.safeguard import Backtracked, armijo_step
+from lsr1.optim.linesearch import armijo, backtracking, line_search, strong_wolfe
+from lsr1.optim.safeguard import Backtracked, armijo_step, with_line_search
 from lsr1.optim.sr1 import SR1
 
 __all__ = [
     "BFGS",
     "Backtracked",
+    "armijo",
     "armijo_step",
     "BFGSDirection",
     "HypergradientBFGS",
@@ -26,4 +27,5 @@ __all__ = [
     "backtracking",
     "line_search",
     "strong_wolfe",
+    "with_line_search",
 ]

@@ -4,10 +4,15 @@ All problems are evaluated together at each trial (analytic problems are cheap t
 problems that have finished keep their accepted point. Each search returns the step t (B,), f and g at
 x + t d, and the number of trial evaluations per problem. A search that fails keeps the best point that
 satisfies the sufficient-decrease condition, which may be t = 0 (no move).
+
+`armijo` is the one Armijo backtracking of the project, on the line function phi(t) = f(x + t d): the
+hand-designed optimizers (`backtracking`), the driver's search behind a learner (`lsr1.optim.Backtracked`)
+and `lsr1.LearnedSR1`, whose phi calls the user's closure, all run it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -15,9 +20,20 @@ from torch import Tensor
 
 from lsr1.optim.base import Objective
 
-__all__ = ["LINE_SEARCHES", "LineSearchResult", "backtracking", "fixed_step", "line_search", "stepped", "strong_wolfe"]
+__all__ = [
+    "LINE_SEARCHES",
+    "SHRINK_RULES",
+    "LineSearchResult",
+    "armijo",
+    "backtracking",
+    "fixed_step",
+    "line_search",
+    "stepped",
+    "strong_wolfe",
+]
 
 LINE_SEARCHES = ("strong_wolfe", "armijo", "fixed")
+SHRINK_RULES = ("interpolate", "halve")
 
 
 class LineSearchResult(NamedTuple):
@@ -132,6 +148,45 @@ def strong_wolfe(
     return LineSearchResult(t_out, f_out, g_out, evaluations)
 
 
+def armijo(
+    phi: Callable[[Tensor], Tensor],
+    f0: Tensor,
+    slope: Tensor,
+    t0: Tensor,
+    c1: float = 1e-4,
+    max_evals: int = 30,
+    shrink: str = "interpolate",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Armijo backtracking on the line function phi: (B,) steps -> (B,) values, batched: the first trial t,
+    from t0, with phi(t) <= f0 + c1 t slope (slope = g0 . d < 0) and phi(t) finite. After a rejected trial t
+    shrinks by safeguarded quadratic interpolation ("interpolate": to 0.1 to 0.5 of itself) or by half
+    ("halve"). A problem that accepts no trial within max_evals keeps t = 0 (no move) and f0; one whose slope
+    is not finite (a direction with an Inf or NaN) evaluates nothing. -> (t, phi(t), evaluations), each (B,)."""
+    if shrink not in SHRINK_RULES:
+        raise ValueError(f"unknown shrink rule {shrink!r}; valid: {list(SHRINK_RULES)}")
+    done = ~torch.isfinite(slope)
+    evaluations = torch.zeros_like(f0, dtype=torch.long)
+    t_out, f_out, t = torch.zeros_like(f0), f0, t0
+    for _ in range(max_evals):
+        active = ~done
+        if not bool(active.any()):
+            break
+        f = phi(t)
+        evaluations = evaluations + active.long()
+        accept = active & (f <= f0 + c1 * t * slope) & torch.isfinite(f)
+        t_out = torch.where(accept, t, t_out)
+        f_out = torch.where(accept, f, f_out)
+        done = done | accept
+        if shrink == "halve":
+            t_next = 0.5 * t
+        else:
+            t_quad = -slope * t * t / (2.0 * (f - f0 - slope * t))
+            t_quad = torch.where(torch.isfinite(t_quad), t_quad, 0.5 * t)
+            t_next = torch.minimum(torch.maximum(t_quad, 0.1 * t), 0.5 * t)
+        t = torch.where(done, t, t_next)
+    return t_out, f_out, evaluations
+
+
 def backtracking(
     problem: Objective,
     x: Tensor,
@@ -142,27 +197,10 @@ def backtracking(
     c1: float = 1e-4,
     max_evals: int = 30,
 ) -> LineSearchResult:
-    """Armijo backtracking with safeguarded quadratic interpolation (steps shrink by 0.1 to 0.5), batched.
-    A problem whose g0.d is not finite (a direction with an Inf or NaN) can accept no step: it stays at x
-    (t = 0, f0, its gradient at x) without evaluating f."""
-    gtd0 = (g0 * d).sum(-1)
-    done = ~torch.isfinite(gtd0)
-    evaluations = torch.zeros_like(f0, dtype=torch.long)
-    t_out, f_out, t = torch.zeros_like(f0), f0, t0
-    for _ in range(max_evals):
-        active = ~done
-        if not bool(active.any()):
-            break
-        f = problem.value(x + t.unsqueeze(-1) * d)
-        evaluations = evaluations + active.long()
-        accept = active & (f <= f0 + c1 * t * gtd0) & torch.isfinite(f)
-        t_out = torch.where(accept, t, t_out)
-        f_out = torch.where(accept, f, f_out)
-        done = done | accept
-        t_quad = -gtd0 * t * t / (2.0 * (f - f0 - gtd0 * t))
-        t_quad = torch.where(torch.isfinite(t_quad), t_quad, 0.5 * t)
-        t = torch.where(done, t, torch.minimum(torch.maximum(t_quad, 0.1 * t), 0.5 * t))
-    return LineSearchResult(t_out, f_out, problem.grad(stepped(x, t_out, d)), evaluations)
+    """`armijo` along d from x (safeguarded quadratic interpolation), with the gradient at the accepted point.
+    A problem whose g0.d is not finite stays at x (t = 0, f0, its gradient at x) without evaluating f."""
+    t, f, evaluations = armijo(lambda t: problem.value(x + t.unsqueeze(-1) * d), f0, (g0 * d).sum(-1), t0, c1, max_evals)
+    return LineSearchResult(t, f, problem.grad(stepped(x, t, d)), evaluations)
 
 
 def stepped(x: Tensor, t: Tensor, d: Tensor) -> Tensor:

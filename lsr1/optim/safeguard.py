@@ -1,19 +1,22 @@
-"""Any optimizer's step with an Armijo backtracking safeguard along it, batched: what `lsr1.LearnedSR1` does
-for one problem, for the batched harness (`lsr1.meta.run`), so that a learned optimizer can be compared with
-L-BFGS, whose steps come from a line search too, at the same number of iterations.
+"""The line search as a wrapper: `Backtracked(optimizer)` asks the driver (`lsr1.meta.unroll`, so `run` and
+`MetaLoss` too) to shorten every step the optimizer proposes by Armijo backtracking on f, which the driver
+holds. It works around any optimizer or learner and is configured with the driver (`meta.line_search`), never
+in an architecture; with it a learned optimizer is compared with L-BFGS, whose steps come from a line search
+too, at the same number of iterations. `lsr1.LearnedSR1` runs the same search (`lsr1.optim.armijo`) on a
+closure.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lsr1.optim.base import Info, Objective, Optimizer
+from lsr1.optim.base import Objective, Optimizer
 from lsr1.optim.linesearch import LineSearchResult, backtracking, stepped
 
-__all__ = ["Backtracked", "BacktrackedState", "armijo_step"]
+__all__ = ["Backtracked", "armijo_step", "with_line_search"]
 
 
 def armijo_step(
@@ -30,26 +33,20 @@ def armijo_step(
     return stepped(x, result.t, d), result
 
 
-class BacktrackedState(NamedTuple):
-    inner: Any  # the wrapped optimizer's state
-    f: Tensor  # (B,) f at the iterate `step` returned last: the search's value there, not evaluated again
-
-
 class Backtracked:
-    """optimizer's proposal x' = x + d, shortened to x + t d with the first t (from 1, by safeguarded
-    interpolation) that decreases f enough (Armijo, c1 = 1e-4); t = 0 (no move) when none is found. The
-    inner state sees the accepted point at its next step."""
+    """`optimizer` (hand-designed or learned) with each proposed step x' = x + d shortened by the driver to
+    x + t d, t the first from 1 (by safeguarded interpolation) that decreases f enough (`armijo_step`); t = 0
+    (no move) when none is found within max_evals. A learner's state hears of t (`with_step_length`)."""
 
-    def __init__(self, optimizer: Optimizer, problem: Objective, max_evals: int = 30) -> None:
-        self.optimizer, self.problem, self.max_evals = optimizer, problem, max_evals
+    def __init__(self, optimizer: Optimizer, max_evals: int = 30) -> None:
+        if isinstance(optimizer, Backtracked):
+            raise TypeError("Backtracked: the optimizer already has a line search")
+        self.optimizer, self.max_evals = optimizer, max_evals
 
-    def init(self, x0: Tensor, g0: Tensor) -> BacktrackedState:
-        return BacktrackedState(self.optimizer.init(x0, g0), self.problem.value(x0))
 
-    def step(self, state: BacktrackedState, x: Tensor, g: Tensor) -> tuple[Tensor, BacktrackedState, Info]:
-        proposal, inner, info = self.optimizer.step(state.inner, x, g)
-        x_next, search = armijo_step(self.problem, x, state.f, g, proposal, self.max_evals)
-        with_step_length = getattr(self.optimizer, "with_step_length", None)  # a learner's applied operator
-        inner = inner if with_step_length is None else with_step_length(inner, search.t)
-        info = {**info, "step_length": search.t, "evaluations": search.evaluations.to(x.dtype)}
-        return x_next, BacktrackedState(inner, search.f), info
+def with_line_search(optimizer: Any, kind: str) -> Any:
+    """The optimizer as the driver should run it under `meta.line_search` = kind: behind `Backtracked` for
+    "armijo", as it is for "none"."""
+    if kind not in ("none", "armijo"):
+        raise ValueError(f"unknown line search {kind!r}; valid: ['none', 'armijo']")
+    return Backtracked(optimizer) if kind == "armijo" else optimizer

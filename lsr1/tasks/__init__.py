@@ -9,7 +9,7 @@ from lsr1.tasks.base import Problem, derive_seed, make_generator
 from lsr1.tasks.convex import FAMILIES, ConvexProblem, convex_problems
 from lsr1.tasks.hmr import HMRProblem, hmr_problem_set
 from lsr1.tasks.mlp import MLPRegression, mlp_problems
-from lsr1.tasks.quadratic import Quadratic, diagonal_quadratics, random_quadratics
+from lsr1.tasks.quadratic import Quadratic, diagonal_quadratics, official_quadratics, random_quadratics
 from lsr1.tasks.rastrigin import Rastrigin, rastrigin
 from lsr1.tasks.rosenbrock import Rosenbrock, rosenbrock
 
@@ -26,6 +26,7 @@ __all__ = [
     "diagonal_quadratics",
     "make_generator",
     "mlp_problems",
+    "official_quadratics",
     "problem_set",
     "random_quadratics",
     "rastrigin",
@@ -63,6 +64,8 @@ def problem_set(
     if name == "quadratic":
         max_cond = None if split == "train" else task.max_cond  # training batches accept every draw (C.2.1)
         return random_quadratics(batch, n, seed, max_cond, dtype, device, log_gap=task.meta_objective == "log_gap")
+    if name == "official_quadratic":
+        return official_quadratics(batch, n, seed, dtype, device)
     if name == "diagonal_quadratic":
         return diagonal_quadratics(batch, n, seed, task.cond, dtype, device)
     if name == "rosenbrock":

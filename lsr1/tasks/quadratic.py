@@ -2,18 +2,26 @@
 
 `random_quadratics`: H = A^T A with A standard normal, scaled to unit Frobenius norm, b standard normal with
 unit norm; validation and test sets reject cond(H) > max_cond, training batches take every draw.
+`official_quadratics`: the same family as the authors' example draws it (x0 uniform in a box, no condition
+filter), with the draws that are singular in float32 redrawn and counted, where their script crashes.
 `diagonal_quadratics`: H diagonal with a given condition number, b = 0 (the performance-profile problems);
 H is kept as its diagonal so that N = 1000 costs O(N).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
 from lsr1.tasks.base import Problem, make_generator
 
-__all__ = ["Quadratic", "diagonal_quadratics", "random_quadratics"]
+__all__ = ["OFFICIAL_BOX", "Quadratic", "diagonal_quadratics", "official_quadratics", "random_quadratics"]
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_BOX = 5.12  # the authors' example: x0 uniform in [-5.12, 5.12]^N
 
 
 class Quadratic(Problem):
@@ -37,6 +45,10 @@ class Quadratic(Problem):
         if log_gap:
             self.f_star = self.value(self.x_star)
             self.initial_gap = (self.value(x0) - self.f_star).clamp_min(torch.finfo(x0.dtype).tiny)
+
+    def evaluation_metrics(self, x: Tensor) -> dict[str, Tensor]:
+        """distance: ||x - x*||, the authors' validation metric."""
+        return {"distance": (x - self.x_star).norm(dim=-1)}
 
     def meta_objective(self, x: Tensor, value: Tensor) -> Tensor:
         if not self.log_gap:
@@ -116,6 +128,27 @@ def random_quadratics(
     h, b = torch.cat(hs)[:batch], torch.cat(bs)[:batch]
     x0 = torch.randn(batch, n, generator=gen, dtype=torch.float64)
     return Quadratic(h, b, x0, log_gap).to(device, dtype)  # f* in float64, then cast
+
+
+def official_quadratics(batch: int, n: int, seed: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Quadratic:
+    """B quadratics of the family of the authors' example: H and b as `random_quadratics`, every condition
+    number, x0 uniform in [-OFFICIAL_BOX, OFFICIAL_BOX]^N. A draw whose H is singular in float32 (their
+    torch.linalg.inv fails there and the script stops) is redrawn; the count is `problem.redrawn`."""
+    gen = make_generator(seed)
+    hs, bs, kept, redrawn = [], [], 0, 0
+    while kept < batch:
+        h, b = _unit_quadratic(batch - kept, n, gen)
+        invertible = torch.linalg.inv_ex(h.float()).info == 0
+        redrawn += int((~invertible).sum())
+        hs.append(h[invertible])
+        bs.append(b[invertible])
+        kept += int(invertible.sum())
+    if redrawn:
+        log.info("official_quadratics(seed=%d): redrew %d draw(s) singular in float32", seed, redrawn)
+    x0 = OFFICIAL_BOX * (2.0 * torch.rand(batch, n, generator=gen, dtype=torch.float64) - 1.0)
+    problem = Quadratic(torch.cat(hs), torch.cat(bs), x0).to(device, dtype)
+    problem.redrawn = redrawn
+    return problem
 
 
 def diagonal_quadratics(
