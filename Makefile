@@ -55,7 +55,7 @@ QUADRATIC_SWEEP := --config configs/quadratic.yaml --num-samples 1 --grace 1000 
 	--set meta.iterations=300 --set meta.val_every=100
 # the paper-literal L-SR1 on the HMR presets (their headers say the same): the paper's switches (lsr1.config.FORMULATIONS)
 # with the HMR step size and secant weight
-HMR_PAPER := --set lsr1.formulation=paper --set lsr1.gamma1=0.1 --set lsr1.lambda_sec=1
+HMR_PAPER := --set lsr1.formulation=paper --set lsr1.gamma1=0.1 --set lsr1.lambda_sec=1 --set meta.line_search=none
 experiments: $(STAMP)
 	$(PY) -m pipeline.evaluate --checkpoint lsr1/weights/quadratic.pt --checkpoint lsr1/weights/quadratic_noproj.pt \
 	  --checkpoint lsr1/weights/quadratic_paper.pt --checkpoint lsr1/weights/mix.pt --checkpoint lsr1/weights/mix_lbfgs.pt \

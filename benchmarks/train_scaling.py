@@ -30,9 +30,9 @@ import tempfile
 from pathlib import Path
 
 from lsr1.config import load_config
+from lsr1.tasks.prepare import MANIFEST
+from lsr1.tasks.prepare import main as prepare_main
 from pipeline.cluster import connect_ray
-from pipeline.prepare import MANIFEST
-from pipeline.prepare import main as prepare_main
 from pipeline.tracking import Run
 from pipeline.train import fit_with_ray
 

@@ -143,12 +143,12 @@ class LSR1Config:
     curvature_scale: str = "secant"  # "secant": B scaled by s = |p.q| / q.q of the last step (v by sqrt(s))
     # hold the step index of the global feature log(1 + k) at the last one meta-training reaches (meta.burn_in +
     # K - 1), so that longer runs see only step indices that training saw (never binds in training; no effect
-    # without global_features; docs/results.md §4)
+    # without global_features; docs/log.md §4)
     cap_step_index: bool = False
     encoder_inputs: list[str] = field(default_factory=lambda: list(ENCODER_INPUTS))
     dropout: float = 0.0  # the paper gives no rate; LGD's blocks use 0.2
     bn_momentum: float | None = 0.01  # running statistics must average over all K steps (None: plain mean)
-    # "sqrt_dim" divides v by sqrt(N): B's added eigenvalues ||v||^2 stop growing with N (docs/results.md §4)
+    # "sqrt_dim" divides v by sqrt(N): B's added eigenvalues ||v||^2 stop growing with N (docs/log.md §2)
     vector_norm: str = "sqrt_dim"
     # BatchNorm at evaluation, never coupling problems (docs/design.md §3): torch's "running" statistics (the inputs are
     # scale-free with input_scaling rms), or each "problem"'s own statistics over its coordinates; training uses
@@ -157,7 +157,7 @@ class LSR1Config:
     # m > 0: the identity part of B (s I with `identity_in_step`) becomes H, the L-BFGS inverse Hessian of the
     # last m measured pairs (p, q) with H0 = s I (s I until the first pair passes the curvature test): the
     # learned rank-one terms and step sizes then correct a quasi-Newton operator that carries the curvature
-    # already measured (docs/results.md §9). 0: s I, Eq. 7
+    # already measured (docs/log.md §9). 0: s I, Eq. 7
     lbfgs_memory: int = 0
 
     def __post_init__(self) -> None:
@@ -338,7 +338,7 @@ class MetaConfig:
     unroll_steps: int = 16  # K
     # each meta-iteration first takes m inner steps without a graph, m drawn uniformly from 0..burn_in, then
     # unrolls K: meta-training sees the states of steps up to burn_in + K, not only the first K that a short
-    # unroll trains for (short-horizon bias; docs/results.md §4). 0: the paper's unroll from x_0
+    # unroll trains for (short-horizon bias; docs/log.md §9). 0: the paper's unroll from x_0
     burn_in: int = 0
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -364,7 +364,7 @@ class MetaConfig:
     checkpoint_every_s: float = 120.0
     seed: int = 0
     # "float64": the learner, its training batches and validation in double precision. A log10-gap
-    # meta-objective reaches float32's resolution as problems converge (docs/results.md §3)
+    # meta-objective reaches float32's resolution as problems converge (docs/log.md §9)
     dtype: str = "float32"
 
     def __post_init__(self) -> None:

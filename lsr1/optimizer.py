@@ -29,7 +29,7 @@ class LearnedSR1(torch.optim.Optimizer):
         50 (configs/mix.yaml) with its learned terms on top of an L-BFGS inverse Hessian of the last 8
         steps (`lsr1.lbfgs_memory`), and on long trajectories: each 16-step unroll starts after 0 to 48
         detached steps (`meta.burn_in`). It has the best validation loss of the shipped general-purpose
-        models at 16 and at 64 steps (docs/results.md §9). "mix_lbfgs" is the same without the burn-in,
+        models at 16 and at 64 steps (docs/log.md §9). "mix_lbfgs" is the same without the burn-in,
         "mix" without the L-BFGS part either. A name is loaded with the step index of its global features
         held at the last step meta-training reached (`lsr1.pretrained.load(name, cap_step_index=True)`):
         past it, the model would see an index it never saw. A module is used as it is.

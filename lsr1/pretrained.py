@@ -61,8 +61,10 @@ def load(
     changed = {key: value for key, value in settings.items() if value is not None}
     if not changed:
         return model
+    if isinstance(model, OfficialLSR1) and set(changed) <= {"buffer_size"}:
+        return model.with_settings(**changed)
     if not isinstance(model, LSR1):
-        raise ValueError(f"{', '.join(changed)}: L-SR1 settings; {name!r} is a {config.learner} model")
+        raise ValueError(f"{', '.join(changed)}: settings of our L-SR1; {name!r} is a {type(model).__name__} model")
     return model.with_settings(**changed)
 
 

@@ -183,6 +183,27 @@ def run_request(
     )
 
 
+def add_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """--num-cpus, --worker-resource and --resource-timeout, for a command whose workers serve one `unit` (a run,
+    a trial)."""
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    parser.add_argument(
+        "--worker-resource",
+        type=worker_resource,
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help=f"a custom Ray resource each worker of a {unit} asks for (repeatable); one per node pins a worker to each node",
+    )
+    parser.add_argument(
+        "--resource-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"wait this long for the cluster to fit a {unit} (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)",
+    )
+
+
 def worker_resource(text: str) -> tuple[str, float]:
     """`NAME=AMOUNT` of --worker-resource: a custom Ray resource (as `ray start --resources` gives nodes) per worker."""
     key, sep, amount = text.partition("=")

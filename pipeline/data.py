@@ -39,7 +39,7 @@ from lsr1.config import ExperimentConfig, HMRConfig, config_from_dict, config_to
 from lsr1.hmr.formats import PW3D_COLUMNS, in_fraction, read_frames_parquet
 from lsr1.tasks.base import derive_seed
 from lsr1.tasks.hmr import HMRProblem, amass_problem, load_joint_model, pw3d_problem
-from pipeline.prepare import PrepareError, resolve_data_paths
+from lsr1.tasks.prepare import PrepareError, resolve_data_paths
 
 if TYPE_CHECKING:
     import ray.data

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
+from lsr1.experiments.evaluate import joint_metrics
 from lsr1.experiments.profiles import ProfileResult, performance_ratios, profile
-from pipeline.evaluate import joint_metrics
 
 __all__ = ["RENDERERS", "ReportError", "render_blocks", "main"]
 

@@ -37,19 +37,20 @@ from ray.tune import Callback
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, config_to_dict, load_config
 from lsr1.experiments.analysis import curves, plot_curves
+from lsr1.experiments.evaluate import evaluate_hmr, joint_metrics, load_learner
 from lsr1.optim import BFGS, LBFGS, with_line_search
 from lsr1.tasks import problem_set
+from lsr1.tasks.prepare import PrepareError
 from pipeline.cluster import (
-    RESOURCE_TIMEOUT_S,
     ResourceError,
     admit,
     connect_ray,
-    worker_resource,
+)
+from pipeline.cluster import (
+    add_arguments as cluster_arguments,
 )
 from pipeline.console import Console, board_name, setup
 from pipeline.data import absolute_paths
-from pipeline.evaluate import evaluate_hmr, joint_metrics, load_learner
-from pipeline.prepare import PrepareError
 from pipeline.spaces import SpaceError, check_values, grid_size, load_space, to_tune, with_values
 from pipeline.storage import StorageError, add_arguments, join, resolve
 from pipeline.tracking import Run, TrackingError, tracking_uri
@@ -280,23 +281,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same --name")
     add_arguments(parser)  # --runs-dir, --storage
-    parser.add_argument(
-        "--worker-resource",
-        type=worker_resource,
-        action="append",
-        default=[],
-        metavar="NAME=AMOUNT",
-        help="a custom Ray resource each worker of a trial asks for (repeatable)",
-    )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    cluster_arguments(parser, "trial")  # --num-cpus, --worker-resource, --resource-timeout
     parser.add_argument("--smoke-test", action="store_true", help="tiny trials, to check the set-up")
-    parser.add_argument(
-        "--resource-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"wait this long for the cluster to fit a trial (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)",
-    )
     parser.add_argument("--verbose", action="store_true", help="also show Ray's, Tune's, MLflow's and the workers' own output")
     return parser.parse_args(argv)
 

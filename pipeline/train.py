@@ -43,19 +43,20 @@ import yaml
 from lsr1.checkpoint import load_checkpoint
 from lsr1.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_config
 from lsr1.meta import TrainHooks, train
+from lsr1.tasks.prepare import PrepareError, prepared_files, require_folders
 from pipeline.cluster import (
     DATA_CPUS,
-    RESOURCE_TIMEOUT_S,
     ResourceError,
     admit,
     connect_ray,
     ray_logs,
-    worker_resource,
     worker_resources,
+)
+from pipeline.cluster import (
+    add_arguments as cluster_arguments,
 )
 from pipeline.console import NAMESPACE, Console, board_name, forward_warnings, progress_hook, setup
 from pipeline.data import absolute_paths
-from pipeline.prepare import PrepareError, prepared_files, require_folders
 from pipeline.storage import StorageError, add_arguments, exists, join, resolve, touch
 from pipeline.tracking import MetricsBuffer, Run, TrackingError, tracking_uri
 
@@ -267,7 +268,8 @@ def _fit_with_board(console: Console, name: str, **fit: Any) -> None:
 
 def _finalize(config: ExperimentConfig, run: Run, dest: Path, test_steps: int, console: Console) -> dict[str, Any]:
     """Evaluate the best checkpoint on the test set and log artifacts and the model to MLflow."""
-    from pipeline.evaluate import evaluate, log_evaluation
+    from lsr1.experiments.evaluate import evaluate
+    from pipeline.evaluate import log_evaluation
 
     best = dest / "best.pt"
     payload = load_checkpoint(best)
@@ -305,27 +307,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke-test", action="store_true", help="a few iterations, to check the set-up")
     add_arguments(parser)  # --runs-dir, --storage
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    cluster_arguments(parser, "run")  # --num-cpus, --worker-resource, --resource-timeout
     parser.add_argument("--cpus-per-worker", type=float, default=None)
     parser.add_argument(
         "--gpu", action=argparse.BooleanOptionalAction, default=None, help="use GPUs (default: if the cluster has one per worker)"
     )
-    parser.add_argument(
-        "--worker-resource",
-        type=worker_resource,
-        action="append",
-        default=[],
-        metavar="NAME=AMOUNT",
-        help="a custom Ray resource each worker asks for (repeatable); one per node pins a worker to each node",
-    )
     parser.add_argument("--test-steps", type=int, default=20, help="inner steps of the final test-set evaluation")
-    parser.add_argument(
-        "--resource-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"wait this long for the cluster to fit the run (default: {RESOURCE_TIMEOUT_S:.0f} on an autoscaling cluster, else 0)",
-    )
     parser.add_argument("--verbose", action="store_true", help="also show Ray's, MLflow's and the workers' own output")
     args = parser.parse_args(argv)
     if args.workers < 1:

@@ -144,7 +144,7 @@ def test_divergence_guard_keeps_the_meta_gradient_finite():
 
 
 def test_float64_meta_training_checkpoints_in_double_and_loads_in_either_precision(tmp_path):
-    from pipeline.evaluate import load_learner
+    from lsr1.experiments.evaluate import load_learner
 
     seen = []
     hooks = TrainHooks(on_iteration=lambda i, m: seen.append(m["loss"]))

@@ -177,3 +177,19 @@ def test_the_preset_trains_their_module_on_their_meta_loss():
         g = problem.grad(x.detach())
     expected = torch.stack(values).mean() + torch.stack(secants).sum() / meta.unroll_steps
     assert_close(loss, expected)
+
+
+def test_a_trained_official_module_changes_its_buffer_size_one_way_and_shares_its_weights():
+    model = OfficialLSR1(buffer_size=4).double().eval()
+    longer = model.with_settings(buffer_size=6)
+    assert longer.buffer_size == 6 and model.buffer_size == 4 and longer.encoder is model.encoder
+    problem = random_quadratics(3, 5, seed=0, dtype=torch.float64)
+    x, g = problem.x0, problem.grad(problem.x0)
+    state = longer.init(x, g)
+    with torch.no_grad():
+        for _ in range(5):  # five vectors pushed: the identity is still in L = 6's operator, no longer in L = 4's
+            x, state, _ = longer.step(state, x, g)
+            g = problem.grad(x)
+    assert state.buffer.shape[1] == 6 and state.pushed == 5
+    with pytest.raises(ValueError, match="buffer_size"):
+        model.with_settings(buffer_size=0)

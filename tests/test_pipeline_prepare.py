@@ -11,7 +11,7 @@ import pytest
 
 from lsr1.hmr.formats import PW3D_COLUMNS, load_amass_frames, read_3dpw_split, read_frames_parquet
 from lsr1.tasks.hmr import pw3d_arrays
-from pipeline.prepare import PrepareError, main, prepare, prepared_files
+from lsr1.tasks.prepare import PrepareError, main, prepare, prepared_files
 from tests.hmr_data import hmr_config, hmr_data  # noqa: F401
 
 

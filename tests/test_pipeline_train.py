@@ -166,7 +166,7 @@ def test_evaluation_labels_name_the_checkpoint_where_two_models_would_read_the_s
     from pathlib import Path
 
     from lsr1.config import ExperimentConfig
-    from pipeline.evaluate import _labels, _tag
+    from lsr1.experiments.evaluate import _labels, _tag
 
     ours = ExperimentConfig(name="quadratic")  # the dataclass defaults are the project's formulation
     mix = dataclasses.replace(ours, name="mix")

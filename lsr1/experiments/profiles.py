@@ -14,7 +14,9 @@ operator its L-BFGS memory (as trained, or L-BFGS's 64), and for a model with gl
 their step index is held at the last step meta-training reached (`cap_step_index`: the models were
 meta-trained on 16 to 64 steps and run here for 100), with the best tuning score. "L-SR1 + Armijo" is
 "L-SR1" with Armijo backtracking along each learned step (`lsr1.optim.Backtracked`, as `lsr1.LearnedSR1`
-does), tuned the same way: L-BFGS's steps come from a line search too.
+does), tuned the same way: L-BFGS's steps come from a line search too. "L-SR1 ablation" and "L-SR1 ablation +
+Armijo" are the two with each setting's learned terms off (`without_learned_terms`: v = 0, every step size
+gamma1, the same base operator), tuned over the same settings: what the learning adds is the distance to them.
 The second learned optimizer, BFGS-LSTM (learned coordinate-wise BFGS step sizes), was meta-trained on
 convex families only: the quadratics get its least-squares model, Rosenbrock and Rastrigin its log-sum-exp
 model (the non-quadratic one); it keeps a dense N x N BFGS matrix.
@@ -43,6 +45,7 @@ import torch
 from torch import Tensor
 
 from lsr1 import pretrained
+from lsr1.learned import without_learned_terms
 from lsr1.meta import run
 from lsr1.optim import LBFGS, AdaHessian, Adam, Backtracked, GradientDescent
 from lsr1.optim.base import Optimizer
@@ -170,11 +173,14 @@ def _models(suffix: str, general: tuple[str, ...] = ()) -> Grid:
 
 
 def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
-    """L-SR1 (ours, ours with Armijo backtracking and ours without its secant penalty: model and L tuned;
-    the paper-literal one as in Table 7) and BFGS-LSTM, from the shipped models."""
+    """L-SR1 (ours, ours with Armijo backtracking, each beside its ablation, and ours without its secant penalty:
+    model and L tuned; the paper-literal one as in Table 7) and BFGS-LSTM, from the shipped models."""
     return {
         "L-SR1": (lambda p, setting: _shipped(setting), _models("", GENERAL_MODELS)),
         "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting)), _models("", GENERAL_MODELS)),
+        # the same, each setting with its learned terms off (v = 0, every step size gamma1): what the learning adds
+        "L-SR1 ablation": (lambda p, setting: without_learned_terms(_shipped(setting)), _models("", GENERAL_MODELS)),
+        "L-SR1 ablation + Armijo": (lambda p, setting: Backtracked(without_learned_terms(_shipped(setting))), _models("", GENERAL_MODELS)),
         "L-SR1 w/o projection": (lambda p, setting: _shipped(setting), _models("_noproj")),
         "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE, None, None)), None),
         "BFGS-LSTM": (lambda p, _: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64), None),

@@ -103,6 +103,15 @@ class OfficialLSR1(LearnedOptimizer):
         zeros = torch.zeros_like(x0)
         return OfficialState(zeros, zeros, x0.new_zeros(x0.shape[0], self.buffer_size, x0.shape[1]), 0)
 
+    def with_settings(self, *, buffer_size: int | None = None) -> OfficialLSR1:
+        """The same weights (shared) with another buffer size L, as `LSR1.with_settings`: the vectors kept, and
+        the step at which the identity drops out of B~."""
+        if buffer_size is not None and buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        other = copy.copy(self)
+        other.buffer_size = self.buffer_size if buffer_size is None else buffer_size
+        return other
+
     def with_learned_terms(self, on: bool) -> OfficialLSR1:
         """The same weights (shared), with the learned terms on or off (`lsr1.learned.without_learned_terms`)."""
         other = copy.copy(self)
