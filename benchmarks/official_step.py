@@ -7,6 +7,9 @@ this repository: pass the folder that holds their package (the public GitHub rep
 
     python benchmarks/official_step.py [--theirs /path/to/their/checkout] [--batch 256] [--dim 72] [--calls 20]
 
+The floor: the matrix products of the three networks alone (every nn.Linear once, on the B*D coordinates),
+which any float32 implementation of their module must do; `floor_fraction` is how much of our step they are.
+
 Threads pinned to 1 (torch.set_num_threads). Last line: one JSON object.
 """
 
@@ -39,6 +42,21 @@ def median_ms(call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: tor
             if i >= 5:
                 times.append((time.perf_counter() - tic) * 1e3)
             g = torch.tanh(x)  # any gradient-like input that changes from call to call
+    return statistics.median(times)
+
+
+def matmul_floor_ms(model: torch.nn.Module, rows: int, calls: int) -> float:
+    """Median ms of the products of every nn.Linear of `model` on `rows` random rows, nothing else."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(rows, layer.in_features) for layer in layers]
+    times = []
+    with torch.no_grad():
+        for i in range(calls + 5):
+            tic = time.perf_counter()
+            for layer, h in zip(layers, inputs):
+                torch.addmm(layer.bias, h, layer.weight.t())
+            if i >= 5:
+                times.append((time.perf_counter() - tic) * 1e3)
     return statistics.median(times)
 
 
@@ -88,6 +106,8 @@ def main() -> None:
         return x_next - x
 
     result["ours_ms"] = median_ms(our_call, x, g, args.calls)
+    result["matmul_floor_ms"] = matmul_floor_ms(ours, args.batch * args.dim, args.calls)
+    result["floor_fraction"] = result["matmul_floor_ms"] / result["ours_ms"]
     result["speedup"] = result["theirs_ms"] / result["ours_ms"] if "theirs_ms" in result else None  # type: ignore[operator]
     print(
         f"machine: {platform.machine()}, torch {torch.__version__}, 1 thread; B = {args.batch}, D = {args.dim}, L = {args.buffer}, float32"
@@ -95,6 +115,7 @@ def main() -> None:
     if "theirs_ms" in result:
         print(f"theirs: {result['theirs_ms']:.1f} ms per call")
     print(f"ours:   {result['ours_ms']:.1f} ms per call" + (f"  ({result['speedup']:.1f}x faster)" if result["speedup"] else ""))
+    print(f"floor:  {result['matmul_floor_ms']:.1f} ms of matrix products alone ({100 * result['floor_fraction']:.0f} % of ours)")
     print(json.dumps(result))
 
 

@@ -408,8 +408,8 @@ def renderer(name: str) -> Callable[[Path, str], str] | None:
     return RENDERERS.get(name)
 
 
-def render_blocks(text: str, root: Path, uri: str, where: str = "results") -> str:
-    """`text` with every report block rendered anew (see the module doc)."""
+def render_blocks(text: str, root: Path, uri: str, where: str = "results", only: set[str] | None = None) -> str:
+    """`text` with every report block rendered anew (see the module doc), or only the blocks named in `only`."""
     opened = re.findall(r"<!-- report:([a-z_]+) -->", text)
     closed = set(re.findall(r"<!-- /report:([a-z_]+) -->", text))
     for name in opened:
@@ -417,7 +417,16 @@ def render_blocks(text: str, root: Path, uri: str, where: str = "results") -> st
             raise ReportError(f"{where}: block {name!r} has no renderer; known: {sorted(RENDERERS)} and benchmark_<script>")
         if name not in closed:
             raise ReportError(f"{where}: block {name!r} is opened but not closed (<!-- /report:{name} -->)")
-    return _BLOCK.sub(lambda m: f"<!-- report:{m['name']} -->\n{renderer(m['name'])(root, uri)}\n<!-- /report:{m['name']} -->", text)
+    unknown = sorted((only or set()) - set(opened))
+    if unknown:
+        raise ReportError(f"{where}: no block {unknown}; it has {opened}")
+
+    def rendered(m: re.Match[str]) -> str:
+        if only is not None and m["name"] not in only:
+            return m[0]
+        return f"<!-- report:{m['name']} -->\n{renderer(m['name'])(root, uri)}\n<!-- /report:{m['name']} -->"
+
+    return _BLOCK.sub(rendered, text)
 
 
 def run_benchmark(name: str, root: Path) -> Path:
@@ -448,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run-benchmarks", nargs="*", default=[], metavar="NAME", help="run these benchmarks/<NAME>.py first and save their figures"
     )
+    parser.add_argument("--blocks", nargs="+", default=None, metavar="NAME", help="render only these blocks (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file otherwise
@@ -456,11 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.run_benchmarks:
             run_benchmark(name, root)
         text = args.results.read_text()
-        args.results.write_text(render_blocks(text, root, tracking_uri(), str(args.results)))
+        only = set(args.blocks) if args.blocks else None
+        args.results.write_text(render_blocks(text, root, tracking_uri(), str(args.results), only))
     except (ReportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"rewrote the report blocks of {args.results}: {', '.join(sorted(set(_BLOCK.findall(text)))) or 'none'}")
+    names = sorted(set(_BLOCK.findall(text)) if only is None else only)
+    print(f"rewrote the report blocks of {args.results}: {', '.join(names) or 'none'}")
     return 0
 
 

@@ -4,13 +4,15 @@ mode and in training mode with dropout off (BatchNorm's batch statistics pooled 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lsr1.learned import without_learned_terms
+from lsr1.config import LSR1Config
+from lsr1.learned import LSR1, without_learned_terms
 from lsr1.learned.official import SAFE_NORM, OfficialLSR1
 from lsr1.pretrained import from_official
 from lsr1.tasks import random_quadratics
@@ -112,8 +114,6 @@ def test_without_learned_terms_the_authors_step_is_gradient_descent_at_alpha1():
 def test_without_learned_terms_ours_steps_gamma1_times_its_base_operator():
     """The project's formulation with the L-BFGS operator: v = 0 and alpha = gamma1 leave x - gamma1 H g, H the
     L-BFGS inverse Hessian of the measured pairs (s I before the first), as L-BFGS's own two-loop gives it."""
-    from lsr1.config import LSR1Config
-    from lsr1.learned import LSR1
     from lsr1.optim.lbfgs import empty_memory, lbfgs_memory_update, two_loop
 
     model = without_learned_terms(LSR1(LSR1Config(hidden_dim=8, buffer_size=2, lbfgs_memory=3)).double().eval())
@@ -193,3 +193,43 @@ def test_a_trained_official_module_changes_its_buffer_size_one_way_and_shares_it
     assert state.buffer.shape[1] == 6 and state.pushed == 5
     with pytest.raises(ValueError, match="buffer_size"):
         model.with_settings(buffer_size=0)
+
+
+def test_the_side_by_side_scores_their_module_and_ours_each_beside_its_ablation(tmp_path, capsys):
+    """`python -m lsr1.experiments.official` on an .npz as their (patched) script writes it and on a checkpoint
+    of configs/quadratic_official.yaml: their metric on their validation batch, the gap fraction on fresh
+    problems, each module and its ablation (x - alpha1 g: the same for both, they share alpha1) and L-BFGS."""
+    import json
+
+    from lsr1.checkpoint import save_checkpoint
+    from lsr1.config import config_to_dict, load_config
+    from lsr1.experiments.official import main
+    from lsr1.pretrained import _their_key
+    from lsr1.tasks import official_quadratics
+
+    torch.manual_seed(0)
+    theirs, ours = OfficialLSR1(), OfficialLSR1()
+    batch = official_quadratics(4, 2, seed=5)
+    arrays = {_their_key(k): v.numpy() for k, v in theirs.state_dict().items()}
+    arrays |= {"val_H": batch.h.numpy(), "val_b": batch.b.numpy(), "val_x0": batch.x0.numpy(), "val_x_star": batch.x_star.numpy()}
+    np.savez(tmp_path / "theirs_s0.npz", **arrays, history=np.zeros((1, 2)), redrawn=0)
+    config = config_to_dict(load_config("configs/quadratic_official.yaml"))
+    save_checkpoint(tmp_path / "qo" / "best.pt", {"config": config, "model": ours.state_dict()})
+    assert main(["--theirs", str(tmp_path / "theirs_s0.npz"), "--ours", str(tmp_path / "qo" / "best.pt"), "--test-size", "8"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["model"] for r in rows] == ["theirs theirs_s0", "theirs theirs_s0 ablation", "ours qo", "ours qo ablation", "L-BFGS (m=4)"]
+    assert rows[1]["their val theirs_s0 distance eval"] == rows[3]["their val theirs_s0 distance eval"]  # both x - 0.4 g
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if k != "model")
+    assert rows[4]["D=2 test gap eval"] < 1e-6  # L-BFGS solves D = 2 in 20 steps
+
+
+def test_the_ablation_of_an_hmr_learner_leaves_the_learner_itself_untouched():
+    """A copy of a module shares its registry of submodules: the ablation of an initializer + update learner
+    must be a new module, or switching its update's terms off would switch off the original's too."""
+    from lsr1.learned.initializer import Initializer, WithInitializer
+
+    update = LSR1(LSR1Config(hidden_dim=8, buffer_size=2))
+    model = WithInitializer(Initializer(6, torch.zeros(5), 3, hidden=8, dropout=0.0), update).eval()
+    plain = without_learned_terms(model)
+    assert model.update is update and update.learned_terms and not plain.update.learned_terms
+    assert plain.initializer is model.initializer and not plain.training

@@ -67,6 +67,16 @@ def test_missing_sources_say_which_command_makes_them(tmp_path, mlflow_store):
     assert "run `python -m lsr1.profiles --out docs/profiles`" in out and "run `make experiments`" in out
 
 
+def test_only_the_named_blocks_are_rendered_and_the_others_kept_as_they_are(tmp_path, mlflow_store):
+    kept = "<!-- report:profiles -->\nthe last rendering\n<!-- /report:profiles -->\n"
+    text = kept + "<!-- report:runtime -->\n<!-- /report:runtime -->\n"
+    out = render_blocks(text, tmp_path, mlflow_store, only={"runtime"})
+    runtime = out.removeprefix(kept)
+    assert out.startswith(kept) and runtime == render_blocks(runtime, tmp_path, mlflow_store) != text.removeprefix(kept)
+    with pytest.raises(ReportError, match="no block \\['quadratic'\\]"):
+        render_blocks(text, tmp_path, mlflow_store, only={"quadratic"})
+
+
 def test_unknown_or_unclosed_blocks_are_errors(tmp_path, mlflow_store):
     with pytest.raises(ReportError, match="block 'nope' has no renderer"):
         render_blocks("<!-- report:nope -->\n<!-- /report:nope -->\n", tmp_path, mlflow_store)

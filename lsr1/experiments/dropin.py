@@ -220,6 +220,7 @@ def compare(pretrained: str, evaluations: int, progress: bool = True, split: str
                 "winner": outcome,
                 "vs_ablation": _better(learned, plain),
                 "vs_lbfgs": _better(learned, lbfgs),
+                "ablation_vs_adam": _better(plain, adam[best_lr]),
             }
         )
         if progress:
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     rows = compare(args.pretrained, args.evaluations, split=args.split)
     tally = {who: sum(r["winner"] == who for r in rows) for who in ("LearnedSR1", "tie", "Adam")}
-    against = {key: {who: sum(r[key] == who for r in rows) for who in ("ours", "tie", "theirs")} for key in ("vs_ablation", "vs_lbfgs")}
+    keys = ("vs_ablation", "vs_lbfgs", "ablation_vs_adam")
+    against = {key: {who: sum(r[key] == who for r in rows) for who in ("ours", "tie", "theirs")} for key in keys}
     lines = [
         f"LearnedSR1({args.pretrained!r}) against its ablation (no learned terms), torch.optim.LBFGS and best-of-grid Adam, "
         f"{args.evaluations} evaluations each, {args.split} split",
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         f"LearnedSR1 better than Adam on {tally['LearnedSR1']} of {len(rows)}, ties {tally['tie']}, Adam better on {tally['Adam']}",
         "LearnedSR1 better than its ablation on {ours}, ties {tie}, worse on {theirs}".format(**against["vs_ablation"]),
         "LearnedSR1 better than L-BFGS on {ours}, ties {tie}, worse on {theirs}".format(**against["vs_lbfgs"]),
+        "its ablation better than Adam on {ours}, ties {tie}, Adam better on {theirs}".format(**against["ablation_vs_adam"]),
     ]
     print("\n".join(lines))
     if args.out is not None:
@@ -282,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
                 "worse_than_ablation": against["vs_ablation"]["theirs"],
                 "better_than_lbfgs": against["vs_lbfgs"]["ours"],
                 "worse_than_lbfgs": against["vs_lbfgs"]["theirs"],
+                "ablation_better_than_adam": against["ablation_vs_adam"]["ours"],
+                "adam_better_than_ablation": against["ablation_vs_adam"]["theirs"],
             }
         )
     )

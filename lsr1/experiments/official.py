@@ -6,22 +6,25 @@ alpha1) and L-BFGS (m = 4, strong Wolfe) at 20 iterations.
 
     python -m lsr1.experiments.official --theirs S0.npz S1.npz --ours runs/qo-s0/best.pt runs/qo-s1/best.pt
 
-Every module is scored on each validation batch of `--theirs` (theirs on its own batch first) and on fresh
-D = 2 and D = 10 problems of the same family (`lsr1.tasks.official_quadratics`, seeds of their own): in eval
-mode (BatchNorm's running statistics, dropout off: how this project evaluates) and in train mode with dropout
-on, as their validation runs (batch statistics over the batch: problems are coupled and the figure is
-random; seeded here). Threads: torch.set_num_threads(1). Last line: one JSON object.
+Every module is scored by their metric on each validation batch of `--theirs`, and by the median gap fraction
+(f(x_20) - f*) / (f(x_0) - f*) on fresh D = 2 and D = 10 problems of the same family
+(`lsr1.tasks.official_quadratics`, seeds of their own), where their metric would only measure the few
+near-singular problems: in eval mode (BatchNorm's running statistics, dropout off: how this project
+evaluates) and in train mode with dropout on, as their validation runs (batch statistics over the batch:
+problems are coupled and the figure is random; seeded here). Threads: torch.set_num_threads(1). Last line: one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from lsr1.checkpoint import config_of, load_checkpoint
 from lsr1.learned import without_learned_terms
@@ -32,20 +35,31 @@ from lsr1.optim import LBFGS
 from lsr1.pretrained import from_official
 from lsr1.tasks import Quadratic, official_quadratics
 
-__all__ = ["distance", "main"]
+__all__ = ["distance", "final_point", "gap_fraction", "main"]
 
 STEPS = 20
 
 
-def distance(optimizer: object, problem: Quadratic, mode: str, seed: int = 0) -> float:
-    """Mean ||x_STEPS - x*|| of `optimizer` on `problem`; mode "eval" or "train" (a module's BatchNorm on batch
-    statistics and dropout on, as their validation)."""
+def final_point(optimizer: object, problem: Quadratic, mode: str, seed: int = 0) -> Tensor:
+    """x_STEPS of `optimizer` on `problem`; mode "eval" or "train" (a module's BatchNorm on batch statistics
+    and dropout on, as their validation; on a copy, whose running statistics it updates)."""
     torch.manual_seed(seed)
     if isinstance(optimizer, torch.nn.Module):
-        optimizer.train(mode == "train")
+        optimizer = copy.deepcopy(optimizer).train() if mode == "train" else optimizer.eval()
     with torch.no_grad():
-        x = unroll(optimizer, problem, STEPS).x
+        return unroll(optimizer, problem, STEPS).x
+
+
+def distance(problem: Quadratic, x: Tensor) -> float:
+    """Their metric: the mean over problems of ||x - x*|| (dominated by the few near-singular problems, whose
+    x* is far away: no condition filter)."""
     return float((x - problem.x_star).norm(dim=-1).mean())
+
+
+def gap_fraction(problem: Quadratic, x: Tensor) -> float:
+    """The median over problems of (f(x) - f*) / (f(x_0) - f*): every problem weighs the same."""
+    f_star = problem.value(problem.x_star)
+    return float(((problem.value(x) - f_star) / (problem.value(problem.x0) - f_star)).median())
 
 
 def _theirs(path: Path) -> tuple[OfficialLSR1, Quadratic]:
@@ -73,21 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     theirs = [(f"theirs {p.stem}", *_theirs(p)) for p in args.theirs]
     models = [(name, model) for name, model, _ in theirs] + [(f"ours {p.parent.name}", _ours(p)) for p in args.ours]
-    sets = [(f"their val {name.split()[-1]}", batch) for name, _, batch in theirs]
-    sets += [(f"D={d} test", official_quadratics(args.test_size, d, seed=10_000 + d, dtype=torch.float64)) for d in (2, 10)]
+    # their metric on their validation batches; the median gap fraction on fresh problems of the family
+    sets = [(f"their val {name.split()[-1]} distance", batch, distance) for name, _, batch in theirs]
+    sets += [
+        (f"D={d} test gap", official_quadratics(args.test_size, d, seed=10_000 + d, dtype=torch.float64), gap_fraction) for d in (2, 10)
+    ]
     rows = []
-    for name, model in models:
-        for label, candidate in ((name, model), (f"{name} ablation", without_learned_terms(model))):
-            row = {"model": label}
-            for set_name, problem in sets:
-                for mode in ("eval", "train"):
-                    row[f"{set_name} {mode}"] = distance(candidate, problem, mode)
-            rows.append(row)
-            print(" | ".join([label] + [f"{k}: {v:.4f}" for k, v in row.items() if k != "model"]), flush=True)
-    lbfgs = {"model": "L-BFGS (m=4)"}
-    for set_name, problem in sets:
-        lbfgs[f"{set_name} eval"] = lbfgs[f"{set_name} train"] = distance(LBFGS(problem, memory=4), problem, "eval")
-    rows.append(lbfgs)
+    candidates = [(label, m) for name, model in models for label, m in ((name, model), (f"{name} ablation", without_learned_terms(model)))]
+    for label, candidate in [*candidates, ("L-BFGS (m=4)", None)]:
+        row = {"model": label}
+        for set_name, problem, metric in sets:
+            for mode in ("eval", "train") if candidate is not None else ("eval",):
+                x = final_point(LBFGS(problem, memory=4) if candidate is None else candidate, problem, mode)
+                row[f"{set_name} {mode}"] = metric(problem, x)
+        rows.append(row)
+        print(" | ".join([label] + [f"{k}: {v:.4g}" for k, v in row.items() if k != "model"]), flush=True)
     print(json.dumps(rows))
     return 0
 

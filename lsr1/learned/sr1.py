@@ -287,10 +287,9 @@ def without_learned_terms(model: LearnedOptimizer) -> LearnedOptimizer:
     with weight 1 where the formulation has none, as the paper's), with the same search; for the authors'
     (`OfficialLSR1`) it is x - alpha1 g. An HMR learner keeps its initializer and loses its update's terms.
     The weights are shared, not copied."""
-    if isinstance(model, WithInitializer):
-        other = copy.copy(model)
-        other.update = without_learned_terms(model.update)
-        return other
+    if isinstance(model, WithInitializer):  # a new module: a copy would share the original's module registry
+        other = WithInitializer(model.initializer, without_learned_terms(model.update))
+        return other.train(model.training)
     if isinstance(model, OfficialLSR1):
         return model.with_learned_terms(False)
     if not isinstance(model, LSR1):
