@@ -64,7 +64,7 @@ def load(
     if isinstance(model, OfficialLSR1) and set(changed) <= {"buffer_size"}:
         return model.with_settings(**changed)
     if not isinstance(model, LSR1):
-        raise ValueError(f"{', '.join(changed)}: settings of our L-SR1; {name!r} is a {type(model).__name__} model")
+        raise ValueError(f"{', '.join(changed)}: L-SR1 settings (of the project's module); {name!r} is a {type(model).__name__} model")
     return model.with_settings(**changed)
 
 
