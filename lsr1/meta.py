@@ -236,11 +236,11 @@ class MetaLoss(nn.Module):
             meta_objective=True,
             burn_in=burn_in,
         )
+        first = 0 if self.learner.predicts_initial_point else 1
         if self.scored == "after" and self.discount == 1.0:
-            first = 0 if self.learner.predicts_initial_point else 1
             objective, penalty = result.objectives[first:].mean(), result.penalties.mean()
         else:
-            objectives = result.objectives[:-1] if self.scored == "before" else result.objectives[1:]
+            objectives = result.objectives[:-1] if self.scored == "before" else result.objectives[first:]
             penalties = result.penalties[:-1] if self.scored == "before" else result.penalties
             n = objectives.shape[0]
             weights = self.discount ** torch.arange(n - 1, -1, -1, dtype=objectives.dtype, device=objectives.device)

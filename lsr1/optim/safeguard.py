@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lsr1.config import LINE_SEARCH_KINDS
 from lsr1.optim.base import Objective, Optimizer
 from lsr1.optim.linesearch import LineSearchResult, backtracking, stepped
 
@@ -47,6 +48,6 @@ class Backtracked:
 def with_line_search(optimizer: Any, kind: str) -> Any:
     """The optimizer as the driver should run it under `meta.line_search` = kind: behind `Backtracked` for
     "armijo", as it is for "none"."""
-    if kind not in ("none", "armijo"):
-        raise ValueError(f"unknown line search {kind!r}; valid: ['none', 'armijo']")
+    if kind not in LINE_SEARCH_KINDS:
+        raise ValueError(f"unknown line search {kind!r}; valid: {list(LINE_SEARCH_KINDS)}")
     return Backtracked(optimizer) if kind == "armijo" else optimizer
