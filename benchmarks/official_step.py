@@ -9,6 +9,9 @@ this repository: pass the folder that holds their package (the public GitHub rep
 
 The floor: the matrix products of the three networks alone (every nn.Linear once, on the B*D coordinates),
 which any float32 implementation of their module must do; `floor_fraction` is how much of our step they are.
+Ours again with the networks in bfloat16 (`with_settings(network_dtype=torch.bfloat16)`, an opt-in
+approximation): its time, and `bf16_step_error`, the largest relative distance of its steps from float32's
+over the timed calls (both from the same iterates).
 
 Threads pinned to 1 (torch.set_num_threads). Last line: one JSON object.
 """
@@ -106,9 +109,28 @@ def main() -> None:
         return x_next - x
 
     result["ours_ms"] = median_ms(our_call, x, g, args.calls)
+    lowered, lowered_state, errors = ours.with_settings(network_dtype=torch.bfloat16), ours.init(x, g), []
+    state = ours.init(x, g)
+
+    def lowered_call(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """bfloat16 networks from the float32 run's states and iterates, so that the errors do not compound."""
+        nonlocal state, lowered_state
+        tic = time.perf_counter()
+        x_low, lowered_state, _ = lowered.step(state, x, g)
+        elapsed = time.perf_counter() - tic
+        x_next, state, _ = ours.step(state, x, g)
+        errors.append(float((x_low - x_next).norm() / (x_next - x).norm()))
+        lowered_times.append(elapsed * 1e3)
+        return x_next - x
+
+    lowered_times: list[float] = []
+    median_ms(lowered_call, x, g, args.calls)
+    result["ours_bf16_ms"] = statistics.median(lowered_times[5:])
+    result["bf16_step_error"] = max(errors[5:])
     result["matmul_floor_ms"] = matmul_floor_ms(ours, args.batch * args.dim, args.calls)
     result["floor_fraction"] = result["matmul_floor_ms"] / result["ours_ms"]
     result["speedup"] = result["theirs_ms"] / result["ours_ms"] if "theirs_ms" in result else None  # type: ignore[operator]
+    result["speedup_bf16"] = result["theirs_ms"] / result["ours_bf16_ms"] if "theirs_ms" in result else None  # type: ignore[operator]
     print(
         f"machine: {platform.machine()}, torch {torch.__version__}, 1 thread; B = {args.batch}, D = {args.dim}, L = {args.buffer}, float32"
     )
@@ -116,6 +138,11 @@ def main() -> None:
         print(f"theirs: {result['theirs_ms']:.1f} ms per call")
     print(f"ours:   {result['ours_ms']:.1f} ms per call" + (f"  ({result['speedup']:.1f}x faster)" if result["speedup"] else ""))
     print(f"floor:  {result['matmul_floor_ms']:.1f} ms of matrix products alone ({100 * result['floor_fraction']:.0f} % of ours)")
+    print(
+        f"ours, bfloat16 networks: {result['ours_bf16_ms']:.1f} ms per call"
+        + (f"  ({result['speedup_bf16']:.1f}x faster than theirs)" if result["speedup_bf16"] else "")
+        + f"; steps within {100 * result['bf16_step_error']:.2f} % of float32's"
+    )
     print(json.dumps(result))
 
 

@@ -159,10 +159,15 @@ class LSR1Config:
     # learned rank-one terms and step sizes then correct a quasi-Newton operator that carries the curvature
     # already measured (docs/log.md §9). 0: s I, Eq. 7
     lbfgs_memory: int = 0
+    # "official" on HMR (two of their modules, pose and shape): "slip" is their code's meta-loss, whose shape
+    # secant term reads the pose pairs (the pose term counted twice, none for shape: what their published
+    # ablation measured); "own" gives each module its own secant term
+    beta_secant: str = "own"
 
     def __post_init__(self) -> None:
         _check(self.formulation in FORMULATIONS, f"lsr1.formulation: unknown {self.formulation!r}; valid: {list(FORMULATIONS)}")
         _check(self.lbfgs_memory >= 0, f"lsr1.lbfgs_memory must be >= 0, got {self.lbfgs_memory}")
+        _check(self.beta_secant in ("slip", "own"), f"lsr1.beta_secant must be 'slip' or 'own', got {self.beta_secant!r}")
         _check(
             self.lbfgs_memory == 0 or self.identity_in_step,
             "lsr1.lbfgs_memory replaces the identity of the step: it needs lsr1.identity_in_step: true",
@@ -253,6 +258,14 @@ class HMRConfig:
     keep_probability: float = 0.8  # synthetic confidences: each joint kept with this probability
     keypoint_noise: float = 0.0  # std of noise on kept synthetic keypoints (normalised units; LGD: none)
     confidence_threshold: float = 0.01
+    # f = inner_loss_weight x the confidence-weighted L1 reprojection error. The authors' HMR multiplies a batch
+    # mean by 1000, so each problem's gradient is 1000 / B times its own: 7.8125 at their training batch of 128
+    inner_loss_weight: float = 1.0
+    # Eq. 13's terms on each iterate. "lgd": all four on every iterate, the 2D one being f. "official": the
+    # authors' loss as their truncated unroll differentiates it: the joint-weighted 2D and 3D L1 terms on x_0
+    # alone (the initializer's; at later iterates theirs read detached points, constants), the L1 on pose and
+    # shape on every iterate
+    meta_loss: str = "lgd"
     loss_2d: float = 0.3  # Eq. 13 weights, LGD's values: 2D keypoints, 3D joints, pose, shape
     loss_3d: float = 0.3
     loss_pose: float = 1.0
@@ -263,6 +276,8 @@ class HMRConfig:
 
     def __post_init__(self) -> None:
         _check(self.gender in ("neutral", "male", "female"), f"hmr.gender must be neutral, male or female, got {self.gender!r}")
+        _check(self.meta_loss in ("lgd", "official"), f"hmr.meta_loss must be 'lgd' or 'official', got {self.meta_loss!r}")
+        _check(self.inner_loss_weight > 0, f"hmr.inner_loss_weight must be > 0, got {self.inner_loss_weight}")
         _check(self.rotation in ROTATIONS, f"hmr.rotation must be one of {list(ROTATIONS)}, got {self.rotation!r}")
         for key in ("focal_length", "camera_distance", "confidence_threshold"):
             _check(getattr(self, key) > 0, f"hmr.{key} must be > 0, got {getattr(self, key)}")
@@ -358,6 +373,13 @@ class MetaConfig:
     # from the trajectory)
     scored: str = "after"
     discount: float = 1.0  # gamma: the k-th of K scored terms weighs gamma^(K-1-k) (the authors' example)
+    # False: the step that produced x_K gets no penalty (secant) term, as in the authors' code, whose loop ends
+    # before it forms that step's pair (with scored "before" it never has one)
+    last_penalty: bool = True
+    # one-step truncated meta-gradient (the authors' HMR): every iterate is detached before the next step, so
+    # the meta-loss at x_{k+1} reaches the step that made it and, through an L-SR1 buffer's vectors, the
+    # network evaluations of earlier steps, but not the earlier steps' movement of x
+    truncate: bool = False
     val_every: int = 50
     val_steps: int | None = None  # inner steps of validation (None: the horizon trained for, burn_in + K)
     select_metric: str = "val_loss"  # validation metric (lower is better) that picks best.pt, e.g. val_pa_mpjpe
@@ -410,10 +432,6 @@ class ExperimentConfig:
         _check(
             self.learner != "lgd" or self.task.name == "hmr",
             f"learner 'lgd' conditions on keypoints and needs task.name 'hmr', got {self.task.name!r}",
-        )
-        _check(
-            self.lsr1.formulation != "official" or self.task.name != "hmr",
-            "lsr1.formulation 'official' is for analytic tasks here; HMR runs the project's L-SR1",
         )
         _check(
             self.learner != "lgd" or self.meta.line_search == "none",

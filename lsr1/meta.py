@@ -96,6 +96,7 @@ def unroll(
     divergence_guard: float | None = None,
     meta_objective: bool = False,
     burn_in: int = 0,
+    truncate: bool = False,
 ) -> Unroll:
     """Run `steps` iterations from problem.x0, keeping the graph through the optimizer for meta-gradients.
 
@@ -115,6 +116,10 @@ def unroll(
     burn_in: first take this many steps without a graph (the guard applies to them too); the result then
     holds x_0 and the `steps` iterates after them, and x_0 keeps its graph for an initializer's loss.
 
+    truncate: each step starts from its iterate detached (the authors' HMR), so the graph of x_{k+1} holds the
+    step that made it (and what the learner's state carries, such as L-SR1's vectors) but no earlier movement
+    of x; x_0 keeps its graph for an initializer's loss.
+
     An optimizer behind `Backtracked` (`meta.line_search` "armijo") has each step shortened by Armijo
     backtracking on f here, where f is known (`lsr1.optim.armijo_step`); info["evaluations"] counts its
     evaluations, and `with_step_length` tells the learner's state what fraction of its step was taken. The
@@ -128,7 +133,7 @@ def unroll(
     g = problem.grad(x if second_order else x.detach())
     state = learner.init_for(problem, x, g)
     values, penalties, infos, iterates = [problem.value(x)], [], [], [x]
-    objectives = [problem.meta_objective(x, values[0])] if meta_objective else []
+    objectives = [problem.meta_objective(x, values[0], initial=True)] if meta_objective else []
     alive = torch.ones_like(values[0], dtype=torch.bool)
     f = values[0].detach()  # f(x) without a graph: the line search's start
     if divergence_guard is not None:
@@ -136,7 +141,7 @@ def unroll(
     for step in range(burn_in + steps):
         recorded = step >= burn_in
         with contextlib.nullcontext() if recorded else torch.no_grad():
-            x_next, state, info = learner.step(state, x, g)
+            x_next, state, info = learner.step(state, x.detach() if truncate else x, g)
             if searched:
                 finite = torch.isfinite(x_next.detach()).all(-1)  # the search keeps a non-finite step at x
                 x_next, search = armijo_step(problem, x, f, g, x_next, optimizer.max_evals)
@@ -209,7 +214,10 @@ class MetaLoss(nn.Module):
 
     scored "before" and discount gamma < 1 give the authors' example (`meta.scored`, `meta.discount`): the
     n = K iterates x_0..x_{K-1} and the penalties of the steps that produced x_1..x_{K-1}, each term of x_k
-    weighted gamma^(n-1-k), both sums divided by n.
+    weighted gamma^(n-1-k), both sums divided by n. last_penalty False (`meta.last_penalty`, the authors' HMR)
+    drops the penalty of the step that produced x_K in the same way, both sums again divided by the n scored
+    iterates (x_0..x_K with an initializer). Otherwise the penalties are averaged over the K steps.
+    truncate: `unroll`'s one-step truncation (`meta.truncate`).
     """
 
     def __init__(
@@ -221,10 +229,13 @@ class MetaLoss(nn.Module):
         line_search: str = "none",
         scored: str = "after",
         discount: float = 1.0,
+        last_penalty: bool = True,
+        truncate: bool = False,
     ) -> None:
         super().__init__()
         self.learner, self.steps, self.second_order, self.divergence_guard = learner, steps, second_order, divergence_guard
         self.line_search, self.scored, self.discount = line_search, scored, discount
+        self.last_penalty, self.truncate = last_penalty, truncate
 
     def forward(self, problem: Problem, burn_in: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         result = unroll(
@@ -235,13 +246,14 @@ class MetaLoss(nn.Module):
             divergence_guard=self.divergence_guard,
             meta_objective=True,
             burn_in=burn_in,
+            truncate=self.truncate,
         )
         first = 0 if self.learner.predicts_initial_point else 1
-        if self.scored == "after" and self.discount == 1.0:
+        if self.scored == "after" and self.discount == 1.0 and self.last_penalty:
             objective, penalty = result.objectives[first:].mean(), result.penalties.mean()
         else:
             objectives = result.objectives[:-1] if self.scored == "before" else result.objectives[first:]
-            penalties = result.penalties[:-1] if self.scored == "before" else result.penalties
+            penalties = result.penalties[:-1] if self.scored == "before" or not self.last_penalty else result.penalties
             n = objectives.shape[0]
             weights = self.discount ** torch.arange(n - 1, -1, -1, dtype=objectives.dtype, device=objectives.device)
             objective = (weights * objectives.mean(1)).sum() / n
@@ -397,7 +409,15 @@ def train(
         _truncate_metrics(metrics_path, start)
 
     loss_module: nn.Module = MetaLoss(
-        learner, meta.unroll_steps, meta.second_order, meta.divergence_guard, meta.line_search, meta.scored, meta.discount
+        learner,
+        meta.unroll_steps,
+        meta.second_order,
+        meta.divergence_guard,
+        meta.line_search,
+        meta.scored,
+        meta.discount,
+        meta.last_penalty,
+        meta.truncate,
     )
     if hooks.wrap is not None:
         loss_module = hooks.wrap(loss_module)

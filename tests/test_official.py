@@ -195,6 +195,24 @@ def test_a_trained_official_module_changes_its_buffer_size_one_way_and_shares_it
         model.with_settings(buffer_size=0)
 
 
+def test_bfloat16_networks_are_opt_in_and_step_close_to_float32():
+    model = OfficialLSR1(buffer_size=2, alpha1=0.1).eval()
+    lowered = model.with_settings(network_dtype=torch.bfloat16)
+    assert model.network_dtype is None and lowered.encoder is model.encoder
+    problem = random_quadratics(16, 12, seed=0)
+    x, g = problem.x0, problem.grad(problem.x0)
+    state = model.init(x, g)
+    with torch.no_grad():
+        for _ in range(4):  # from the float32 run's states, past the point where the identity drops out
+            x_low, _, _ = lowered.step(state, x, g)
+            x_next, state, _ = model.step(state, x, g)
+            assert x_low.dtype == torch.float32 and not torch.equal(x_low, x_next)
+            assert float((x_low - x_next).norm() / (x_next - x).norm()) < 0.05
+            x, g = x_next, problem.grad(x_next)
+    with pytest.raises(ValueError, match="bfloat16"):
+        model.with_settings(network_dtype=torch.float16)
+
+
 def test_the_side_by_side_scores_their_module_and_ours_each_beside_its_ablation(tmp_path, capsys):
     """`python -m lsr1.experiments.official` on an .npz as their (patched) script writes it and on a checkpoint
     of configs/quadratic_official.yaml: their metric on their validation batch, the gap fraction on fresh

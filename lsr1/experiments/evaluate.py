@@ -30,6 +30,7 @@ from lsr1.checkpoint import CheckpointError, config_of, load_checkpoint
 from lsr1.config import ExperimentConfig
 from lsr1.experiments.analysis import Curves, StepCurves, curves, markdown_table, plot_curves, step_curves
 from lsr1.learned import LSR1, LearnedOptimizer, without_learned_terms
+from lsr1.learned.blocks import Blocks
 from lsr1.learned.initializer import WithInitializer
 from lsr1.learners import make_learner
 from lsr1.optim import BFGS, LBFGS, HypergradientBFGS, with_line_search
@@ -50,6 +51,8 @@ def _label(config: ExperimentConfig) -> str:
         return "BFGS-LSTM step sizes"
     without = "L-SR1 w/o secant term" if config.task.name == "hmr" else "L-SR1 w/o projection"
     name = "L-SR1" if config.lsr1.lambda_sec > 0 else without
+    if config.lsr1.formulation == "official" and config.task.name == "hmr":  # their two modules and meta-loss
+        return name + (" (official)" if config.lsr1.beta_secant == "slip" else " (official, own shape secant)")
     return name + (" (paper)" if config.lsr1.formulation == "paper" else "")  # the paper-literal formulation
 
 
@@ -174,7 +177,7 @@ def evaluate_hmr(
     ablations = [
         (f"{name} ablation", with_line_search(without_learned_terms(model), c.meta.line_search))
         for name, (c, model, _) in zip(names, models)
-        if isinstance(model, WithInitializer) and isinstance(model.update, LSR1)
+        if isinstance(model, WithInitializer) and isinstance(model.update, (LSR1, Blocks))
     ]
     methods = {name: (lambda part, m=m: (m, part)) for name, m in [*zip(names, driven), *ablations]}
     first = models[0][1]
@@ -198,7 +201,7 @@ def evaluate_hmr(
         for n, p, (_, m, it) in zip(names, checkpoints, models)
     ]
     (out / "models.json").write_text(json.dumps(sizes, indent=1))
-    at = sorted({k for k in (0, 1, 2, 5, 10, steps) if k <= steps})
+    at = sorted({k for k in (0, 1, 2, 3, 4, 5, 10, steps) if k <= steps})  # 3 and 4: LGD's protocol and the authors' table
     summary = hmr_summary(everything)
     rows = [f"| initializer only ({names[0]}) | {summary['test_pa_mpjpe_init']:.1f} | {summary['test_mpjpe_init']:.1f} | 0 |"]
     rows += [

@@ -17,6 +17,11 @@ channel over all B*D coordinates of the batch, so in training mode problems shar
 
 Deliberate deviations, all here: `SAFE_NORM`, an epsilon under the renormalisation's division so that y = 0
 (possible once the identity is gone) gives a zero direction instead of their NaN.
+
+Speed: the three networks are nearly all of a step's work (benchmarks/official_step.py). `with_settings(
+network_dtype=torch.bfloat16)` runs them under autocast in bfloat16, which a CPU with AVX512-BF16 multiplies
+several times faster than float32; the operator, the renormalisation and the step stay in x's precision. It is
+an opt-in approximation (the benchmark reports how far its steps are from float32's), never the default.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ class OfficialLSR1(LearnedOptimizer):
             raise ValueError(f"OfficialLSR1: buffer_size must be >= 1 and alpha1 > 0, got {buffer_size} and {alpha1}")
         self.buffer_size, self.alpha1, self.alpha2, self.secant_weight = buffer_size, alpha1, alpha2, secant_weight
         self.learned_terms = True  # False: v = 0, the identity kept, alpha = alpha1: x - alpha1 g
+        self.network_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: the networks under autocast
         self.encoder = _MLP(5, features, width, dropout)  # E
         self.vector_generator = _MLP(features, 1, width, dropout)  # P
         self.lr_generator = _MLP(features, 1, width, dropout)  # G
@@ -103,13 +109,17 @@ class OfficialLSR1(LearnedOptimizer):
         zeros = torch.zeros_like(x0)
         return OfficialState(zeros, zeros, x0.new_zeros(x0.shape[0], self.buffer_size, x0.shape[1]), 0)
 
-    def with_settings(self, *, buffer_size: int | None = None) -> OfficialLSR1:
+    def with_settings(self, *, buffer_size: int | None = None, network_dtype: torch.dtype | None = None) -> OfficialLSR1:
         """The same weights (shared) with another buffer size L, as `LSR1.with_settings`: the vectors kept, and
-        the step at which the identity drops out of B~."""
+        the step at which the identity drops out of B~; or with the networks computed in network_dtype
+        (torch.bfloat16, under autocast; see the module's doc)."""
         if buffer_size is not None and buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        if network_dtype not in (None, torch.bfloat16):
+            raise ValueError(f"network_dtype must be torch.bfloat16 (or None: unchanged), got {network_dtype}")
         other = copy.copy(self)
         other.buffer_size = self.buffer_size if buffer_size is None else buffer_size
+        other.network_dtype = network_dtype or self.network_dtype
         return other
 
     def with_learned_terms(self, on: bool) -> OfficialLSR1:
@@ -132,9 +142,11 @@ class OfficialLSR1(LearnedOptimizer):
         dx, dg = x - state.x_prev, g - state.g_prev
         b_old = self.operator(state.buffer, state.pushed, dg)
         if self.learned_terms:
-            features = self.encoder(torch.stack([x, dx, b_old, g, dg], dim=-1).detach())
-            v = self.vector_generator(features).squeeze(-1)
-            alpha = torch.clamp_max(self.alpha1 * torch.exp(self.alpha2 * self.lr_generator(features).squeeze(-1)), STEP_CAP)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.network_dtype is not None):
+                features = self.encoder(torch.stack([x, dx, b_old, g, dg], dim=-1).detach())
+                v, rate = self.vector_generator(features).squeeze(-1), self.lr_generator(features).squeeze(-1)
+            v, rate = v.to(x.dtype), rate.to(x.dtype)
+            alpha = torch.clamp_max(self.alpha1 * torch.exp(self.alpha2 * rate), STEP_CAP)
         else:
             v, alpha = torch.zeros_like(x), torch.full_like(x, self.alpha1)
         buffer = torch.cat([state.buffer[:, 1:], v.unsqueeze(1)], dim=1)  # FIFO: the oldest drops out

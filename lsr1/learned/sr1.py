@@ -38,6 +38,7 @@ from torch import Tensor
 
 from lsr1.config import ENCODER_INPUTS, LSR1Config
 from lsr1.learned.base import LearnedOptimizer
+from lsr1.learned.blocks import Blocks
 from lsr1.learned.initializer import WithInitializer
 from lsr1.learned.official import OfficialLSR1
 from lsr1.nn import ElementwiseMLP
@@ -292,6 +293,8 @@ def without_learned_terms(model: LearnedOptimizer) -> LearnedOptimizer:
         return other.train(model.training)
     if isinstance(model, OfficialLSR1):
         return model.with_learned_terms(False)
+    if isinstance(model, Blocks):  # each block's learner (the authors' HMR: pose and shape)
+        return model.with_parts(without_learned_terms)
     if not isinstance(model, LSR1):
         raise TypeError(f"without_learned_terms: an L-SR1 model, got {type(model).__name__}")
     other = copy.copy(model)

@@ -63,8 +63,9 @@ class Problem(abc.ABC):
         """Observations (B, C) a learned optimizer may condition on (HMR: the keypoints); None by default."""
         return None
 
-    def meta_objective(self, x: Tensor, value: Tensor) -> Tensor:
-        """This problem's term of the meta-loss at iterate x (B, N), given value = self.value(x): (B,).
+    def meta_objective(self, x: Tensor, value: Tensor, initial: bool = False) -> Tensor:
+        """This problem's term of the meta-loss at iterate x (B, N), given value = self.value(x): (B,); initial:
+        x is x_0 (HMR's official meta-loss scores its joint terms there alone).
 
         Default: the value itself (Eq. 9). Tasks with supervision add theirs (HMR, Eq. 13).
         """

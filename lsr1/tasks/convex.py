@@ -100,7 +100,7 @@ class ConvexProblem(Problem):
         with torch.no_grad():
             return {"log10_suboptimality": torch.log10(self.relative_suboptimality(x).clamp_min(1e-16))}
 
-    def meta_objective(self, x: Tensor, value: Tensor) -> Tensor:
+    def meta_objective(self, x: Tensor, value: Tensor, initial: bool = False) -> Tensor:
         """log10 of the relative suboptimality, floored at 1e-7 (float32's resolution of f): every decade of
         progress weighs the same, as in the evaluation (iterations to 1e-6), not only the first steps."""
         return torch.log10(((value - self.f_star) / self.initial_gap).clamp_min(1e-7))

@@ -163,8 +163,8 @@ class HMRProblem(Problem):
         return (self.confidence.unsqueeze(-1) * (predicted - self.keypoints).abs()).mean((1, 2))
 
     def value(self, x: Tensor) -> Tensor:
-        """Eq. 12: the confidence-weighted L1 reprojection error (B,)."""
-        return self._reprojection(self.points(x))
+        """Eq. 12: the confidence-weighted L1 reprojection error (B,), times hmr.inner_loss_weight."""
+        return self.config.inner_loss_weight * self._reprojection(self.points(x))
 
     def grad(self, x: Tensor) -> Tensor:
         """By autograd; differentiable itself (create_graph) only when x is in a graph (second order)."""
@@ -173,20 +173,26 @@ class HMRProblem(Problem):
             (g,) = torch.autograd.grad(self.value(leaf).sum(), leaf, create_graph=x.requires_grad)
         return g
 
-    def meta_objective(self, x: Tensor, value: Tensor) -> Tensor:
-        """Eq. 13 per iterate with LGD's terms: l2d f + l3d wL1(COCO joints) + lpose L1(theta) + lshape L1(beta)."""
+    def meta_objective(self, x: Tensor, value: Tensor, initial: bool = False) -> Tensor:
+        """Eq. 13 per iterate with LGD's terms: l2d f + l3d wL1(COCO joints) + lpose L1(theta) + lshape L1(beta),
+        f without inner_loss_weight. hmr.meta_loss "official": the authors' terms, the 2D one joint-weighted
+        instead of confidence-weighted, and both joint terms on the initial iterate alone."""
         c = self.config
         pose, betas = self._split(x)
         pose_gt, betas_gt = self._split(self.target)
-        joints = self.points(x)[:, list(SMPL_TO_COCO)]
+        pose_term, shape_term = c.loss_pose * (pose - pose_gt).abs().mean(1), c.loss_shape * (betas - betas_gt).abs().mean(1)
+        if c.meta_loss == "official" and not initial:
+            return pose_term + shape_term
+        points = self.points(x)
         weights = torch.tensor(COCO_JOINT_WEIGHTS, dtype=x.dtype, device=x.device).unsqueeze(-1)
-        joint_term = (weights * (joints - self.joints_gt).abs()).mean((1, 2))
-        return (
-            c.loss_2d * value
-            + c.loss_3d * joint_term
-            + c.loss_pose * (pose - pose_gt).abs().mean(1)
-            + c.loss_shape * (betas - betas_gt).abs().mean(1)
-        )
+        joint_term = (weights * (points[:, list(SMPL_TO_COCO)] - self.joints_gt).abs()).mean((1, 2))
+        if c.meta_loss == "official":  # their normalised keypoints against the observed, joint-weighted
+            pixels = project(points[:, list(SMPL_TO_COCO)], c.focal_length, c.camera_distance)
+            predicted = normalize_keypoints(pixels, self.confidence, c.confidence_threshold)
+            term_2d = (weights * (predicted - self.keypoints).abs()).mean((1, 2))
+        else:
+            term_2d = value / c.inner_loss_weight
+        return c.loss_2d * term_2d + c.loss_3d * joint_term + pose_term + shape_term
 
     def evaluation_metrics(self, x: Tensor) -> dict[str, Tensor]:
         """Per problem (B,): pa_mpjpe (mm, 24 SMPL joints vs joints24_gt: LGD's selection metric), the 14

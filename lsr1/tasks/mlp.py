@@ -65,7 +65,7 @@ class MLPRegression(Problem):
         g_w1 = torch.bmm(pre.transpose(1, 2), self.inputs).flatten(1)
         return torch.cat([g_w1, pre.sum(1), (activations * r.unsqueeze(-1)).sum(1), r.sum(1, keepdim=True)], dim=1)
 
-    def meta_objective(self, x: Tensor, value: Tensor) -> Tensor:
+    def meta_objective(self, x: Tensor, value: Tensor, initial: bool = False) -> Tensor:
         """log10 f(x) / f(x0), floored at 1e-7: every decade of progress weighs the same."""
         return torch.log10((value / self.initial_value).clamp_min(1e-7))
 

@@ -50,7 +50,7 @@ class Quadratic(Problem):
         """distance: ||x - x*||, the authors' validation metric."""
         return {"distance": (x - self.x_star).norm(dim=-1)}
 
-    def meta_objective(self, x: Tensor, value: Tensor) -> Tensor:
+    def meta_objective(self, x: Tensor, value: Tensor, initial: bool = False) -> Tensor:
         if not self.log_gap:
             return value
         return torch.log10(((value - self.f_star) / self.initial_gap).clamp_min(1e-7))
