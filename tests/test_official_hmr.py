@@ -67,6 +67,10 @@ def test_the_inner_loss_weight_scales_the_gradient_the_modules_see(hmr_data):  #
     x = plain.target + 0.1
     assert torch.allclose(problem.grad(x), 7.8125 * plain.grad(x))
     assert torch.equal(problem.evaluation_metrics(x)["reprojection"], plain.evaluation_metrics(x)["reprojection"])
+    from lsr1.experiments.evaluate import with_inner_loss_weight
+
+    rescaled = with_inner_loss_weight(problem, 1.0)  # how the evaluation runs a learner trained on another scale
+    assert torch.allclose(rescaled.grad(x), plain.grad(x)) and problem.config.inner_loss_weight == 7.8125
 
 
 def test_their_meta_loss_scores_the_joints_of_x0_alone_and_the_parameters_everywhere(hmr_data):  # noqa: F811

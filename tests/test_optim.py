@@ -193,6 +193,9 @@ def test_step_curves_count_the_line_search_evaluations_of_every_step():
     per_step = run(LBFGS(problem, memory=3), problem, 6).info["evaluations"].double().mean(1)
     assert_close(lbfgs.metrics["evaluations"], torch.cat([per_step.new_zeros(1), per_step.cumsum(0)]))
     assert float(lbfgs.metrics["evaluations"][-1]) > 6 and gd.metrics["evaluations"].tolist() == list(range(7))
+    from lsr1.experiments.analysis import markdown_table
+
+    assert markdown_table([gd], "evaluations", [0, 1, 6]).splitlines()[-1] == "| GD | 0 | 1 | 6 |"  # spent by step k
 
 
 def test_a_pair_too_small_to_square_in_float32_is_not_kept_by_the_quasi_newton_memories():

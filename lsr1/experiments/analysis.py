@@ -106,11 +106,12 @@ def markdown_table(all_curves: list[Curves] | list[StepCurves], metric: str, at:
     """A table of `metric` (objective, gap, distance, newton_cosine; or a StepCurves metric) at the given iterations."""
     header = "| optimizer | " + " | ".join(f"k = {k}" for k in at) + " |"
     rows = [header, "|" + "---|" * (len(at) + 1)]
-    offset = 1 if metric in ("newton_cosine", "evaluations") else 0  # per-step values start at step 1
     for c in all_curves:
         values = c.series(metric)
         if values is None:
             continue
+        # per-step values start at step 1; a StepCurves' evaluations are cumulative from x_0 (0 there)
+        offset = 1 if metric == "newton_cosine" or (metric == "evaluations" and isinstance(c, Curves)) else 0
         cells = [f"{float(values[k - offset]):.4g}" if 0 <= k - offset < len(values) else "" for k in at]
         rows.append(f"| {c.name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

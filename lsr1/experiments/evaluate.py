@@ -34,7 +34,7 @@ from lsr1.learned.blocks import Blocks
 from lsr1.learned.initializer import WithInitializer
 from lsr1.learners import make_learner
 from lsr1.optim import BFGS, LBFGS, HypergradientBFGS, with_line_search
-from lsr1.tasks import Problem, problem_set
+from lsr1.tasks import HMRProblem, Problem, problem_set
 from lsr1.tasks.prepare import resolve_data_paths
 
 __all__ = ["HMR_LBFGS_MEMORY", "evaluate", "evaluate_hmr", "hmr_summary", "joint_metrics", "load_learner", "starting_from_initializer"]
@@ -128,6 +128,13 @@ def evaluate(checkpoints: list[Path], buffer_sizes: list[int], steps: int, out: 
     return groups
 
 
+def with_inner_loss_weight(problem: HMRProblem, weight: float) -> HMRProblem:
+    """A copy of an HMR problem whose f is scaled by `weight` instead (`hmr.inner_loss_weight`)."""
+    scaled = copy.copy(problem)
+    scaled.config = dataclasses.replace(problem.config, inner_loss_weight=weight)
+    return scaled
+
+
 def starting_from_initializer(problem: Problem, learner: LearnedOptimizer) -> Problem:
     """A copy of `problem` whose x0 is the learner's initializer prediction (for L-BFGS from there)."""
     start = copy.copy(problem)
@@ -171,15 +178,16 @@ def evaluate_hmr(
     problem = problem_set(config.task, "test", hmr=config.hmr)
     labels = _labels([c for c, _, _ in models], [_tag(p) for p in checkpoints])
     names = list(names) + labels[len(names) :]
-    driven = [with_line_search(model, c.meta.line_search) for c, model, _ in models]
-    # each L-SR1 beside its own ablation (the learned terms off, the same initializer and search), after the
-    # checkpoints themselves so that a caller finds them first, in order
+    # each learner on its own scale of f (`hmr.inner_loss_weight`, e.g. the authors' 1000 / 128): the gradients it
+    # was trained to read; the errors do not depend on it. Each L-SR1 beside its own ablation (the learned terms off,
+    # the same initializer and search), after the checkpoints themselves so that a caller finds them first, in order
+    learners = [(name, with_line_search(model, c.meta.line_search), c.hmr.inner_loss_weight) for name, (c, model, _) in zip(names, models)]
     ablations = [
-        (f"{name} ablation", with_line_search(without_learned_terms(model), c.meta.line_search))
+        (f"{name} ablation", with_line_search(without_learned_terms(model), c.meta.line_search), c.hmr.inner_loss_weight)
         for name, (c, model, _) in zip(names, models)
         if isinstance(model, WithInitializer) and isinstance(model.update, (LSR1, Blocks))
     ]
-    methods = {name: (lambda part, m=m: (m, part)) for name, m in [*zip(names, driven), *ablations]}
+    methods = {name: (lambda part, m=m, w=w: (m, with_inner_loss_weight(part, w))) for name, m, w in [*learners, *ablations]}
     first = models[0][1]
     lbfgs = f"L-BFGS (m={HMR_LBFGS_MEMORY}) from the {names[0]} initializer"
     methods[lbfgs] = lambda part: (lambda begin: (LBFGS(begin, memory=HMR_LBFGS_MEMORY), begin))(starting_from_initializer(part, first))

@@ -66,10 +66,6 @@ class Blocks(LearnedOptimizer):
 
     def with_parts(self, change: Any) -> Blocks:
         """A new Blocks of change(learner) for each block's learner (the weights shared where change shares
-        them), e.g. `lsr1.learned.without_learned_terms` or another buffer size."""
+        them), e.g. `lsr1.learned.without_learned_terms`."""
         other = Blocks({name: (change(part), size) for (name, part), size in zip(self._each(), self.sizes)})
         return other.train(self.training)
-
-    def with_settings(self, *, buffer_size: int | None = None) -> Blocks:
-        """Every block's learner with another buffer size (`LSR1.with_settings`)."""
-        return self.with_parts(lambda part: part.with_settings(buffer_size=buffer_size))
