@@ -10,6 +10,8 @@ docs/results.md is prose around blocks that only this command writes, between `<
     bfgs_steps       docs/bfgs_steps/iterations.csv   `python -m lsr1.iterations --out docs/bfgs_steps`
     hmr_table        MLflow: the run `evaluate-hmr-table` of experiment hmr_demo (`make experiments`, after
                      `make demo`), its test/curves.json and models.json; its files copied to docs/hmr/
+    hmr_official     the same for the run `evaluate-official-hmr-comparison` of experiment hmr_official
+                     (`make official-hmr`); docs/hmr_official/
     ablation         MLflow: the newest sweep over tune_spaces/ablation.yaml (the command is in that file),
                      its trials' final validation loss; ablation_step and sensitivity the same for
                      tune_spaces/ablation_step.yaml and tune_spaces/sensitivity.yaml
@@ -111,7 +113,11 @@ PAPER_TABLE4 = {
     ("128", "(x, p, d, g, q)"): "−2.56 ± 2.80",
 }
 PAPER_TABLE2 = {0.8: "51.67", 0.1: "53.03", 0.01: "56.14", 0.001: "70.78"}
-PAPER_TABLE1 = {"L-SR1": "51.58 at step 13 (51.74 at 4); 10.4 M", "LGD": "55.90 at step 4; 17.4 M"}
+PAPER_TABLE1 = {
+    "L-SR1": "51.58 at step 13 (51.74 at 4); 10.4 M",
+    "L-SR1 (official)": "51.74 at 4, 51.58 at its best horizon (project page)",
+    "LGD": "55.90 at step 4; 17.4 M",
+}
 
 
 def _evaluation(uri: str, experiment: str, run_name: str, files: list[str], into: Path) -> tuple[str, dict[str, Path]] | None:
@@ -194,27 +200,26 @@ def quadratic_models_block(root: Path, uri: str) -> str:
     return "\n".join(lines) + "\n\n(From `lsr1.pretrained.info(name)`: the summary stored with each shipped model.)"
 
 
-def hmr_table_block(root: Path, uri: str) -> str:
-    """Per-step PA-MPJPE and reprojection error of every method of the HMR evaluation run, with parameter
-    counts where the run has models.json (pipeline.evaluate writes it)."""
-    run_name, figures = "evaluate-hmr-table", Path("docs/hmr")
+def _hmr_block(root: Path, uri: str, experiment: str, run_name: str, figures: Path, columns: tuple[int, ...], command: str) -> str:
+    """Per-step PA-MPJPE (at `columns` and the last step) and reprojection error of every method of an HMR
+    evaluation run, with parameter counts where the run has models.json (pipeline.evaluate writes it)."""
     with tempfile.TemporaryDirectory() as tmp:
         found = _evaluation(
             uri,
-            "hmr_demo",
+            experiment,
             run_name,
             ["curves.json", "models.json", "results.md", "pa_mpjpe.png", "reprojection.png", "mpjpe.png"],
             Path(tmp),
         )
         if found is None or "curves.json" not in found[1]:
-            return _missing(f"the MLflow run {run_name} at {uri}", "make experiments")
+            return _missing(f"the MLflow run {run_name} at {uri}", command)
         run_id, files = found
         curves = json.loads(files["curves.json"].read_text())
         models = {m["name"]: m for m in json.loads(files["models.json"].read_text())} if "models.json" in files else {}
         _copy_into(files, root / figures)
     pa, _ = joint_metrics(curves[0])
     steps = len(curves[0][pa]) - 1
-    at = sorted({k for k in (0, 1, 4, steps) if k <= steps})
+    at = sorted({k for k in (*columns, steps) if k <= steps})
     lines = [
         "| method | "
         + " | ".join(f"PA-MPJPE k = {k}" for k in at)
@@ -239,6 +244,17 @@ def hmr_table_block(root: Path, uri: str) -> str:
     return (
         "\n".join(lines)
         + f"\n\n(mm; step 0 is the method's initializer alone; MLflow run `{run_id}`, {pa.split('_')[-1].upper()} joints; figures in `{figures}/`.)"
+    )
+
+
+def hmr_table_block(root: Path, uri: str) -> str:
+    return _hmr_block(root, uri, "hmr_demo", "evaluate-hmr-table", Path("docs/hmr"), (0, 1, 4), "make experiments")
+
+
+def hmr_official_block(root: Path, uri: str) -> str:
+    """The authors' HMR protocol beside LGD's at the same budget; k = 3 is LGD's "4 steps" (4 estimates)."""
+    return _hmr_block(
+        root, uri, "hmr_official", "evaluate-official-hmr-comparison", Path("docs/hmr_official"), (0, 3, 4), "make official-hmr"
     )
 
 
@@ -393,6 +409,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "profiles": profiles_block,
     "bfgs_steps": bfgs_steps_block,
     "hmr_table": hmr_table_block,
+    "hmr_official": hmr_official_block,
     "ablation": ablation_block,
     "ablation_step": ablation_step_block,
     "sensitivity": sensitivity_block,

@@ -224,3 +224,20 @@ def test_the_quadratic_and_sensitivity_blocks(tmp_path, mlflow_store):
     assert "| L-BFGS (m=2) | 35 | 1 | 0.125 | 0.125 | 0.50 |" in out  # gap at k = 0, 5, 10, 20; cosine at 20
     assert (tmp_path / "docs/quadratic/curves.json").is_file()
     assert out.index("| 0.0 | 0.4 | -2 | 1 | 300 | -4 (100) |") < out.index("| 100.0 | 0.4 | -0.5 | 1 | 300 | -1 (100) |")
+
+
+def test_the_official_hmr_block_reads_its_own_run_with_lgds_four_estimates(tmp_path, mlflow_store):
+    from lsr1.config import ExperimentConfig
+
+    run = Run.open(mlflow_store, "hmr_official", "evaluate-official-hmr-comparison", ExperimentConfig())
+    errors = [160.0, 150.0, 140.0, 130.0, 125.0, 120.0]
+    curve = {"name": "L-SR1 (official)", "pa_mpjpe14_smpl": errors, "mpjpe14_smpl": errors, "reprojection": [0.5] * 6}
+    (tmp_path / "curves.json").write_text(json.dumps([curve]))
+    run.log_artifact(tmp_path / "curves.json", "test")
+    out = render_blocks("<!-- report:hmr_official -->\n<!-- /report:hmr_official -->\n", tmp_path, mlflow_store)
+    assert "| PA-MPJPE k = 0 | PA-MPJPE k = 3 | PA-MPJPE k = 4 | PA-MPJPE k = 5 |" in out
+    assert "| L-SR1 (official) | 160.0 | 130.0 | 125.0 | 120.0 | 120.0 (5) |" in out and "project page" in out
+    assert (tmp_path / "docs/hmr_official/curves.json").exists()
+    assert "make official-hmr" in render_blocks(
+        "<!-- report:hmr_official -->\n<!-- /report:hmr_official -->\n", tmp_path / "x", f"sqlite:///{tmp_path / 'empty.db'}"
+    )
