@@ -62,8 +62,9 @@ NORMS = ("running", "problem")  # BatchNorm's statistics at evaluation (lsr1.nn)
 
 # A formulation names a set of L-SR1 switches: `lsr1.formulation: paper` in a preset or an override sets them,
 # and keys beside it in the same section, or later overrides, change them further. "project" is the dataclass
-# defaults, the formulation of every shipped model but the `*_paper` ones; "paper" is our reading of the
-# paper's text (Eq. 7-9 and App. C as written: no identity in the step, the secant term on I + sum v v^T).
+# defaults, the formulation of every shipped L-SR1 model but the authors' (`*_official`); "paper" is our reading
+# of the paper's text (Eq. 7-9 and App. C as written: no identity in the step, the secant term on I + sum v v^T),
+# which the authors' own code replaced; it is kept for the paper-literal HMR row of docs/results.md §4.
 FORMULATIONS: dict[str, dict[str, Any]] = {
     "project": {"formulation": "project"},
     "paper": {
@@ -123,7 +124,7 @@ def _check(ok: bool, message: str) -> None:
 @dataclass
 class LSR1Config:
     """L-SR1 architecture and its meta-loss weight (paper Sec. 4, App. C). The defaults are the project's
-    formulation, which every shipped model but the `*_paper` ones uses."""
+    formulation, which every shipped L-SR1 model but the authors' (`*_official`) uses."""
 
     # Which L-SR1. "project" and "paper" are `lsr1.learned.sr1.LSR1` with the secant term on the operator that made
     # the step, ||p - diag(alpha)(s I + sum v v^T) q||^2 / ||p||^2 (docs/design.md §3), or ||p - (I + sum v v^T) q||^2

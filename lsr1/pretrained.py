@@ -17,7 +17,7 @@ from lsr1.learned import LSR1, LearnedOptimizer
 from lsr1.learned.official import OfficialLSR1
 from lsr1.learners import make_learner
 
-__all__ = ["OFFICIAL_PREFIXES", "WEIGHTS_DIR", "available", "export", "from_official", "info", "load"]
+__all__ = ["OFFICIAL_PREFIXES", "REPLACED", "WEIGHTS_DIR", "available", "export", "from_official", "info", "load"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -27,8 +27,21 @@ def available() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
 
 
+# Shipped models that were replaced: the paper-literal ones (our reading of the paper's text) by the authors'
+# formulation trained by their protocol. Git tag REPLACED_TAG still has them.
+REPLACED = {
+    "quadratic_paper": "quadratic_official",
+    "quadratic100_paper": "quadratic100_official",
+    "rosenbrock_paper": "rosenbrock_official",
+    "rastrigin_paper": "rastrigin_official",
+}
+REPLACED_TAG = "paper-models-2026-12-08"
+
+
 def _path(name: str) -> Path:
     path = WEIGHTS_DIR / f"{name}.pt"
+    if name in REPLACED and not path.is_file():
+        raise ValueError(f"the pretrained model {name!r} was replaced by {REPLACED[name]!r} (git tag {REPLACED_TAG} has it)")
     if not path.is_file():
         raise ValueError(f"no pretrained model {name!r}; available: {available()}")
     return path

@@ -187,7 +187,7 @@ def quadratic_models_block(root: Path, uri: str) -> str:
     for name, paper in (
         ("quadratic", other),
         ("quadratic_noproj", other),
-        ("quadratic_paper", full),
+        ("quadratic_official", full),
         ("mix", other),
         ("mix_lbfgs", other),
         ("mix_lbfgs_long", other),

@@ -400,9 +400,7 @@ def test_every_shipped_model_loads_and_steps_finitely_on_its_test_problems(name)
     assert torch.isfinite(result.values).all()
 
 
-@pytest.mark.parametrize(
-    "name", ["quadratic", "quadratic_paper", "quadratic_noproj", "mix", "mix_lbfgs", "mix_lbfgs_long", "quadratic_official"]
-)
+@pytest.mark.parametrize("name", ["quadratic", "quadratic_noproj", "mix", "mix_lbfgs", "mix_lbfgs_long", "quadratic_official"])
 def test_a_shipped_quadratic_model_says_how_it_was_trained(name):
     from lsr1 import pretrained
 

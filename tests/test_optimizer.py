@@ -103,7 +103,6 @@ def test_a_named_model_holds_its_step_index_at_the_training_horizon_and_a_module
     assert LearnedSR1(model.parameters(), pretrained="mix_lbfgs").model.last_trained_step == 15  # K = 16, no burn-in
     as_given = LearnedSR1(model.parameters(), pretrained=pretrained.load("mix_lbfgs")).model
     assert not as_given.config.cap_step_index and as_given.last_trained_step is None
-    assert LearnedSR1(model.parameters(), pretrained="quadratic_paper").model.last_trained_step == 15  # no global features: no effect
 
 
 def _counting(closure):

@@ -71,9 +71,9 @@ def test_the_shipped_profile_models_load_at_l64_and_step_on_their_family():
 
     problems = {p.kind: p for p in evaluation_problems(dims=(50,))}
     for kind, name in LEARNED_MODEL.items():
-        for model_name in (name, name + "_noproj", name + "_paper"):
-            model = pretrained.load(model_name, buffer_size=BUFFER_SIZE, dtype=torch.float64)
-            assert model.buffer_size == 64 and pretrained.info(model_name)["best_iteration"] > 0
+        for model_name, size in ((name, BUFFER_SIZE), (name + "_noproj", BUFFER_SIZE), (name + "_official", None)):
+            model = pretrained.load(model_name, buffer_size=size, dtype=torch.float64)  # the authors' at its trained L
+            assert model.buffer_size == (size or 4) and pretrained.info(model_name)["best_iteration"] > 0
             trajectory = run(model, problems[kind].problem, steps=2)
             assert torch.isfinite(trajectory.values).all(), model_name
     for kind, name in BFGS_STEPS_MODEL.items():  # the second learned optimizer, on the same problems
@@ -89,7 +89,6 @@ def test_l_sr1_is_tuned_over_the_general_models_the_lbfgs_memory_and_the_held_st
     assert {m for name, size, m, cap in grid if name == "mix_lbfgs"} == {None, BUFFER_SIZE}
     assert {cap for *_, cap in grid} == {None, True}  # every model here has global features
     assert len(grid) == 2 * 4 * len(BUFFER_GRID)
-    assert {cap for *_, cap in _models("_paper")("quadratic")} == {None}  # no global features: nothing to hold
     assert label(("mix_lbfgs", 8, 64, True)) == "mix_lbfgs, L = 8, m = 64, step index held"
     assert label(("mix", 16, None, None)) == "mix, L = 16" and label(0.3) == "0.3"
     model = _shipped(("mix_lbfgs", 8, BUFFER_SIZE, True))

@@ -5,8 +5,9 @@
 Problems: diagonal quadratics (b = 0) with condition numbers 1, 100, 1000 and 10000, Rosenbrock and
 Rastrigin, each at N in {50, 100, 250, 500, 1000}, from fixed seeded starting points. Every solver runs the
 same number of steps; m_{p,s} = ||x_hat - x*|| / ||x_worst - x*||, r_{p,s} = m_{p,s} / min_s m_{p,s} and
-rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. "L-SR1 (paper)" is the paper-literal shipped model of the
-problem's family (quadratic100_paper, rosenbrock_paper, rastrigin_paper; Table 7) at its test-time L = 64.
+rho_s(tau) = |{p : r_{p,s} <= tau}| / |P|. "L-SR1 (official)" is the authors' module trained by their protocol on
+the problem's family (quadratic100_official, rosenbrock_official, rastrigin_official), at its trained L = 4, and
+"L-SR1 (official) ablation" the same with its learned terms off (x - alpha1 g, alpha1 the family's).
 "L-SR1" (the project's formulation) and "L-SR1 w/o projection" are tuned like the learning rates below: per
 kind, the model (the family's own, `_noproj` without the secant penalty, or for "L-SR1" also the
 general-purpose `mix`, `mix_lbfgs` and `mix_lbfgs_long`), the test-time L of BUFFER_GRID, for a model with the L-BFGS
@@ -152,7 +153,7 @@ def hand_designed_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
     }
 
 
-def _shipped(setting: tuple[str, int, int | None, bool | None]) -> Optimizer:
+def _shipped(setting: tuple[str, int | None, int | None, bool | None]) -> Optimizer:
     name, buffer_size, lbfgs_memory, cap_step_index = setting
     return pretrained.load(name, buffer_size=buffer_size, dtype=torch.float64, lbfgs_memory=lbfgs_memory, cap_step_index=cap_step_index)
 
@@ -174,7 +175,7 @@ def _models(suffix: str, general: tuple[str, ...] = ()) -> Grid:
 
 def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
     """L-SR1 (ours, ours with Armijo backtracking, each beside its ablation, and ours without its secant penalty:
-    model and L tuned; the paper-literal one as in Table 7) and BFGS-LSTM, from the shipped models."""
+    model and L tuned; the authors' one as trained) and BFGS-LSTM, from the shipped models."""
     return {
         "L-SR1": (lambda p, setting: _shipped(setting), _models("", GENERAL_MODELS)),
         "L-SR1 + Armijo": (lambda p, setting: Backtracked(_shipped(setting)), _models("", GENERAL_MODELS)),
@@ -182,7 +183,11 @@ def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
         "L-SR1 ablation": (lambda p, setting: without_learned_terms(_shipped(setting)), _models("", GENERAL_MODELS)),
         "L-SR1 ablation + Armijo": (lambda p, setting: Backtracked(without_learned_terms(_shipped(setting))), _models("", GENERAL_MODELS)),
         "L-SR1 w/o projection": (lambda p, setting: _shipped(setting), _models("_noproj")),
-        "L-SR1 (paper)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_paper", BUFFER_SIZE, None, None)), None),
+        "L-SR1 (official)": (lambda p, _: _shipped((LEARNED_MODEL[p.kind] + "_official", None, None, None)), None),
+        "L-SR1 (official) ablation": (
+            lambda p, _: without_learned_terms(_shipped((LEARNED_MODEL[p.kind] + "_official", None, None, None))),
+            None,
+        ),
         "BFGS-LSTM": (lambda p, _: pretrained.load(BFGS_STEPS_MODEL[p.kind], dtype=torch.float64), None),
     }
 
@@ -190,7 +195,7 @@ def learned_solvers() -> dict[str, tuple[SolverFactory, Grid]]:
 def learned_models(problems: list[ProfileProblem]) -> set[str]:
     """The shipped models that the learned solvers need on these problems."""
     return (
-        {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_paper")}
+        {LEARNED_MODEL[p.kind] + s for p in problems for s in ("", "_noproj", "_official")}
         | set(GENERAL_MODELS)
         | {BFGS_STEPS_MODEL[p.kind] for p in problems}
     )
