@@ -251,3 +251,11 @@ def test_the_ablation_of_an_hmr_learner_leaves_the_learner_itself_untouched():
     plain = without_learned_terms(model)
     assert model.update is update and update.learned_terms and not plain.update.learned_terms
     assert plain.initializer is model.initializer and not plain.training
+
+
+def test_a_replaced_paper_literal_model_names_its_replacement():
+    from lsr1 import pretrained
+
+    with pytest.raises(ValueError, match="'rosenbrock_paper' was replaced by 'rosenbrock_official'.*paper-models-2026-12-08"):
+        pretrained.load("rosenbrock_paper")
+    assert all(replacement in pretrained.available() for replacement in pretrained.REPLACED.values())
