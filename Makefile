@@ -84,14 +84,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/meta_step.py
 
 # What docs/results.md's MLflow blocks read, through the product's own commands (after `make demo`; about
-# 35 min on 2 cores): the quadratic test curves of the shipped models (ours, ours w/o projection, the
-# paper-literal one), HMR Table 1 (L-SR1 w/o secant term and the paper-literal L-SR1 beside the demo's
-# models), data efficiency (a larger synthetic AMASS), lambda_sec x gamma1, the ablations
+# 50 min on 2 cores): the quadratic test curves of the shipped models (ours, ours w/o projection, the
+# authors'), HMR Table 1 (L-SR1 w/o secant term and the authors' L-SR1 beside the demo's models), data
+# efficiency (a larger synthetic AMASS), lambda_sec x gamma1, the ablations
 QUADRATIC_SWEEP := --config configs/quadratic.yaml --num-samples 1 --grace 1000 --cpus-per-worker 0.9 \
 	--set meta.iterations=300 --set meta.val_every=100
-# the paper-literal L-SR1 on the HMR presets (their headers say the same): the paper's switches (lsr1.config.FORMULATIONS)
-# with the HMR step size and secant weight
-HMR_PAPER := --set lsr1.formulation=paper --set lsr1.gamma1=0.1 --set lsr1.lambda_sec=1 --set meta.line_search=none
+# the authors' HMR protocol (configs/hmr_official.yaml) at the demo's budget: its data, batch 64, K = 4, 500
+# meta-iterations, an initializer 128 wide
+OFFICIAL_DEMO := --config configs/hmr_official.yaml $(SYNTHETIC_HMR) --set task.batch_size=64 --set meta.unroll_steps=4 \
+	--set meta.iterations=500 --set meta.val_every=100 --set hmr.init_hidden_dim=128
 experiments: $(STAMP)
 	$(PY) -m pipeline.evaluate --checkpoint lsr1/weights/quadratic.pt --checkpoint lsr1/weights/quadratic_noproj.pt \
 	  --checkpoint lsr1/weights/quadratic_official.pt --checkpoint lsr1/weights/mix.pt --checkpoint lsr1/weights/mix_lbfgs.pt \
@@ -99,9 +100,9 @@ experiments: $(STAMP)
 	  --buffer-sizes 2 4 8 --steps 20 \
 	  --out runs/quadratic-test --log-experiment quadratic
 	$(PY) -m pipeline.train --config configs/hmr_demo.yaml --set lsr1.lambda_sec=0 --name demo-lsr1-nosecant --workers 2
-	$(PY) -m pipeline.train --config configs/hmr_demo.yaml $(HMR_PAPER) --name demo-lsr1-paper --workers 2
+	$(PY) -m pipeline.train $(OFFICIAL_DEMO) --name demo-lsr1-official --workers 2
 	$(PY) -m pipeline.evaluate --checkpoint runs/demo-lsr1/best.pt --checkpoint runs/demo-lsr1-nosecant/best.pt \
-	  --checkpoint runs/demo-lsr1-paper/best.pt --checkpoint runs/demo-lgd/best.pt --steps 20 --out runs/hmr-table --log-experiment hmr_demo
+	  --checkpoint runs/demo-lsr1-official/best.pt --checkpoint runs/demo-lgd/best.pt --steps 20 --out runs/hmr-table --log-experiment hmr_demo
 	$(PY) -m pipeline.prepare --config configs/hmr_data_efficiency.yaml --synthetic --synthetic-sequences 100
 	$(PY) -m pipeline.sweep --space tune_spaces/data_efficiency.yaml --config configs/hmr_data_efficiency.yaml \
 	  --num-samples 1 --grace 1000 --top-k 4 --workers 1 --cpus-per-worker 0.25 --metric val_pa_mpjpe --name data-efficiency

@@ -64,7 +64,8 @@ NORMS = ("running", "problem")  # BatchNorm's statistics at evaluation (lsr1.nn)
 # and keys beside it in the same section, or later overrides, change them further. "project" is the dataclass
 # defaults, the formulation of every shipped L-SR1 model but the authors' (`*_official`); "paper" is our reading
 # of the paper's text (Eq. 7-9 and App. C as written: no identity in the step, the secant term on I + sum v v^T),
-# which the authors' own code replaced; it is kept for the paper-literal HMR row of docs/results.md §4.
+# which the authors' own code replaced in every shipped model and table; it is kept for the findings docs/log.md
+# records with it (§1, §2, §4: what Eq. 8 as written trains) and for configs/smoke.yaml.
 FORMULATIONS: dict[str, dict[str, Any]] = {
     "project": {"formulation": "project"},
     "paper": {
