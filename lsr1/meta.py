@@ -140,8 +140,10 @@ def unroll(
         limit = f + divergence_guard * (f.abs() + 1.0)
     for step in range(burn_in + steps):
         recorded = step >= burn_in
+        if truncate:  # the step, its search and the guard's fallback all start from x without its graph
+            x = x.detach()
         with contextlib.nullcontext() if recorded else torch.no_grad():
-            x_next, state, info = learner.step(state, x.detach() if truncate else x, g)
+            x_next, state, info = learner.step(state, x, g)
             if searched:
                 finite = torch.isfinite(x_next.detach()).all(-1)  # the search keeps a non-finite step at x
                 x_next, search = armijo_step(problem, x, f, g, x_next, optimizer.max_evals)

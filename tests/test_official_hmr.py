@@ -85,7 +85,8 @@ def test_their_meta_loss_scores_the_joints_of_x0_alone_and_the_parameters_everyw
     assert float(problem.meta_objective(problem.target, problem.value(problem.target), initial=True).abs().max()) < 1e-6  # float32
 
 
-def test_the_truncated_unroll_trains_the_initializer_by_its_own_terms_only(hmr_data):  # noqa: F811
+@pytest.mark.parametrize("line_search", ["none", "armijo"])  # the search starts from the detached iterate too
+def test_the_truncated_unroll_trains_the_initializer_by_its_own_terms_only(hmr_data, line_search):  # noqa: F811
     config = _config(hmr_data)
     torch.manual_seed(0)
     model = make_learner(config).train()
@@ -98,7 +99,8 @@ def test_the_truncated_unroll_trains_the_initializer_by_its_own_terms_only(hmr_d
         return [p.grad.clone() for p in model.initializer.parameters()]
 
     def metaloss(truncate: bool) -> torch.Tensor:
-        return MetaLoss(model, steps, divergence_guard=None, last_penalty=False, truncate=truncate)(problem)[0]
+        meta = MetaLoss(model, steps, divergence_guard=None, line_search=line_search, last_penalty=False, truncate=truncate)
+        return meta(problem)[0]
 
     x0 = model.initial_point(problem)
     own = initializer_grads(problem.meta_objective(x0, problem.value(x0), initial=True).mean() / (steps + 1))

@@ -156,10 +156,14 @@ class HMRProblem(Problem):
         pose, betas = self._split(x)
         return forward_joints(self.model, _decode_pose(pose, self.config.rotation), betas)
 
-    def _reprojection(self, points: Tensor) -> Tensor:
+    def _predicted_keypoints(self, points: Tensor) -> Tensor:
+        """The COCO joints of `points` projected and normalised with the observed confidences (B, 18, 2)."""
         c = self.config
         pixels = project(points[:, list(SMPL_TO_COCO)], c.focal_length, c.camera_distance)
-        predicted = normalize_keypoints(pixels, self.confidence, c.confidence_threshold)
+        return normalize_keypoints(pixels, self.confidence, c.confidence_threshold)
+
+    def _reprojection(self, points: Tensor) -> Tensor:
+        predicted = self._predicted_keypoints(points)
         return (self.confidence.unsqueeze(-1) * (predicted - self.keypoints).abs()).mean((1, 2))
 
     def value(self, x: Tensor) -> Tensor:
@@ -187,9 +191,7 @@ class HMRProblem(Problem):
         weights = torch.tensor(COCO_JOINT_WEIGHTS, dtype=x.dtype, device=x.device).unsqueeze(-1)
         joint_term = (weights * (points[:, list(SMPL_TO_COCO)] - self.joints_gt).abs()).mean((1, 2))
         if c.meta_loss == "official":  # their normalised keypoints against the observed, joint-weighted
-            pixels = project(points[:, list(SMPL_TO_COCO)], c.focal_length, c.camera_distance)
-            predicted = normalize_keypoints(pixels, self.confidence, c.confidence_threshold)
-            term_2d = (weights * (predicted - self.keypoints).abs()).mean((1, 2))
+            term_2d = (weights * (self._predicted_keypoints(points) - self.keypoints).abs()).mean((1, 2))
         else:
             term_2d = value / c.inner_loss_weight
         return c.loss_2d * term_2d + c.loss_3d * joint_term + pose_term + shape_term
